@@ -1,0 +1,472 @@
+//! Anthropic Messages wire format.
+
+use serde_json::{Value, json};
+
+use super::{Fields, as_object, copy_shared, invalid};
+use crate::error::Error;
+use crate::model::{
+    ApiFormat, ChatRequest, Content, ImageSource, JsonMap, Message, Part, Role, Shape, Tool,
+    ToolChoice,
+};
+
+/// The `anthropic-version` sent when the client gave none.
+pub const DEFAULT_VERSION: &str = "2023-06-01";
+
+/// `max_tokens` is mandatory for Anthropic; used when a foreign-format client set none.
+pub const DEFAULT_MAX_TOKENS: u64 = 4096;
+
+/// Decodes an Anthropic request object.
+pub(crate) fn decode_request(mut map: JsonMap) -> Result<ChatRequest, Error> {
+    let mut f = Fields {
+        map: &mut map,
+        at: "",
+    };
+    let model = f.req_string("model")?;
+    let stream_field = f.bool("stream")?;
+    let raw_messages = f
+        .array("messages")?
+        .ok_or_else(|| invalid("`messages` is required"))?;
+    let system = f.take("system");
+    let tools = f.array("tools")?;
+    let tool_choice = f.take("tool_choice");
+    let max_tokens = f.u64("max_tokens")?;
+    let stop = f.stop("stop_sequences")?.map(|(s, _)| s);
+
+    let mut messages = Vec::with_capacity(raw_messages.len() + 1);
+    let mut system_as_string = false;
+    match system {
+        None => {}
+        Some(Value::String(s)) => {
+            system_as_string = true;
+            messages.push(Message::text(Role::System, s));
+        }
+        Some(Value::Array(blocks)) => messages.push(Message {
+            role: Role::System,
+            content: Content::Parts(blocks.into_iter().map(decode_block).collect()),
+            extra: JsonMap::new(),
+        }),
+        Some(_) => return Err(invalid("`system` must be a string or an array")),
+    }
+    for (i, m) in raw_messages.into_iter().enumerate() {
+        let at = format!("messages[{i}]");
+        let mut o = as_object(m, &at)?;
+        let mut mf = Fields {
+            map: &mut o,
+            at: &at,
+        };
+        let role = match mf.req_string("role")?.as_str() {
+            "user" => Role::User,
+            "assistant" => Role::Assistant,
+            other => return Err(invalid(format!("`{at}.role` has unknown value `{other}`"))),
+        };
+        let content = decode_content(mf.take("content"), &at)?;
+        messages.push(Message {
+            role,
+            content,
+            extra: o,
+        });
+    }
+    Ok(ChatRequest {
+        source: ApiFormat::Anthropic,
+        model,
+        stream: stream_field.unwrap_or(false),
+        messages,
+        tools: tools.map(|t| t.into_iter().map(decode_tool).collect()),
+        tool_choice: tool_choice.map(decode_tool_choice),
+        max_tokens,
+        stop,
+        extra: map,
+        shape: Shape {
+            max_completion_tokens: false,
+            stop_as_string: false,
+            system_as_string,
+            stream_present: stream_field.is_some(),
+        },
+    })
+}
+
+fn decode_content(v: Option<Value>, at: &str) -> Result<Content, Error> {
+    match v {
+        None => Ok(Content::Parts(Vec::new())),
+        Some(Value::String(s)) => Ok(Content::Text(s)),
+        Some(Value::Array(blocks)) => Ok(Content::Parts(
+            blocks.into_iter().map(decode_block).collect(),
+        )),
+        Some(_) => Err(invalid(format!(
+            "`{at}.content` must be a string or an array"
+        ))),
+    }
+}
+
+fn take_str(o: &mut JsonMap, key: &str) -> Option<String> {
+    match o.shift_remove(key) {
+        Some(Value::String(s)) => Some(s),
+        Some(other) => {
+            o.insert(key.to_owned(), other);
+            None
+        }
+        None => None,
+    }
+}
+
+fn decode_block(v: Value) -> Part {
+    let Value::Object(mut o) = v else {
+        return Part::Other(v);
+    };
+    let kind = o.get("type").and_then(Value::as_str).map(str::to_owned);
+    let original = o.clone();
+    let part = (|| {
+        o.shift_remove("type");
+        Some(match kind.as_deref()? {
+            "text" => Part::Text {
+                text: take_str(&mut o, "text")?,
+                extra: std::mem::take(&mut o),
+            },
+            "image" => {
+                let Some(Value::Object(mut src)) = o.shift_remove("source") else {
+                    return None;
+                };
+                let source = match src.get("type").and_then(Value::as_str)? {
+                    "base64" if src.len() == 3 => ImageSource::Base64 {
+                        media_type: take_str(&mut src, "media_type")?,
+                        data: take_str(&mut src, "data")?,
+                    },
+                    "url" if src.len() == 2 => ImageSource::Url(take_str(&mut src, "url")?),
+                    _ => return None,
+                };
+                Part::Image {
+                    source,
+                    extra: std::mem::take(&mut o),
+                }
+            }
+            "tool_use" => {
+                let id = take_str(&mut o, "id")?;
+                let name = take_str(&mut o, "name")?;
+                let arguments = o
+                    .shift_remove("input")
+                    .map(|i| i.to_string())
+                    .unwrap_or_else(|| "{}".to_owned());
+                Part::ToolUse {
+                    id,
+                    name,
+                    arguments,
+                    extra: std::mem::take(&mut o),
+                }
+            }
+            "tool_result" => {
+                let tool_use_id = take_str(&mut o, "tool_use_id")?;
+                let content = match o.shift_remove("content") {
+                    None => Content::Parts(Vec::new()),
+                    Some(Value::String(s)) => Content::Text(s),
+                    Some(Value::Array(b)) => {
+                        Content::Parts(b.into_iter().map(decode_block).collect())
+                    }
+                    Some(_) => return None,
+                };
+                let is_error = match o.shift_remove("is_error") {
+                    None => None,
+                    Some(Value::Bool(b)) => Some(b),
+                    Some(_) => return None,
+                };
+                Part::ToolResult {
+                    tool_use_id,
+                    content,
+                    is_error,
+                    extra: std::mem::take(&mut o),
+                }
+            }
+            "thinking" => Part::Thinking {
+                thinking: take_str(&mut o, "thinking")?,
+                signature: take_str(&mut o, "signature"),
+                extra: std::mem::take(&mut o),
+            },
+            _ => return None,
+        })
+    })();
+    part.unwrap_or(Part::Other(Value::Object(original)))
+}
+
+fn decode_tool(v: Value) -> Tool {
+    let Value::Object(mut o) = v else {
+        return Tool::Other(v);
+    };
+    // Custom tools have no `type` (or `custom`); anything else is a server tool.
+    match o.get("type").and_then(Value::as_str) {
+        None | Some("custom") => {}
+        Some(_) => return Tool::Other(Value::Object(o)),
+    }
+    let Some(name) = take_str(&mut o, "name") else {
+        return Tool::Other(Value::Object(o));
+    };
+    let description = take_str(&mut o, "description");
+    let parameters = o
+        .shift_remove("input_schema")
+        .unwrap_or_else(|| json!({"type": "object", "properties": {}}));
+    Tool::Function {
+        name,
+        description,
+        parameters,
+        extra: o,
+    }
+}
+
+fn decode_tool_choice(v: Value) -> ToolChoice {
+    let Some(o) = v.as_object() else {
+        return ToolChoice::Other(v);
+    };
+    let t = o.get("type").and_then(Value::as_str);
+    match (t, o.len()) {
+        (Some("auto"), 1) => ToolChoice::Auto,
+        (Some("any"), 1) => ToolChoice::Required,
+        (Some("none"), 1) => ToolChoice::None,
+        (Some("tool"), 2) => match o.get("name").and_then(Value::as_str) {
+            Some(n) => ToolChoice::Tool(n.to_owned()),
+            None => ToolChoice::Other(v),
+        },
+        _ => ToolChoice::Other(v),
+    }
+}
+
+/// Encodes the typed request as an Anthropic request object.
+pub(crate) fn encode_request(req: ChatRequest) -> JsonMap {
+    let same = req.source == ApiFormat::Anthropic;
+    let mut out = JsonMap::new();
+    out.insert("model".into(), Value::String(req.model));
+
+    let mut system_parts: Vec<Part> = Vec::new();
+    let mut system_text: Option<String> = None;
+    let mut messages: Vec<Value> = Vec::with_capacity(req.messages.len());
+    // Consecutive tool results (OpenAI `tool` messages) coalesce into one user turn.
+    let mut pending_results: Vec<Value> = Vec::new();
+    for m in req.messages {
+        if m.role != Role::Tool && !pending_results.is_empty() {
+            messages.push(json!({"role": "user", "content": std::mem::take(&mut pending_results)}));
+        }
+        match m.role {
+            Role::System | Role::Developer => match m.content {
+                Content::Text(s) if system_parts.is_empty() && system_text.is_none() => {
+                    system_text = Some(s)
+                }
+                c => {
+                    if let Some(t) = system_text.take() {
+                        system_parts.push(Part::text(t));
+                    }
+                    system_parts.extend(c.into_parts());
+                }
+            },
+            Role::Tool => {
+                for p in m.content.into_parts() {
+                    if let Some(b) = encode_block(p, same) {
+                        pending_results.push(b);
+                    }
+                }
+            }
+            Role::User | Role::Assistant => {
+                let role = if m.role == Role::User {
+                    "user"
+                } else {
+                    "assistant"
+                };
+                let content = match m.content {
+                    Content::Text(s) => Value::String(s),
+                    Content::Parts(parts) => Value::Array(
+                        parts
+                            .into_iter()
+                            .filter_map(|p| encode_block(p, same))
+                            .collect(),
+                    ),
+                };
+                let mut o = JsonMap::new();
+                o.insert("role".into(), role.into());
+                o.insert("content".into(), content);
+                if same {
+                    o.extend(m.extra);
+                }
+                messages.push(Value::Object(o));
+            }
+        }
+    }
+    if !pending_results.is_empty() {
+        messages.push(json!({"role": "user", "content": pending_results}));
+    }
+    if let Some(t) = system_text {
+        out.insert("system".into(), Value::String(t));
+    } else if !system_parts.is_empty() {
+        let blocks = system_parts
+            .into_iter()
+            .filter_map(|p| encode_block(p, same))
+            .collect();
+        out.insert("system".into(), Value::Array(blocks));
+    }
+    out.insert("messages".into(), Value::Array(messages));
+    match req.max_tokens {
+        Some(n) => {
+            out.insert("max_tokens".into(), n.into());
+        }
+        None if !same => {
+            out.insert("max_tokens".into(), DEFAULT_MAX_TOKENS.into());
+        }
+        None => {}
+    }
+    if let Some(stop) = req.stop {
+        out.insert(
+            "stop_sequences".into(),
+            Value::Array(stop.into_iter().map(Value::String).collect()),
+        );
+    }
+    if req.stream || req.shape.stream_present {
+        out.insert("stream".into(), Value::Bool(req.stream));
+    }
+    if let Some(tools) = req.tools {
+        let tools = tools
+            .into_iter()
+            .filter_map(|t| match t {
+                Tool::Function {
+                    name,
+                    description,
+                    parameters,
+                    extra,
+                } => {
+                    let mut o = JsonMap::new();
+                    o.insert("name".into(), Value::String(name));
+                    if let Some(d) = description {
+                        o.insert("description".into(), Value::String(d));
+                    }
+                    o.insert("input_schema".into(), parameters);
+                    if same {
+                        o.extend(extra);
+                    }
+                    Some(Value::Object(o))
+                }
+                Tool::Other(v) if same => Some(v),
+                Tool::Other(_) => None,
+            })
+            .collect();
+        out.insert("tools".into(), Value::Array(tools));
+    }
+    if let Some(tc) = req.tool_choice {
+        let v = match tc {
+            ToolChoice::Auto => json!({"type": "auto"}),
+            ToolChoice::None => json!({"type": "none"}),
+            ToolChoice::Required => json!({"type": "any"}),
+            ToolChoice::Tool(name) => json!({"type": "tool", "name": name}),
+            ToolChoice::Other(v) if same => v,
+            ToolChoice::Other(_) => json!({"type": "auto"}),
+        };
+        out.insert("tool_choice".into(), v);
+    }
+    if same {
+        out.extend(req.extra);
+    } else {
+        copy_shared(&req.extra, &mut out);
+        if let Some(user) = req.extra.get("user").cloned() {
+            out.insert("metadata".into(), json!({"user_id": user}));
+        }
+    }
+    out
+}
+
+fn encode_block(p: Part, same: bool) -> Option<Value> {
+    let (mut o, extra) = match p {
+        Part::Text { text, extra } => (
+            json_obj([("type", "text".into()), ("text", Value::String(text))]),
+            extra,
+        ),
+        Part::Image { source, extra } => {
+            let src = match source {
+                ImageSource::Url(u) => match parse_data_url(&u) {
+                    Some((media_type, data)) => {
+                        json!({"type": "base64", "media_type": media_type, "data": data})
+                    }
+                    None => json!({"type": "url", "url": u}),
+                },
+                ImageSource::Base64 { media_type, data } => {
+                    json!({"type": "base64", "media_type": media_type, "data": data})
+                }
+            };
+            (json_obj([("type", "image".into()), ("source", src)]), extra)
+        }
+        Part::ToolUse {
+            id,
+            name,
+            arguments,
+            extra,
+        } => {
+            let input = if arguments.trim().is_empty() {
+                json!({})
+            } else {
+                serde_json::from_str(&arguments).unwrap_or_else(|_| {
+                    tracing::warn!(tool = %name, "tool-call arguments are not valid JSON; sent as {{}}");
+                    json!({})
+                })
+            };
+            (
+                json_obj([
+                    ("type", "tool_use".into()),
+                    ("id", Value::String(id)),
+                    ("name", Value::String(name)),
+                    ("input", input),
+                ]),
+                extra,
+            )
+        }
+        Part::ToolResult {
+            tool_use_id,
+            content,
+            is_error,
+            extra,
+        } => {
+            let content = match content {
+                Content::Text(s) => Value::String(s),
+                Content::Parts(parts) => Value::Array(
+                    parts
+                        .into_iter()
+                        .filter_map(|p| encode_block(p, same))
+                        .collect(),
+                ),
+            };
+            let mut o = json_obj([
+                ("type", "tool_result".into()),
+                ("tool_use_id", Value::String(tool_use_id)),
+                ("content", content),
+            ]);
+            if let Some(e) = is_error {
+                o.insert("is_error".into(), Value::Bool(e));
+            }
+            (o, extra)
+        }
+        Part::Thinking {
+            thinking,
+            signature,
+            extra,
+        } => {
+            // Anthropic rejects unsigned thinking; reasoning from another format is dropped.
+            let signature = signature?;
+            (
+                json_obj([
+                    ("type", "thinking".into()),
+                    ("thinking", Value::String(thinking)),
+                    ("signature", Value::String(signature)),
+                ]),
+                extra,
+            )
+        }
+        Part::Other(v) => return same.then_some(v),
+    };
+    if same {
+        o.extend(extra);
+    }
+    Some(Value::Object(o))
+}
+
+fn json_obj<const N: usize>(pairs: [(&str, Value); N]) -> JsonMap {
+    pairs.into_iter().map(|(k, v)| (k.to_owned(), v)).collect()
+}
+
+/// Splits a `data:<media>;base64,<data>` URL.
+fn parse_data_url(u: &str) -> Option<(&str, &str)> {
+    let rest = u.strip_prefix("data:")?;
+    let (meta, data) = rest.split_once(',')?;
+    let media = meta.strip_suffix(";base64")?;
+    Some((media, data))
+}

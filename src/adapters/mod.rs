@@ -1,0 +1,186 @@
+//! Wire formats: decoding client bodies into the [`ChatRequest`](crate::model::ChatRequest) and
+//! encoding it for an upstream, plus the built-in provider and model tables.
+//!
+//! Decoding parses the JSON once into a tree and *moves* its strings into the typed model; no
+//! text is copied. `extra` fields are emitted only toward an upstream of the same format as the
+//! client (they are in the client's vocabulary); a few well-known fields are mapped across.
+//!
+//! ```
+//! use nenya::adapters::{decode_request, encode_request};
+//! use nenya::model::ApiFormat;
+//! let body = br#"{"model":"m","max_tokens":5,"messages":[{"role":"user","content":"hi"}]}"#;
+//! let req = decode_request(ApiFormat::Anthropic, body).unwrap();
+//! let out = encode_request(req, ApiFormat::Anthropic).unwrap();
+//! let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+//! assert_eq!(v, serde_json::from_slice::<serde_json::Value>(body).unwrap());
+//! ```
+
+pub mod anthropic;
+pub mod openai;
+pub mod providers;
+
+use bytes::Bytes;
+use serde_json::Value;
+
+use crate::error::{Error, ErrorKind};
+use crate::model::{ApiFormat, ChatRequest, JsonMap};
+
+/// Parses a client body of `format` into the typed request.
+pub fn decode_request(format: ApiFormat, body: &[u8]) -> Result<ChatRequest, Error> {
+    let value: Value = serde_json::from_slice(body).map_err(|e| {
+        Error::new(
+            ErrorKind::InvalidJson,
+            format!("request body is not valid JSON: {e}"),
+        )
+    })?;
+    let Value::Object(map) = value else {
+        return Err(invalid("request body must be a JSON object"));
+    };
+    match format {
+        ApiFormat::OpenAi => openai::decode_request(map),
+        ApiFormat::Anthropic => anthropic::decode_request(map),
+        ApiFormat::Gemini => Err(Error::new(
+            ErrorKind::UnsupportedConversion,
+            "the Gemini ingress is not implemented",
+        )),
+    }
+}
+
+/// Serialises the typed request into the `target` wire format.
+pub fn encode_request(req: ChatRequest, target: ApiFormat) -> Result<Bytes, Error> {
+    let map = match target {
+        ApiFormat::OpenAi => openai::encode_request(req),
+        ApiFormat::Anthropic => anthropic::encode_request(req),
+        ApiFormat::Gemini => {
+            return Err(Error::new(
+                ErrorKind::UnsupportedConversion,
+                "conversion to the Gemini wire format is not implemented yet",
+            ));
+        }
+    };
+    serde_json::to_vec(&Value::Object(map))
+        .map(Bytes::from)
+        .map_err(|e| Error::new(ErrorKind::Internal, "failed to encode request").with_source(e))
+}
+
+pub(crate) fn invalid(msg: impl Into<String>) -> Error {
+    Error::new(ErrorKind::InvalidRequest, msg.into())
+}
+
+/// Field access on a JSON object that moves values out and names the field on type errors.
+pub(crate) struct Fields<'a> {
+    pub(crate) map: &'a mut JsonMap,
+    pub(crate) at: &'a str,
+}
+
+impl Fields<'_> {
+    fn path(&self, key: &str) -> String {
+        if self.at.is_empty() {
+            key.to_owned()
+        } else {
+            format!("{}.{key}", self.at)
+        }
+    }
+
+    pub(crate) fn take(&mut self, key: &str) -> Option<Value> {
+        match self.map.shift_remove(key) {
+            Some(Value::Null) | None => None,
+            Some(v) => Some(v),
+        }
+    }
+
+    pub(crate) fn string(&mut self, key: &str) -> Result<Option<String>, Error> {
+        match self.take(key) {
+            None => Ok(None),
+            Some(Value::String(s)) => Ok(Some(s)),
+            Some(_) => Err(invalid(format!("`{}` must be a string", self.path(key)))),
+        }
+    }
+
+    pub(crate) fn req_string(&mut self, key: &str) -> Result<String, Error> {
+        self.string(key)?
+            .ok_or_else(|| invalid(format!("`{}` is required", self.path(key))))
+    }
+
+    pub(crate) fn bool(&mut self, key: &str) -> Result<Option<bool>, Error> {
+        match self.take(key) {
+            None => Ok(None),
+            Some(Value::Bool(b)) => Ok(Some(b)),
+            Some(_) => Err(invalid(format!("`{}` must be a boolean", self.path(key)))),
+        }
+    }
+
+    pub(crate) fn u64(&mut self, key: &str) -> Result<Option<u64>, Error> {
+        match self.take(key) {
+            None => Ok(None),
+            Some(Value::Number(n)) if n.as_u64().is_some() => Ok(n.as_u64()),
+            Some(_) => Err(invalid(format!(
+                "`{}` must be a non-negative integer",
+                self.path(key)
+            ))),
+        }
+    }
+
+    pub(crate) fn array(&mut self, key: &str) -> Result<Option<Vec<Value>>, Error> {
+        match self.take(key) {
+            None => Ok(None),
+            Some(Value::Array(a)) => Ok(Some(a)),
+            Some(_) => Err(invalid(format!("`{}` must be an array", self.path(key)))),
+        }
+    }
+
+    pub(crate) fn object(&mut self, key: &str) -> Result<Option<JsonMap>, Error> {
+        match self.take(key) {
+            None => Ok(None),
+            Some(Value::Object(o)) => Ok(Some(o)),
+            Some(_) => Err(invalid(format!("`{}` must be an object", self.path(key)))),
+        }
+    }
+
+    /// Stop sequences: a string or an array of strings.
+    pub(crate) fn stop(&mut self, key: &str) -> Result<Option<(Vec<String>, bool)>, Error> {
+        match self.take(key) {
+            None => Ok(None),
+            Some(Value::String(s)) => Ok(Some((vec![s], true))),
+            Some(Value::Array(a)) => {
+                let mut out = Vec::with_capacity(a.len());
+                for v in a {
+                    match v {
+                        Value::String(s) => out.push(s),
+                        _ => {
+                            return Err(invalid(format!(
+                                "`{}` must contain only strings",
+                                self.path(key)
+                            )));
+                        }
+                    }
+                }
+                Ok(Some((out, false)))
+            }
+            Some(_) => Err(invalid(format!(
+                "`{}` must be a string or an array of strings",
+                self.path(key)
+            ))),
+        }
+    }
+}
+
+/// Unwraps an array element that must be an object.
+pub(crate) fn as_object(v: Value, at: &str) -> Result<JsonMap, Error> {
+    match v {
+        Value::Object(o) => Ok(o),
+        _ => Err(invalid(format!("`{at}` must be an object"))),
+    }
+}
+
+/// Sampling fields that mean the same in OpenAI and Anthropic and so cross formats unchanged.
+pub(crate) const SHARED_SAMPLING_FIELDS: &[&str] = &["temperature", "top_p"];
+
+/// Copies the shared fields of a foreign-format `extra` into `out`.
+pub(crate) fn copy_shared(extra: &JsonMap, out: &mut JsonMap) {
+    for k in SHARED_SAMPLING_FIELDS {
+        if let Some(v) = extra.get(*k) {
+            out.insert((*k).to_owned(), v.clone());
+        }
+    }
+}

@@ -1,0 +1,511 @@
+//! OpenAI Chat Completions wire format.
+
+use serde_json::{Value, json};
+
+use super::{Fields, as_object, copy_shared, invalid};
+use crate::error::Error;
+use crate::model::{
+    ApiFormat, ChatRequest, Content, ImageSource, JsonMap, Message, Part, Role, Shape, Tool,
+    ToolChoice,
+};
+
+/// Decodes an OpenAI request object.
+pub(crate) fn decode_request(mut map: JsonMap) -> Result<ChatRequest, Error> {
+    let mut f = Fields {
+        map: &mut map,
+        at: "",
+    };
+    let model = f.req_string("model")?;
+    let stream_field = f.bool("stream")?;
+    let raw_messages = f
+        .array("messages")?
+        .ok_or_else(|| invalid("`messages` is required"))?;
+    let tools = f.array("tools")?;
+    let tool_choice = f.take("tool_choice");
+    let (max_tokens, max_completion_tokens) = match f.u64("max_completion_tokens")? {
+        Some(n) => (Some(n), true),
+        None => (f.u64("max_tokens")?, false),
+    };
+    let stop = f.stop("stop")?;
+
+    let mut messages = Vec::with_capacity(raw_messages.len());
+    for (i, m) in raw_messages.into_iter().enumerate() {
+        let at = format!("messages[{i}]");
+        messages.push(decode_message(as_object(m, &at)?, &at)?);
+    }
+    let tools = tools.map(|t| t.into_iter().map(decode_tool).collect::<Vec<_>>());
+    let (stop, stop_as_string) = match stop {
+        Some((s, as_str)) => (Some(s), as_str),
+        None => (None, false),
+    };
+    Ok(ChatRequest {
+        source: ApiFormat::OpenAi,
+        model,
+        stream: stream_field.unwrap_or(false),
+        messages,
+        tools,
+        tool_choice: tool_choice.map(decode_tool_choice),
+        max_tokens,
+        stop,
+        extra: map,
+        shape: Shape {
+            max_completion_tokens,
+            stop_as_string,
+            system_as_string: false,
+            stream_present: stream_field.is_some(),
+        },
+    })
+}
+
+fn decode_role(s: &str, at: &str) -> Result<Role, Error> {
+    Ok(match s {
+        "system" => Role::System,
+        "developer" => Role::Developer,
+        "user" => Role::User,
+        "assistant" => Role::Assistant,
+        "tool" => Role::Tool,
+        other => return Err(invalid(format!("`{at}.role` has unknown value `{other}`"))),
+    })
+}
+
+fn decode_content(v: Option<Value>, at: &str) -> Result<Content, Error> {
+    match v {
+        None => Ok(Content::Parts(Vec::new())),
+        Some(Value::String(s)) => Ok(Content::Text(s)),
+        Some(Value::Array(parts)) => Ok(Content::Parts(
+            parts.into_iter().map(decode_part).collect::<Vec<_>>(),
+        )),
+        Some(_) => Err(invalid(format!(
+            "`{at}.content` must be a string or an array"
+        ))),
+    }
+}
+
+fn decode_part(v: Value) -> Part {
+    let Value::Object(mut o) = v else {
+        return Part::Other(v);
+    };
+    match o.get("type").and_then(Value::as_str) {
+        Some("text") if o.get("text").is_some_and(Value::is_string) => {
+            o.shift_remove("type");
+            let Some(Value::String(text)) = o.shift_remove("text") else {
+                unreachable!("checked above")
+            };
+            Part::Text { text, extra: o }
+        }
+        Some("image_url") => {
+            let url = o
+                .get_mut("image_url")
+                .and_then(Value::as_object_mut)
+                .and_then(|iu| match iu.shift_remove("url") {
+                    Some(Value::String(u)) => Some(u),
+                    _ => None,
+                });
+            match url {
+                Some(url) => {
+                    let mut extra = match o.shift_remove("image_url") {
+                        Some(Value::Object(rest)) => rest,
+                        _ => JsonMap::new(),
+                    };
+                    o.shift_remove("type");
+                    extra.extend(o);
+                    Part::Image {
+                        source: ImageSource::Url(url),
+                        extra,
+                    }
+                }
+                None => Part::Other(Value::Object(o)),
+            }
+        }
+        _ => Part::Other(Value::Object(o)),
+    }
+}
+
+fn decode_message(mut o: JsonMap, at: &str) -> Result<Message, Error> {
+    let mut f = Fields { map: &mut o, at };
+    let role_s = f.req_string("role")?;
+    let role = decode_role(&role_s, at)?;
+    let content = decode_content(f.take("content"), at)?;
+    match role {
+        Role::Assistant => {
+            let reasoning = f.string("reasoning_content")?;
+            let calls = f.array("tool_calls")?;
+            if reasoning.is_none() && calls.is_none() {
+                return Ok(Message {
+                    role,
+                    content,
+                    extra: o,
+                });
+            }
+            let mut parts = Vec::new();
+            if let Some(thinking) = reasoning {
+                parts.push(Part::Thinking {
+                    thinking,
+                    signature: None,
+                    extra: JsonMap::new(),
+                });
+            }
+            parts.extend(content.into_parts());
+            for (i, c) in calls.unwrap_or_default().into_iter().enumerate() {
+                let cat = format!("{at}.tool_calls[{i}]");
+                let mut c = as_object(c, &cat)?;
+                let mut cf = Fields {
+                    map: &mut c,
+                    at: &cat,
+                };
+                let id = cf.string("id")?.unwrap_or_default();
+                cf.take("type");
+                let fat = format!("{cat}.function");
+                let mut func = cf
+                    .object("function")?
+                    .ok_or_else(|| invalid(format!("`{fat}` is required")))?;
+                let mut ff = Fields {
+                    map: &mut func,
+                    at: &fat,
+                };
+                let name = ff.req_string("name")?;
+                let arguments = match ff.take("arguments") {
+                    None => String::new(),
+                    Some(Value::String(s)) => s,
+                    // Some clients send an object; keep its JSON text.
+                    Some(other) => other.to_string(),
+                };
+                c.shift_remove("index");
+                parts.push(Part::ToolUse {
+                    id,
+                    name,
+                    arguments,
+                    extra: c,
+                });
+            }
+            Ok(Message {
+                role,
+                content: Content::Parts(parts),
+                extra: o,
+            })
+        }
+        Role::Tool => {
+            let tool_use_id = f.string("tool_call_id")?.unwrap_or_default();
+            Ok(Message {
+                role,
+                content: Content::Parts(vec![Part::ToolResult {
+                    tool_use_id,
+                    content,
+                    is_error: None,
+                    extra: JsonMap::new(),
+                }]),
+                extra: o,
+            })
+        }
+        _ => Ok(Message {
+            role,
+            content,
+            extra: o,
+        }),
+    }
+}
+
+fn decode_tool(v: Value) -> Tool {
+    let Value::Object(mut o) = v else {
+        return Tool::Other(v);
+    };
+    if o.get("type").and_then(Value::as_str) != Some("function") {
+        return Tool::Other(Value::Object(o));
+    }
+    let Some(Value::Object(mut func)) = o.shift_remove("function") else {
+        return Tool::Other(Value::Object(o));
+    };
+    let Some(Value::String(name)) = func.shift_remove("name") else {
+        o.insert("function".into(), Value::Object(func));
+        return Tool::Other(Value::Object(o));
+    };
+    let description = match func.shift_remove("description") {
+        Some(Value::String(d)) => Some(d),
+        _ => None,
+    };
+    let parameters = func
+        .shift_remove("parameters")
+        .unwrap_or_else(|| json!({"type": "object", "properties": {}}));
+    Tool::Function {
+        name,
+        description,
+        parameters,
+        extra: func,
+    }
+}
+
+fn decode_tool_choice(v: Value) -> ToolChoice {
+    match &v {
+        Value::String(s) => match s.as_str() {
+            "auto" => ToolChoice::Auto,
+            "none" => ToolChoice::None,
+            "required" => ToolChoice::Required,
+            _ => ToolChoice::Other(v),
+        },
+        Value::Object(o)
+            if o.len() == 2 && o.get("type").and_then(Value::as_str) == Some("function") =>
+        {
+            match o
+                .get("function")
+                .and_then(Value::as_object)
+                .filter(|f| f.len() == 1)
+                .and_then(|f| f.get("name"))
+                .and_then(Value::as_str)
+            {
+                Some(name) => ToolChoice::Tool(name.to_owned()),
+                None => ToolChoice::Other(v),
+            }
+        }
+        _ => ToolChoice::Other(v),
+    }
+}
+
+/// Encodes the typed request as an OpenAI request object.
+pub(crate) fn encode_request(req: ChatRequest) -> JsonMap {
+    let same = req.source == ApiFormat::OpenAi;
+    let mut out = JsonMap::new();
+    out.insert("model".into(), Value::String(req.model));
+    let mut messages = Vec::with_capacity(req.messages.len());
+    for m in req.messages {
+        encode_message(m, same, &mut messages);
+    }
+    out.insert("messages".into(), Value::Array(messages));
+    if req.stream || req.shape.stream_present {
+        out.insert("stream".into(), Value::Bool(req.stream));
+    }
+    if let Some(tools) = req.tools {
+        let tools = tools
+            .into_iter()
+            .filter_map(|t| encode_tool(t, same))
+            .collect();
+        out.insert("tools".into(), Value::Array(tools));
+    }
+    if let Some(tc) = req.tool_choice {
+        out.insert("tool_choice".into(), encode_tool_choice(tc, same));
+    }
+    if let Some(n) = req.max_tokens {
+        let key = if same && req.shape.max_completion_tokens {
+            "max_completion_tokens"
+        } else {
+            "max_tokens"
+        };
+        out.insert(key.into(), n.into());
+    }
+    if let Some(mut stop) = req.stop {
+        let v = if same && req.shape.stop_as_string && stop.len() == 1 {
+            Value::String(stop.remove(0))
+        } else {
+            Value::Array(stop.into_iter().map(Value::String).collect())
+        };
+        out.insert("stop".into(), v);
+    }
+    if same {
+        out.extend(req.extra);
+    } else {
+        copy_shared(&req.extra, &mut out);
+        if let Some(user) = req
+            .extra
+            .get("metadata")
+            .and_then(|m| m.get("user_id"))
+            .cloned()
+        {
+            out.insert("user".into(), user);
+        }
+    }
+    out
+}
+
+fn encode_part(p: Part, same: bool) -> Option<Value> {
+    match p {
+        Part::Text { text, extra } => {
+            let mut o = JsonMap::new();
+            o.insert("type".into(), "text".into());
+            o.insert("text".into(), Value::String(text));
+            if same {
+                o.extend(extra);
+            }
+            Some(Value::Object(o))
+        }
+        Part::Image { source, extra } => {
+            let url = match source {
+                ImageSource::Url(u) => u,
+                ImageSource::Base64 { media_type, data } => {
+                    format!("data:{media_type};base64,{data}")
+                }
+            };
+            let mut iu = JsonMap::new();
+            iu.insert("url".into(), Value::String(url));
+            if same {
+                iu.extend(extra);
+            }
+            Some(json!({"type": "image_url", "image_url": Value::Object(iu)}))
+        }
+        Part::Other(v) if same => Some(v),
+        _ => None,
+    }
+}
+
+fn encode_content(c: Content, same: bool) -> Value {
+    match c {
+        Content::Text(s) => Value::String(s),
+        Content::Parts(parts) => Value::Array(
+            parts
+                .into_iter()
+                .filter_map(|p| encode_part(p, same))
+                .collect(),
+        ),
+    }
+}
+
+fn encode_message(m: Message, same: bool, out: &mut Vec<Value>) {
+    let extra = if same { m.extra } else { JsonMap::new() };
+    match m.role {
+        Role::Assistant => {
+            let mut o = JsonMap::new();
+            o.insert("role".into(), "assistant".into());
+            match m.content {
+                Content::Text(s) => {
+                    o.insert("content".into(), Value::String(s));
+                }
+                Content::Parts(parts) => {
+                    let mut text: Option<String> = None;
+                    let mut reasoning: Option<String> = None;
+                    let mut calls = Vec::new();
+                    for p in parts {
+                        match p {
+                            Part::Text { text: t, .. } => {
+                                text.get_or_insert_with(String::new).push_str(&t)
+                            }
+                            Part::Thinking { thinking, .. } if same => reasoning
+                                .get_or_insert_with(String::new)
+                                .push_str(&thinking),
+                            Part::ToolUse {
+                                id,
+                                name,
+                                arguments,
+                                extra,
+                            } => {
+                                let mut c = JsonMap::new();
+                                c.insert("id".into(), Value::String(id));
+                                c.insert("type".into(), "function".into());
+                                c.insert(
+                                    "function".into(),
+                                    json!({"name": name, "arguments": arguments}),
+                                );
+                                if same {
+                                    c.extend(extra);
+                                }
+                                calls.push(Value::Object(c));
+                            }
+                            _ => {}
+                        }
+                    }
+                    o.insert(
+                        "content".into(),
+                        text.map(Value::String).unwrap_or(Value::Null),
+                    );
+                    if let Some(r) = reasoning {
+                        o.insert("reasoning_content".into(), Value::String(r));
+                    }
+                    if !calls.is_empty() {
+                        o.insert("tool_calls".into(), Value::Array(calls));
+                    }
+                }
+            }
+            o.extend(extra);
+            out.push(Value::Object(o));
+        }
+        Role::Tool | Role::User => {
+            // Tool results become `tool` messages; anything else stays a user message.
+            let mut rest = Vec::new();
+            let mut text_content = None;
+            match m.content {
+                Content::Text(s) => text_content = Some(s),
+                Content::Parts(parts) => {
+                    for p in parts {
+                        match p {
+                            Part::ToolResult {
+                                tool_use_id,
+                                content,
+                                ..
+                            } => {
+                                let mut o = JsonMap::new();
+                                o.insert("role".into(), "tool".into());
+                                o.insert("tool_call_id".into(), Value::String(tool_use_id));
+                                o.insert("content".into(), encode_content(content, same));
+                                if m.role == Role::Tool {
+                                    o.extend(extra.clone());
+                                }
+                                out.push(Value::Object(o));
+                            }
+                            other => rest.push(other),
+                        }
+                    }
+                }
+            }
+            if m.role == Role::User && (text_content.is_some() || !rest.is_empty()) {
+                let content = match text_content {
+                    Some(s) => Value::String(s),
+                    None => encode_content(Content::Parts(rest), same),
+                };
+                let mut o = JsonMap::new();
+                o.insert("role".into(), "user".into());
+                o.insert("content".into(), content);
+                o.extend(extra);
+                out.push(Value::Object(o));
+            }
+        }
+        Role::System | Role::Developer => {
+            let mut o = JsonMap::new();
+            o.insert("role".into(), m.role.as_str().into());
+            o.insert("content".into(), encode_content(m.content, same));
+            o.extend(extra);
+            out.push(Value::Object(o));
+        }
+    }
+}
+
+fn encode_tool(t: Tool, same: bool) -> Option<Value> {
+    match t {
+        Tool::Function {
+            name,
+            description,
+            parameters,
+            extra,
+        } => {
+            let mut func = JsonMap::new();
+            func.insert("name".into(), Value::String(name));
+            if let Some(d) = description {
+                func.insert("description".into(), Value::String(d));
+            }
+            func.insert("parameters".into(), parameters);
+            if same {
+                func.extend(extra);
+            }
+            Some(json!({"type": "function", "function": Value::Object(func)}))
+        }
+        Tool::Other(v) if same => Some(v),
+        Tool::Other(_) => None,
+    }
+}
+
+fn encode_tool_choice(tc: ToolChoice, same: bool) -> Value {
+    match tc {
+        // A foreign choice nenya kept verbatim (e.g. Anthropic's with
+        // `disable_parallel_tool_use`): map its `type`.
+        ToolChoice::Other(v) if !same => match v.get("type").and_then(Value::as_str) {
+            Some("any") => "required".into(),
+            Some("none") => "none".into(),
+            Some("tool") => match v.get("name") {
+                Some(name) => json!({"type": "function", "function": {"name": name}}),
+                None => "required".into(),
+            },
+            _ => "auto".into(),
+        },
+        ToolChoice::Auto => "auto".into(),
+        ToolChoice::None => "none".into(),
+        ToolChoice::Required => "required".into(),
+        ToolChoice::Tool(name) => json!({"type": "function", "function": {"name": name}}),
+        ToolChoice::Other(v) => v,
+    }
+}

@@ -1,0 +1,105 @@
+//! The one body type the gateway hands around.
+//!
+//! [`Body`] wraps any `http_body::Body<Data = Bytes>` behind one boxed type so the stack has a
+//! single, nameable response body without exposing `http-body-util` combinators in the public API.
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http_body::{Frame, SizeHint};
+use http_body_util::BodyExt;
+use http_body_util::combinators::UnsyncBoxBody;
+
+use crate::BoxError;
+
+/// A streaming HTTP body of [`Bytes`] frames, used for every request and response in nenya.
+///
+/// ```
+/// use nenya::Body;
+/// use http_body_util::BodyExt;
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// let body = Body::from("hello");
+/// let bytes = body.collect().await.unwrap().to_bytes();
+/// assert_eq!(&bytes[..], b"hello");
+/// # }
+/// ```
+pub struct Body {
+    inner: UnsyncBoxBody<Bytes, BoxError>,
+}
+
+impl Body {
+    /// Wraps any body whose data is [`Bytes`].
+    pub fn new<B>(body: B) -> Self
+    where
+        B: http_body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<BoxError>,
+    {
+        Self {
+            inner: body.map_err(Into::into).boxed_unsync(),
+        }
+    }
+
+    /// An empty body.
+    pub fn empty() -> Self {
+        Self::new(http_body_util::Empty::new())
+    }
+
+    /// A body holding exactly `bytes`.
+    pub fn full(bytes: impl Into<Bytes>) -> Self {
+        Self::new(http_body_util::Full::new(bytes.into()))
+    }
+}
+
+impl Default for Body {
+    fn default() -> Self {
+        Self::empty()
+    }
+}
+
+impl std::fmt::Debug for Body {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Body").finish_non_exhaustive()
+    }
+}
+
+impl From<Bytes> for Body {
+    fn from(b: Bytes) -> Self {
+        Self::full(b)
+    }
+}
+impl From<Vec<u8>> for Body {
+    fn from(b: Vec<u8>) -> Self {
+        Self::full(b)
+    }
+}
+impl From<String> for Body {
+    fn from(b: String) -> Self {
+        Self::full(b)
+    }
+}
+impl From<&'static str> for Body {
+    fn from(b: &'static str) -> Self {
+        Self::full(Bytes::from_static(b.as_bytes()))
+    }
+}
+
+impl http_body::Body for Body {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}

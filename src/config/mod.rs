@@ -1,0 +1,342 @@
+//! Configuration: a Nenya-compatible JSON schema, loaded from a file or a directory, plus
+//! secrets from `NENYA_SECRETS_DIR`.
+//!
+//! ```
+//! let cfg: nenya::config::Config = nenya::config::Config::from_json_str(r#"{
+//!   "agents": {"build": {"strategy": "fallback", "models": ["gpt-4o", {"provider": "ollama", "model": "qwen"}]}}
+//! }"#).unwrap();
+//! assert_eq!(cfg.agents["build"].models.len(), 2);
+//! assert_eq!(cfg.server.max_body_bytes, 10 * 1024 * 1024);
+//! ```
+
+mod secret;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use serde_json::Value;
+
+pub use secret::{Secret, Secrets};
+
+use crate::model::ApiFormat;
+
+/// Default request body limit (10 MiB), as Nenya.
+pub const DEFAULT_MAX_BODY_BYTES: u64 = 10 * 1024 * 1024;
+
+/// Top-level sections nenya reads; anything else is accepted with a warning.
+const KNOWN_SECTIONS: &[&str] = &["server", "agents", "providers"];
+
+/// The whole configuration.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct Config {
+    /// `server` section.
+    #[serde(default)]
+    pub server: ServerConfig,
+    /// Named agents (model chains).
+    #[serde(default)]
+    pub agents: BTreeMap<String, AgentConfig>,
+    /// Provider definitions and overrides of the built-in table.
+    #[serde(default)]
+    pub providers: BTreeMap<String, ProviderConfig>,
+    /// Sections nenya does not implement yet (kept so nothing fails to load).
+    #[serde(flatten)]
+    pub other: BTreeMap<String, Value>,
+}
+
+/// `server` section.
+#[derive(Debug, Clone, Deserialize)]
+pub struct ServerConfig {
+    /// Bind address, e.g. `":8080"` or `"127.0.0.1:8080"`.
+    #[serde(default)]
+    pub listen_addr: Option<String>,
+    /// Maximum request body size in bytes.
+    #[serde(default = "default_max_body")]
+    pub max_body_bytes: u64,
+    /// Log level (`debug`, `info`, `warn`, `error`).
+    #[serde(default)]
+    pub log_level: Option<String>,
+    /// `User-Agent` sent upstream.
+    #[serde(default)]
+    pub user_agent: Option<String>,
+    /// Fields not implemented yet.
+    #[serde(flatten)]
+    pub other: BTreeMap<String, Value>,
+}
+
+fn default_max_body() -> u64 {
+    DEFAULT_MAX_BODY_BYTES
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen_addr: None,
+            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+            log_level: None,
+            user_agent: None,
+            other: BTreeMap::new(),
+        }
+    }
+}
+
+/// One agent: a named chain of models.
+#[derive(Debug, Clone, Deserialize)]
+pub struct AgentConfig {
+    /// `fallback`, `round-robin` or `sticky`.
+    #[serde(default)]
+    pub strategy: Option<String>,
+    /// The chain.
+    pub models: Vec<ModelEntry>,
+    /// Fields not implemented yet.
+    #[serde(flatten)]
+    pub other: BTreeMap<String, Value>,
+}
+
+/// A model in an agent's chain: a registry name, or an explicit object.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum ModelEntry {
+    /// A model of the built-in registry, e.g. `"gpt-4o"`.
+    Name(String),
+    /// An explicit target.
+    Object(ModelObject),
+}
+
+/// An explicit model target.
+#[derive(Debug, Clone, Deserialize)]
+pub struct ModelObject {
+    /// Provider name.
+    #[serde(default)]
+    pub provider: Option<String>,
+    /// Model id sent upstream.
+    #[serde(default)]
+    pub model: Option<String>,
+    /// Wire format override.
+    #[serde(default, deserialize_with = "de_format")]
+    pub format: Option<ApiFormat>,
+    /// URL override for this model.
+    #[serde(default)]
+    pub url: Option<String>,
+    /// Context window.
+    #[serde(default)]
+    pub max_context: Option<u64>,
+    /// Max output tokens.
+    #[serde(default)]
+    pub max_output: Option<u64>,
+    /// Fields not implemented yet.
+    #[serde(flatten)]
+    pub other: BTreeMap<String, Value>,
+}
+
+/// A provider definition (or override of a built-in one).
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct ProviderConfig {
+    /// Full chat endpoint URL.
+    #[serde(default)]
+    pub url: Option<String>,
+    /// Auth style (`bearer`, `anthropic`, `azure`, `bearer+x-goog`, `none`).
+    #[serde(default)]
+    pub auth_style: Option<String>,
+    /// Wire format of `url` (default: inferred, else `openai`).
+    #[serde(default, deserialize_with = "de_format")]
+    pub format: Option<ApiFormat>,
+    /// Extra endpoints per wire format, e.g. `{"anthropic": "https://…/v1/messages"}`.
+    #[serde(default)]
+    pub format_urls: BTreeMap<String, String>,
+    /// Legacy inline key (prefer `provider_keys` in secrets).
+    #[serde(default)]
+    pub api_key: Option<Secret>,
+    /// Overall timeout for non-streaming requests, and the first-byte default.
+    #[serde(default)]
+    pub timeout_seconds: Option<u64>,
+    /// Time to the upstream's response headers.
+    #[serde(default)]
+    pub response_header_timeout_seconds: Option<u64>,
+    /// Longest silence allowed inside a streamed body.
+    #[serde(default)]
+    pub stream_idle_timeout_seconds: Option<u64>,
+    /// TCP connect timeout.
+    #[serde(default)]
+    pub connect_timeout_seconds: Option<u64>,
+    /// Fields not implemented yet.
+    #[serde(flatten)]
+    pub other: BTreeMap<String, Value>,
+}
+
+fn de_format<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<ApiFormat>, D::Error> {
+    let s: Option<String> = Option::deserialize(d)?;
+    s.map(|s| s.parse().map_err(serde::de::Error::custom))
+        .transpose()
+}
+
+/// A configuration error that names the file, the field and what is wrong.
+#[derive(Debug)]
+pub struct ConfigError {
+    /// The file at fault, when known.
+    pub file: Option<PathBuf>,
+    /// Dotted path of the field at fault (`agents.build.models[1].provider`), when known.
+    pub field: Option<String>,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl ConfigError {
+    pub(crate) fn new(
+        file: Option<&Path>,
+        field: Option<String>,
+        message: impl Into<String>,
+    ) -> Self {
+        Self {
+            file: file.map(Path::to_path_buf),
+            field,
+            message: message.into(),
+        }
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("config error")?;
+        if let Some(file) = &self.file {
+            write!(f, " in {}", file.display())?;
+        }
+        if let Some(field) = &self.field {
+            write!(f, " at `{field}`")?;
+        }
+        write!(f, ": {}", self.message)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+impl Config {
+    /// Parses one JSON document.
+    pub fn from_json_str(s: &str) -> Result<Self, ConfigError> {
+        parse_value(
+            None,
+            serde_json::from_str(s).map_err(|e| json_err(None, e))?,
+        )
+    }
+
+    /// Loads a config file, or a directory (`config.d/*.json` deep-merged in name order, else
+    /// `config.json`, else its own `*.json`).
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        if path.is_dir() {
+            let files = dir_files(path)?;
+            if files.is_empty() {
+                return Err(ConfigError::new(
+                    Some(path),
+                    None,
+                    "no *.json config files in this directory",
+                ));
+            }
+            let mut merged = Value::Object(Default::default());
+            for file in &files {
+                let v = read_json(file)?;
+                // Validate each file alone first, so an error names the file it is in.
+                parse_value(Some(file), v.clone())?;
+                deep_merge(&mut merged, v);
+            }
+            parse_value(Some(path), merged)
+        } else {
+            parse_value(Some(path), read_json(path)?)
+        }
+    }
+
+    /// One warning per section or field that is accepted but not implemented yet.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut w = Vec::new();
+        for k in self.other.keys() {
+            if KNOWN_SECTIONS.contains(&k.as_str()) {
+                continue;
+            }
+            w.push(format!(
+                "config section `{k}` is accepted but not implemented yet; it has no effect"
+            ));
+        }
+        for k in self.server.other.keys() {
+            w.push(format!(
+                "config field `server.{k}` is accepted but not implemented yet"
+            ));
+        }
+        w
+    }
+}
+
+fn dir_files(dir: &Path) -> Result<Vec<PathBuf>, ConfigError> {
+    let list = |d: &Path| -> Result<Vec<PathBuf>, ConfigError> {
+        let rd = std::fs::read_dir(d)
+            .map_err(|e| ConfigError::new(Some(d), None, format!("cannot read directory: {e}")))?;
+        let mut v: Vec<PathBuf> = rd
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .filter(|p| {
+                p.extension().is_some_and(|x| x == "json")
+                    && p.file_name().is_some_and(|n| n != "secrets.json")
+                    && p.is_file()
+            })
+            .collect();
+        v.sort();
+        Ok(v)
+    };
+    let d = dir.join("config.d");
+    if d.is_dir() {
+        let files = list(&d)?;
+        if !files.is_empty() {
+            return Ok(files);
+        }
+    }
+    let single = dir.join("config.json");
+    if single.is_file() {
+        return Ok(vec![single]);
+    }
+    list(dir)
+}
+
+fn read_json(path: &Path) -> Result<Value, ConfigError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| ConfigError::new(Some(path), None, format!("cannot read file: {e}")))?;
+    serde_json::from_str(&text).map_err(|e| json_err(Some(path), e))
+}
+
+fn json_err(file: Option<&Path>, e: serde_json::Error) -> ConfigError {
+    ConfigError::new(
+        file,
+        None,
+        format!(
+            "invalid JSON at line {} column {}: {e}",
+            e.line(),
+            e.column()
+        ),
+    )
+}
+
+fn parse_value(file: Option<&Path>, v: Value) -> Result<Config, ConfigError> {
+    serde_path_to_error::deserialize::<_, Config>(v).map_err(|e| {
+        let field = e.path().to_string();
+        ConfigError::new(
+            file,
+            (field != ".").then_some(field),
+            e.into_inner().to_string(),
+        )
+    })
+}
+
+/// Objects merge key by key (recursively); any other value is replaced by the later one.
+pub fn deep_merge(base: &mut Value, over: Value) {
+    match (base, over) {
+        (Value::Object(b), Value::Object(o)) => {
+            for (k, v) in o {
+                match b.get_mut(&k) {
+                    Some(slot) => deep_merge(slot, v),
+                    None => {
+                        b.insert(k, v);
+                    }
+                }
+            }
+        }
+        (slot, v) => *slot = v,
+    }
+}

@@ -1,0 +1,216 @@
+//! The gateway: the whole stack assembled from config, as one cloneable, `Infallible` service.
+//!
+//! # Stack order (outermost first)
+//!
+//! | # | layer / service | why it sits there |
+//! |---|---|---|
+//! | 1 | [`ErrorResponseLayer`] | every failure below becomes client-format JSON; hyper never sees an `Err` |
+//! | 2 | [`AuthLayer`] | refuse unauthenticated clients before reading any body |
+//! | 3 | `Dispatch` | `/healthz`, chat paths, 404/405 for the rest |
+//! | 4 | [`DecodeLayer`] | read the body once (size limit) and parse it once |
+//! | 5 | [`Router`] | model → agent chain → [`Target`](crate::services::Target) |
+//! | 6 | [`ProviderService`] | encode once, send with the provider's auth, stream back |
+//!
+//! # Request extensions
+//!
+//! | extension | inserted by | read by |
+//! |---|---|---|
+//! | [`Target`](crate::services::Target) | [`Router`] | [`ProviderService`] |
+//!
+//! ```
+//! use nenya::{Gateway, services::{RouteTable, MockProvider, MockConfig}};
+//! use tower::ServiceExt;
+//! # #[tokio::main(flavor = "current_thread")] async fn main() {
+//! let gw = Gateway::builder(RouteTable::mock(MockProvider::new(MockConfig::default()))).build();
+//! let req = http::Request::post("/v1/chat/completions")
+//!     .body(nenya::Body::from(r#"{"model":"m","messages":[{"role":"user","content":"hi"}]}"#))
+//!     .unwrap();
+//! let resp = gw.oneshot(req).await.unwrap();
+//! assert_eq!(resp.status(), 200);
+//! # }
+//! ```
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderValue, Method, Request, Response, header};
+use pin_project_lite::pin_project;
+use tower::util::BoxCloneSyncService;
+use tower::{Service, ServiceBuilder};
+
+use crate::config::{Config, ConfigError, DEFAULT_MAX_BODY_BYTES, Secret, Secrets};
+use crate::error::{Error, ErrorKind};
+use crate::layers::{AuthLayer, DecodeLayer, ErrorResponseLayer};
+use crate::model::ApiFormat;
+use crate::services::{ProviderService, RouteTable, Router, http_client};
+use crate::{Body, BoxError};
+
+/// Assembles a [`Gateway`].
+#[derive(Debug, Clone)]
+pub struct GatewayBuilder {
+    table: Arc<RouteTable>,
+    max_body_bytes: u64,
+    tokens: Vec<Secret>,
+}
+
+impl GatewayBuilder {
+    /// Sets the request body limit (default 10 MiB).
+    pub fn max_body_bytes(mut self, n: u64) -> Self {
+        self.max_body_bytes = n;
+        self
+    }
+
+    /// Requires clients to present one of these tokens.
+    pub fn client_tokens(mut self, tokens: impl IntoIterator<Item = Secret>) -> Self {
+        self.tokens = tokens.into_iter().collect();
+        self
+    }
+
+    /// Builds the stack (see the module docs for its order).
+    pub fn build(self) -> Gateway {
+        let chat = ServiceBuilder::new()
+            .layer(DecodeLayer::new(self.max_body_bytes))
+            .service(Router::new(self.table, ProviderService::new()));
+        let svc = ServiceBuilder::new()
+            .layer(ErrorResponseLayer::new())
+            .layer(AuthLayer::new(self.tokens))
+            .service(Dispatch { chat });
+        Gateway {
+            svc: BoxCloneSyncService::new(svc),
+        }
+    }
+}
+
+/// The assembled gateway service. Cheap to clone; never fails (errors are responses).
+#[derive(Clone)]
+pub struct Gateway {
+    svc: BoxCloneSyncService<Request<Body>, Response<Body>, Infallible>,
+}
+
+impl std::fmt::Debug for Gateway {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Gateway").finish_non_exhaustive()
+    }
+}
+
+impl Gateway {
+    /// A builder over a route table.
+    pub fn builder(table: RouteTable) -> GatewayBuilder {
+        GatewayBuilder {
+            table: Arc::new(table),
+            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+            tokens: Vec::new(),
+        }
+    }
+
+    /// A builder from config and secrets (upstreams over the shared pooled HTTP client).
+    pub fn from_config(cfg: &Config, secrets: &Secrets) -> Result<GatewayBuilder, ConfigError> {
+        let client = http_client(Duration::from_secs(10));
+        let table = RouteTable::from_config(cfg, secrets, &client)?;
+        Ok(Self::builder(table)
+            .max_body_bytes(cfg.server.max_body_bytes)
+            .client_tokens(secrets.client_token.clone()))
+    }
+}
+
+impl<B> Service<Request<B>> for Gateway
+where
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    type Response = Response<Body>;
+    type Error = Infallible;
+    type Future = <BoxCloneSyncService<Request<Body>, Response<Body>, Infallible> as Service<
+        Request<Body>,
+    >>::Future;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.svc.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        self.svc.call(req.map(Body::new))
+    }
+}
+
+/// Routes paths: health, chat endpoints, and 404/405 for everything else.
+#[derive(Debug, Clone)]
+struct Dispatch<C> {
+    chat: C,
+}
+
+impl<C> Service<Request<Body>> for Dispatch<C>
+where
+    C: Service<Request<Body>, Response = Response<Body>, Error = Error>,
+{
+    type Response = Response<Body>;
+    type Error = Error;
+    type Future = DispatchFuture<C::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
+        self.chat.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<Body>) -> Self::Future {
+        let path = req.uri().path();
+        let ready = |r: Result<Response<Body>, Error>| DispatchFuture::Ready { res: Some(r) };
+        if path == "/healthz" {
+            return ready(Ok(json_ok(r#"{"status":"ok"}"#)));
+        }
+        if ApiFormat::from_path(path).is_some() {
+            if req.method() != Method::POST {
+                return ready(Err(Error::new(
+                    ErrorKind::MethodNotAllowed,
+                    format!("{} only accepts POST", path),
+                )));
+            }
+            return DispatchFuture::Chat {
+                fut: self.chat.call(req),
+            };
+        }
+        ready(Err(Error::new(
+            ErrorKind::NotFound,
+            format!("no route for {} {}", req.method(), path),
+        )))
+    }
+}
+
+fn json_ok(body: &'static str) -> Response<Body> {
+    let mut r = Response::new(Body::from(body));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
+pin_project! {
+    #[project = DispatchProj]
+    enum DispatchFuture<F> {
+        Chat { #[pin] fut: F },
+        Ready { res: Option<Result<Response<Body>, Error>> },
+    }
+}
+
+impl<F> Future for DispatchFuture<F>
+where
+    F: Future<Output = Result<Response<Body>, Error>>,
+{
+    type Output = Result<Response<Body>, Error>;
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project() {
+            DispatchProj::Chat { fut } => fut.poll(cx),
+            DispatchProj::Ready { res } => Poll::Ready(res.take().unwrap_or_else(|| {
+                Err(Error::new(
+                    ErrorKind::Internal,
+                    "future polled after completion",
+                ))
+            })),
+        }
+    }
+}

@@ -1,0 +1,32 @@
+//! Client authentication: `Authorization: Bearer <token>` (OpenAI clients) or
+//! `x-api-key: <token>` (Anthropic clients), compared in constant time.
+//!
+//! Failed auth is answered `401` in the client's format by the layer itself; the request never
+//! reaches the inner service. On success the client's credentials are removed from the request,
+//! so nothing further down the stack can forward them. `/healthz`, `/statsz` and `/metrics`
+//! stay open. With no tokens configured the layer lets everything through.
+//!
+//! ```
+//! use nenya::layers::AuthLayer;
+//! use nenya::config::Secret;
+//! use nenya::Body;
+//! use tower::{ServiceBuilder, ServiceExt, service_fn};
+//! # #[tokio::main(flavor = "current_thread")] async fn main() {
+//! let svc = ServiceBuilder::new()
+//!     .layer(AuthLayer::new([Secret::new("t0ken")]))
+//!     .service(service_fn(|req: http::Request<Body>| async move {
+//!         assert!(req.headers().get("authorization").is_none()); // stripped
+//!         Ok::<_, std::convert::Infallible>(http::Response::new(Body::empty()))
+//!     }));
+//! let ok = http::Request::post("/v1/chat/completions")
+//!     .header("authorization", "Bearer t0ken").body(Body::empty()).unwrap();
+//! assert_eq!(svc.clone().oneshot(ok).await.unwrap().status(), 200);
+//! let bad = http::Request::post("/v1/messages")
+//!     .header("x-api-key", "nope").body(Body::empty()).unwrap();
+//! assert_eq!(svc.oneshot(bad).await.unwrap().status(), 401);
+//! # }
+//! ```
+
+mod service;
+
+pub use service::{Auth, AuthLayer, ResponseFuture};

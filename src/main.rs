@@ -1,0 +1,220 @@
+//! `nenya`, the reference binary: reads config, builds the stack with the library's public
+//! API, and serves it (HTTP/1.1 and HTTP/2) until SIGTERM/Ctrl-C, then drains for 5 s.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use nenya::Gateway;
+use nenya::config::{Config, Secrets};
+use nenya::services::{Fault, MockConfig, MockProvider, RouteTable};
+use tracing_subscriber::EnvFilter;
+
+/// Drain time for in-flight requests after a shutdown signal.
+const GRACE: Duration = Duration::from_secs(5);
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "nenya",
+    version,
+    about = "An AI API gateway built from tower layers"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Option<Cmd>,
+    #[command(flatten)]
+    serve: ServeArgs,
+    /// Log output format.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Run the gateway (the default).
+    Serve(ServeArgs),
+    /// Run the mock upstream provider over HTTP.
+    Mock(MockArgs),
+}
+
+#[derive(Args, Debug, Clone, Default)]
+struct ServeArgs {
+    /// Config file or directory (else NENYA_CONFIG_FILE, NENYA_CONFIG_DIR, /etc/nenya).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Address to listen on (overrides PORT/HOST and server.listen_addr).
+    #[arg(long)]
+    listen: Option<String>,
+}
+
+#[derive(Args, Debug)]
+struct MockArgs {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:9090")]
+    listen: String,
+    /// Content chunks per streamed answer.
+    #[arg(long, default_value_t = 8)]
+    chunks: usize,
+    /// Delay before each streamed event, in milliseconds.
+    #[arg(long, default_value_t = 0)]
+    delay_ms: u64,
+    /// Answer with a description of the request received.
+    #[arg(long)]
+    echo: bool,
+    /// Inject a fault: status:N, stall, stall-after:N, drop-after:N, malformed.
+    #[arg(long)]
+    fault: Option<Fault>,
+}
+
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+fn init_logging(format: LogFormat, level: Option<&str>) {
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new(level.unwrap_or("info")));
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(ansi);
+    match format {
+        LogFormat::Json => b.json().init(),
+        LogFormat::Text => b.init(),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("nenya: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let res = match cli.cmd {
+        Some(Cmd::Mock(args)) => rt.block_on(run_mock(args, cli.log_format)),
+        Some(Cmd::Serve(args)) => rt.block_on(run_serve(args, cli.log_format)),
+        None => rt.block_on(run_serve(cli.serve, cli.log_format)),
+    };
+    match res {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("nenya: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+async fn run_mock(args: MockArgs, log: LogFormat) -> Result<(), String> {
+    init_logging(log, None);
+    let addr = parse_listen(&args.listen)?;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+    let local = listener.local_addr().map_err(|e| e.to_string())?;
+    tracing::info!(%local, "nenya mock provider listening on {local}");
+    let mock = MockProvider::new(MockConfig {
+        chunks: args.chunks,
+        delay: Duration::from_millis(args.delay_ms),
+        echo: args.echo,
+        fault: args.fault,
+    });
+    mock.serve(listener, nenya::server::shutdown_signal())
+        .await
+        .map_err(|e| e.to_string())
+}
+
+fn config_path(flag: Option<PathBuf>) -> Option<PathBuf> {
+    let env = |k: &str| {
+        std::env::var_os(k)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    };
+    flag.or_else(|| env("NENYA_CONFIG_FILE"))
+        .or_else(|| env("NENYA_CONFIG_DIR"))
+        .or_else(|| {
+            let d = PathBuf::from("/etc/nenya");
+            d.is_dir().then_some(d)
+        })
+}
+
+async fn run_serve(args: ServeArgs, log: LogFormat) -> Result<(), String> {
+    let path = config_path(args.config);
+    let cfg = match &path {
+        Some(p) => Config::load(p).map_err(|e| e.to_string())?,
+        None => Config::default(),
+    };
+    let secrets = match std::env::var_os("NENYA_SECRETS_DIR").filter(|v| !v.is_empty()) {
+        Some(d) => Secrets::load_dir(std::path::Path::new(&d)).map_err(|e| e.to_string())?,
+        None => Secrets::default(),
+    };
+    init_logging(log, cfg.server.log_level.as_deref());
+
+    let mock_mode = path.is_none() && secrets.provider_keys.is_empty();
+    let builder = if mock_mode {
+        tracing::info!(
+            "no config and no provider keys found: every model is served by the built-in mock provider"
+        );
+        Gateway::builder(RouteTable::mock(MockProvider::new(MockConfig::default())))
+            .max_body_bytes(cfg.server.max_body_bytes)
+            .client_tokens(secrets.client_token.clone())
+    } else {
+        if let Some(p) = &path {
+            tracing::info!(config = %p.display(), "configuration loaded");
+        }
+        Gateway::from_config(&cfg, &secrets).map_err(|e| e.to_string())?
+    };
+    for w in cfg.warnings() {
+        tracing::warn!("{w}");
+    }
+    if secrets.client_token.is_none() {
+        tracing::warn!("no client_token in secrets: clients are not authenticated");
+    }
+    let gateway = builder.build();
+
+    let addr = listen_addr(args.listen.as_deref(), cfg.server.listen_addr.as_deref())?;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+    let local = listener.local_addr().map_err(|e| e.to_string())?;
+    tracing::info!(%local, "nenya listening on {local}");
+    nenya::server::serve(listener, gateway, nenya::server::shutdown_signal(), GRACE)
+        .await
+        .map_err(|e| e.to_string())?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// `--listen` > `PORT`/`HOST` > `server.listen_addr` > 127.0.0.1:8080.
+fn listen_addr(flag: Option<&str>, cfg: Option<&str>) -> Result<SocketAddr, String> {
+    if let Some(f) = flag {
+        return parse_listen(f);
+    }
+    if let Ok(port) = std::env::var("PORT") {
+        let host = std::env::var("HOST").unwrap_or_else(|_| "127.0.0.1".to_owned());
+        let port: u16 = port
+            .parse()
+            .map_err(|_| format!("PORT `{port}` is not a port number"))?;
+        return parse_listen(&format!("{host}:{port}"))
+            .or_else(|_| parse_listen(&format!("[{host}]:{port}")));
+    }
+    parse_listen(cfg.unwrap_or("127.0.0.1:8080"))
+}
+
+fn parse_listen(s: &str) -> Result<SocketAddr, String> {
+    let full = if s.starts_with(':') {
+        format!("0.0.0.0{s}")
+    } else {
+        s.to_owned()
+    };
+    full.parse()
+        .map_err(|_| format!("`{s}` is not a listen address (expected HOST:PORT or :PORT)"))
+}

@@ -1,0 +1,382 @@
+//! The typed, format-neutral chat request.
+//!
+//! Ingress decodes a client's body exactly once into a [`ChatRequest`]; every layer works on
+//! that value; the provider service encodes it once into the upstream's wire format.
+//! Fields the model does not name are kept in `extra` maps (in their original order), so a
+//! request whose client and upstream speak the same format loses nothing on the way.
+
+use serde_json::{Map, Value};
+
+/// A JSON object that keeps its keys in their original order.
+pub type JsonMap = Map<String, Value>;
+
+/// A wire format: what a client speaks, or what an upstream accepts.
+///
+/// ```
+/// use nenya::model::ApiFormat;
+/// assert_eq!(ApiFormat::from_path("/v1/messages"), Some(ApiFormat::Anthropic));
+/// assert_eq!("openai".parse::<ApiFormat>().unwrap(), ApiFormat::OpenAi);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ApiFormat {
+    /// OpenAI Chat Completions.
+    OpenAi,
+    /// Anthropic Messages.
+    Anthropic,
+    /// Google Gemini `generateContent`.
+    Gemini,
+}
+
+impl ApiFormat {
+    /// The client format implied by an ingress path, if it is a chat path.
+    pub fn from_path(path: &str) -> Option<Self> {
+        match path {
+            "/v1/chat/completions" | "/chat/completions" => Some(Self::OpenAi),
+            "/v1/messages" | "/messages" => Some(Self::Anthropic),
+            _ => None,
+        }
+    }
+
+    /// The client format to use for error replies on any path: Anthropic on its paths,
+    /// OpenAI everywhere else.
+    pub fn for_errors(path: &str) -> Self {
+        if path.starts_with("/v1/messages") {
+            Self::Anthropic
+        } else {
+            Self::OpenAi
+        }
+    }
+
+    /// The config spelling: `openai`, `anthropic`, `gemini`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::OpenAi => "openai",
+            Self::Anthropic => "anthropic",
+            Self::Gemini => "gemini",
+        }
+    }
+}
+
+impl std::fmt::Display for ApiFormat {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for ApiFormat {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "openai" => Ok(Self::OpenAi),
+            "anthropic" => Ok(Self::Anthropic),
+            "gemini" => Ok(Self::Gemini),
+            other => Err(format!(
+                "unknown format `{other}` (expected openai, anthropic or gemini)"
+            )),
+        }
+    }
+}
+
+/// Who speaks a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// System prompt (Anthropic's top-level `system` decodes to leading system messages).
+    System,
+    /// OpenAI's `developer` role (a system prompt for reasoning models).
+    Developer,
+    /// The user.
+    User,
+    /// The model.
+    Assistant,
+    /// An OpenAI tool result message (one [`Part::ToolResult`]).
+    Tool,
+}
+
+impl Role {
+    /// The OpenAI spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::System => "system",
+            Self::Developer => "developer",
+            Self::User => "user",
+            Self::Assistant => "assistant",
+            Self::Tool => "tool",
+        }
+    }
+
+    /// Whether this role carries a system prompt.
+    pub fn is_system(self) -> bool {
+        matches!(self, Self::System | Self::Developer)
+    }
+}
+
+/// A message's content: a plain string, or a list of typed parts.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Content {
+    /// String-shaped content (`"content": "hi"`).
+    Text(String),
+    /// Array-shaped content; tool calls and tool results are parts too.
+    Parts(Vec<Part>),
+}
+
+impl Default for Content {
+    fn default() -> Self {
+        Self::Parts(Vec::new())
+    }
+}
+
+impl Content {
+    /// All visible text, concatenated (images, tools and thinking excluded).
+    pub fn text(&self) -> String {
+        match self {
+            Self::Text(s) => s.clone(),
+            Self::Parts(parts) => parts
+                .iter()
+                .filter_map(|p| match p {
+                    Part::Text { text, .. } => Some(text.as_str()),
+                    _ => None,
+                })
+                .collect::<Vec<_>>()
+                .join(""),
+        }
+    }
+
+    /// The parts, with string content seen as one text part.
+    pub fn into_parts(self) -> Vec<Part> {
+        match self {
+            Self::Text(s) => vec![Part::text(s)],
+            Self::Parts(p) => p,
+        }
+    }
+
+    /// Whether there is nothing in it.
+    pub fn is_empty(&self) -> bool {
+        match self {
+            Self::Text(s) => s.is_empty(),
+            Self::Parts(p) => p.is_empty(),
+        }
+    }
+}
+
+/// Where an image comes from.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ImageSource {
+    /// A URL (may be a `data:` URL).
+    Url(String),
+    /// Inline base64 data.
+    Base64 {
+        /// e.g. `image/png`.
+        media_type: String,
+        /// The base64 payload.
+        data: String,
+    },
+}
+
+/// One typed piece of a message.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Part {
+    /// Visible text.
+    Text {
+        /// The text.
+        text: String,
+        /// Unknown fields (`cache_control`, `citations`, …).
+        extra: JsonMap,
+    },
+    /// An image.
+    Image {
+        /// Its source.
+        source: ImageSource,
+        /// Unknown fields (OpenAI `detail`, `cache_control`, …).
+        extra: JsonMap,
+    },
+    /// A tool call made by the assistant.
+    ToolUse {
+        /// Call id.
+        id: String,
+        /// Tool name.
+        name: String,
+        /// Arguments as JSON text (OpenAI sends a string; Anthropic's object is serialised).
+        arguments: String,
+        /// Unknown fields.
+        extra: JsonMap,
+    },
+    /// The result of a tool call.
+    ToolResult {
+        /// The call this answers.
+        tool_use_id: String,
+        /// What the tool returned.
+        content: Content,
+        /// Whether the tool failed.
+        is_error: Option<bool>,
+        /// Unknown fields.
+        extra: JsonMap,
+    },
+    /// Model reasoning (Anthropic `thinking`, OpenAI-compatible `reasoning_content`).
+    Thinking {
+        /// The reasoning text.
+        thinking: String,
+        /// Anthropic's signature, passed back unchanged.
+        signature: Option<String>,
+        /// Unknown fields.
+        extra: JsonMap,
+    },
+    /// A part type nenya does not model, kept verbatim.
+    Other(Value),
+}
+
+impl Part {
+    /// A plain text part.
+    pub fn text(text: impl Into<String>) -> Self {
+        Self::Text {
+            text: text.into(),
+            extra: JsonMap::new(),
+        }
+    }
+}
+
+/// One turn of the conversation.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Message {
+    /// Who speaks.
+    pub role: Role,
+    /// What is said.
+    pub content: Content,
+    /// Unknown message-level fields (`name`, …).
+    pub extra: JsonMap,
+}
+
+impl Message {
+    /// A message with string content.
+    ///
+    /// ```
+    /// use nenya::model::{Message, Role};
+    /// let m = Message::text(Role::User, "hi");
+    /// assert_eq!(m.content.text(), "hi");
+    /// ```
+    pub fn text(role: Role, text: impl Into<String>) -> Self {
+        Self {
+            role,
+            content: Content::Text(text.into()),
+            extra: JsonMap::new(),
+        }
+    }
+}
+
+/// A tool the model may call.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Tool {
+    /// A function tool with a JSON schema.
+    Function {
+        /// Tool name.
+        name: String,
+        /// What it does.
+        description: Option<String>,
+        /// JSON schema of its arguments.
+        parameters: Value,
+        /// Unknown fields (`strict`, `cache_control`, …).
+        extra: JsonMap,
+    },
+    /// A provider-defined tool (e.g. Anthropic server tools), kept verbatim.
+    Other(Value),
+}
+
+/// How the model must use tools.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ToolChoice {
+    /// The model decides.
+    Auto,
+    /// No tools.
+    None,
+    /// Some tool must be called (Anthropic `any`).
+    Required,
+    /// This tool must be called.
+    Tool(String),
+    /// Anything else, kept verbatim.
+    Other(Value),
+}
+
+/// The format-neutral chat request every layer works on.
+///
+/// ```
+/// use nenya::model::{ApiFormat, ChatRequest, Role};
+/// let req = nenya::adapters::decode_request(
+///     ApiFormat::OpenAi,
+///     br#"{"model":"m","messages":[{"role":"user","content":"hi"}],"seed":7}"#,
+/// ).unwrap();
+/// assert_eq!(req.model, "m");
+/// assert_eq!(req.messages[0].role, Role::User);
+/// assert_eq!(req.extra["seed"], 7); // unknown fields are kept
+/// ```
+#[derive(Debug, Clone, PartialEq)]
+pub struct ChatRequest {
+    /// The format the client spoke: `extra` fields are in its vocabulary.
+    pub source: ApiFormat,
+    /// The model (or agent) named by the client; the router rewrites it for the upstream.
+    pub model: String,
+    /// Whether the client asked for a stream.
+    pub stream: bool,
+    /// The conversation, system prompt included as leading system messages.
+    pub messages: Vec<Message>,
+    /// Tools offered to the model.
+    pub tools: Option<Vec<Tool>>,
+    /// Tool choice.
+    pub tool_choice: Option<ToolChoice>,
+    /// Maximum output tokens.
+    pub max_tokens: Option<u64>,
+    /// Stop sequences.
+    pub stop: Option<Vec<String>>,
+    /// Every other top-level field, in the client's vocabulary and order.
+    pub extra: JsonMap,
+    /// How the client spelled some fields, so a same-format upstream sees the same spelling.
+    pub shape: Shape,
+}
+
+/// Spelling hints recorded at decode time; they never change meaning.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Shape {
+    /// OpenAI: `max_completion_tokens` rather than `max_tokens`.
+    pub max_completion_tokens: bool,
+    /// OpenAI: `stop` was a single string.
+    pub stop_as_string: bool,
+    /// Anthropic: `system` was a string rather than blocks.
+    pub system_as_string: bool,
+    /// `stream` was present in the body (even if false).
+    pub stream_present: bool,
+}
+
+impl ChatRequest {
+    /// Calls `f` on every string an upstream will read as text: system prompts, message text,
+    /// tool-call arguments, tool results and reasoning. Redaction layers build on this.
+    ///
+    /// ```
+    /// use nenya::model::{ApiFormat, ChatRequest};
+    /// let mut req = nenya::adapters::decode_request(
+    ///     ApiFormat::OpenAi,
+    ///     br#"{"model":"m","messages":[{"role":"user","content":"secret"}]}"#,
+    /// ).unwrap();
+    /// req.for_each_text_mut(|s| *s = s.replace("secret", "[gone]"));
+    /// assert_eq!(req.messages[0].content.text(), "[gone]");
+    /// ```
+    pub fn for_each_text_mut(&mut self, mut f: impl FnMut(&mut String)) {
+        for m in &mut self.messages {
+            content_texts_mut(&mut m.content, &mut f);
+        }
+    }
+}
+
+fn content_texts_mut(content: &mut Content, f: &mut impl FnMut(&mut String)) {
+    match content {
+        Content::Text(s) => f(s),
+        Content::Parts(parts) => {
+            for p in parts {
+                match p {
+                    Part::Text { text, .. } => f(text),
+                    Part::ToolUse { arguments, .. } => f(arguments),
+                    Part::ToolResult { content, .. } => content_texts_mut(content, f),
+                    Part::Thinking { thinking, .. } => f(thinking),
+                    Part::Image { .. } | Part::Other(_) => {}
+                }
+            }
+        }
+    }
+}

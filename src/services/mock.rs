@@ -1,0 +1,481 @@
+//! A deterministic mock upstream that speaks OpenAI and Anthropic, streams with a configurable
+//! chunk count and delay, can echo and records what it received, and injects faults.
+//!
+//! Use it in-process as a `Service` (the binary does when nothing is configured) or as a real
+//! HTTP server (`nenya mock --listen 127.0.0.1:PORT`, or [`MockProvider::serve`]).
+//!
+//! ```
+//! use nenya::services::{MockProvider, MockConfig};
+//! use tower::ServiceExt;
+//! # #[tokio::main(flavor = "current_thread")] async fn main() {
+//! let mock = MockProvider::new(MockConfig::default());
+//! let req = http::Request::post("/v1/chat/completions")
+//!     .body(nenya::Body::from(r#"{"model":"m","messages":[{"role":"user","content":"hi"}]}"#))
+//!     .unwrap();
+//! let resp = mock.clone().oneshot(req).await.unwrap();
+//! assert_eq!(resp.status(), 200);
+//! assert_eq!(mock.received().len(), 1);
+//! # }
+//! ```
+
+use std::collections::VecDeque;
+use std::future::Future;
+use std::pin::Pin;
+use std::str::FromStr;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header};
+use http_body::Frame;
+use http_body_util::BodyExt;
+use serde_json::{Value, json};
+use tower::Service;
+
+use crate::model::ApiFormat;
+use crate::{Body, BoxError};
+
+/// A fault the mock injects.
+///
+/// ```
+/// use nenya::services::Fault;
+/// assert_eq!("status:503".parse::<Fault>().unwrap(), Fault::Status(503));
+/// assert_eq!("drop-after:2".parse::<Fault>().unwrap(), Fault::DropAfter(2));
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Fault {
+    /// Answer with this status and an error body in the request's format.
+    Status(u16),
+    /// Never send response headers.
+    StallBeforeHeaders,
+    /// Send this many stream events, then go silent.
+    StallAfter(usize),
+    /// Send this many stream events, then drop the connection.
+    DropAfter(usize),
+    /// Send one event, then a malformed one, then end.
+    MalformedSse,
+}
+
+impl FromStr for Fault {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (k, v) = s.split_once(':').unwrap_or((s, ""));
+        let n = || {
+            v.parse::<usize>()
+                .map_err(|_| format!("fault `{s}` needs a number"))
+        };
+        Ok(match k {
+            "status" => Self::Status(
+                v.parse()
+                    .map_err(|_| format!("fault `{s}` needs a status"))?,
+            ),
+            "stall" => Self::StallBeforeHeaders,
+            "stall-after" => Self::StallAfter(n()?),
+            "drop-after" => Self::DropAfter(n()?),
+            "malformed" => Self::MalformedSse,
+            _ => {
+                return Err(format!(
+                    "unknown fault `{s}` (status:N, stall, stall-after:N, drop-after:N, malformed)"
+                ));
+            }
+        })
+    }
+}
+
+/// How the mock behaves.
+#[derive(Debug, Clone)]
+pub struct MockConfig {
+    /// Number of content chunks in a streamed answer (and words in a plain one).
+    pub chunks: usize,
+    /// Delay before each streamed event.
+    pub delay: Duration,
+    /// Reply with a JSON description of the request received instead of fixed text.
+    pub echo: bool,
+    /// A fault to inject on every request.
+    pub fault: Option<Fault>,
+}
+
+impl Default for MockConfig {
+    fn default() -> Self {
+        Self {
+            chunks: 8,
+            delay: Duration::ZERO,
+            echo: false,
+            fault: None,
+        }
+    }
+}
+
+/// A request the mock received.
+#[derive(Debug, Clone)]
+pub struct Recorded {
+    /// Method.
+    pub method: Method,
+    /// Path and query.
+    pub uri: String,
+    /// Headers, exactly as received.
+    pub headers: HeaderMap,
+    /// Body, exactly as received.
+    pub body: Bytes,
+}
+
+impl Recorded {
+    /// The body parsed as JSON (`Null` if it is not JSON).
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap_or(Value::Null)
+    }
+}
+
+struct Inner {
+    cfg: MockConfig,
+    received: Mutex<Vec<Recorded>>,
+}
+
+/// The mock provider service. Clones share the record of received requests.
+#[derive(Clone)]
+pub struct MockProvider {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for MockProvider {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MockProvider")
+            .field("cfg", &self.inner.cfg)
+            .finish()
+    }
+}
+
+/// Response future of [`MockProvider`] (the mock is not on the hot path, so it is boxed).
+pub type MockFuture = Pin<Box<dyn Future<Output = Result<Response<Body>, BoxError>> + Send>>;
+
+impl MockProvider {
+    /// A mock with this behaviour.
+    pub fn new(cfg: MockConfig) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                cfg,
+                received: Mutex::new(Vec::new()),
+            }),
+        }
+    }
+
+    /// Everything received so far, oldest first.
+    pub fn received(&self) -> Vec<Recorded> {
+        self.inner
+            .received
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Serves the mock over HTTP on `listener` until `shutdown` completes.
+    pub async fn serve(
+        self,
+        listener: tokio::net::TcpListener,
+        shutdown: impl Future<Output = ()> + Send,
+    ) -> std::io::Result<()> {
+        crate::server::serve(listener, self, shutdown, Duration::from_secs(1)).await
+    }
+
+    async fn handle(self, req: Request<Body>) -> Result<Response<Body>, BoxError> {
+        let (parts, body) = req.into_parts();
+        let body = body.collect().await?.to_bytes();
+        self.inner
+            .received
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(Recorded {
+                method: parts.method.clone(),
+                uri: parts.uri.to_string(),
+                headers: parts.headers.clone(),
+                body: body.clone(),
+            });
+        let cfg = &self.inner.cfg;
+        let Some(format) = ApiFormat::from_path(parts.uri.path()) else {
+            return Ok(json_response(
+                StatusCode::NOT_FOUND,
+                json!({"error": {"message": "mock: no such route"}}),
+            ));
+        };
+        let Ok(req_json) = serde_json::from_slice::<Value>(&body) else {
+            return Ok(error_response(format, 400, "mock: body is not JSON"));
+        };
+        match cfg.fault {
+            Some(Fault::Status(code)) => {
+                return Ok(error_response(format, code, "mock: injected failure"));
+            }
+            Some(Fault::StallBeforeHeaders) => {
+                std::future::pending::<()>().await;
+            }
+            _ => {}
+        }
+        let model = req_json
+            .get("model")
+            .and_then(Value::as_str)
+            .unwrap_or("mock")
+            .to_owned();
+        let stream = req_json
+            .get("stream")
+            .and_then(Value::as_bool)
+            .unwrap_or(false);
+        let pieces: Vec<String> = if cfg.echo {
+            let headers: serde_json::Map<String, Value> = parts
+                .headers
+                .iter()
+                .map(|(k, v)| {
+                    (
+                        k.to_string(),
+                        Value::String(String::from_utf8_lossy(v.as_bytes()).into_owned()),
+                    )
+                })
+                .collect();
+            let echo = json!({
+                "method": parts.method.as_str(),
+                "uri": parts.uri.to_string(),
+                "headers": headers,
+                "body": req_json,
+            })
+            .to_string();
+            split_chars(&echo, cfg.chunks.max(1))
+        } else {
+            (0..cfg.chunks.max(1))
+                .map(|i| format!("word{i} "))
+                .collect()
+        };
+        let prompt_tokens = (body.len() / 4) as u64;
+        let completion_tokens = pieces.len() as u64;
+        if !stream {
+            let text: String = pieces.concat();
+            let v = match format {
+                ApiFormat::Anthropic => json!({
+                    "id": "msg_mock",
+                    "type": "message",
+                    "role": "assistant",
+                    "model": model,
+                    "content": [{"type": "text", "text": text}],
+                    "stop_reason": "end_turn",
+                    "stop_sequence": null,
+                    "usage": {"input_tokens": prompt_tokens, "output_tokens": completion_tokens},
+                }),
+                _ => json!({
+                    "id": "chatcmpl-mock",
+                    "object": "chat.completion",
+                    "created": 1_700_000_000,
+                    "model": model,
+                    "choices": [{
+                        "index": 0,
+                        "message": {"role": "assistant", "content": text},
+                        "logprobs": null,
+                        "finish_reason": "stop",
+                    }],
+                    "usage": {
+                        "prompt_tokens": prompt_tokens,
+                        "completion_tokens": completion_tokens,
+                        "total_tokens": prompt_tokens + completion_tokens,
+                    },
+                }),
+            };
+            return Ok(json_response(StatusCode::OK, v));
+        }
+        let include_usage = req_json
+            .pointer("/stream_options/include_usage")
+            .and_then(Value::as_bool)
+            .unwrap_or(false);
+        let events = match format {
+            ApiFormat::Anthropic => anthropic_events(&model, &pieces, prompt_tokens),
+            _ => openai_events(&model, &pieces, include_usage, prompt_tokens),
+        };
+        let mut resp = Response::new(Body::new(MockStream {
+            events: events.into(),
+            delay: cfg.delay,
+            sleep: None,
+            sent: 0,
+            fault: cfg.fault.clone(),
+        }));
+        let h = resp.headers_mut();
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/event-stream"),
+        );
+        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+        Ok(resp)
+    }
+}
+
+impl Service<Request<Body>> for MockProvider {
+    type Response = Response<Body>;
+    type Error = BoxError;
+    type Future = MockFuture;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<Body>) -> MockFuture {
+        Box::pin(self.clone().handle(req))
+    }
+}
+
+fn split_chars(s: &str, n: usize) -> Vec<String> {
+    let chars: Vec<char> = s.chars().collect();
+    let per = chars.len().div_ceil(n).max(1);
+    chars.chunks(per).map(|c| c.iter().collect()).collect()
+}
+
+fn json_response(status: StatusCode, v: Value) -> Response<Body> {
+    let mut r = Response::new(Body::from(v.to_string()));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
+fn error_response(format: ApiFormat, code: u16, msg: &str) -> Response<Body> {
+    let status = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let v = match format {
+        ApiFormat::Anthropic => {
+            json!({"type": "error", "error": {"type": "api_error", "message": msg}})
+        }
+        _ => json!({"error": {"message": msg, "type": "server_error", "code": code}}),
+    };
+    json_response(status, v)
+}
+
+fn sse(event: Option<&str>, data: &Value) -> Bytes {
+    let mut s = String::new();
+    if let Some(e) = event {
+        s.push_str("event: ");
+        s.push_str(e);
+        s.push('\n');
+    }
+    s.push_str("data: ");
+    s.push_str(&data.to_string());
+    s.push_str("\n\n");
+    Bytes::from(s)
+}
+
+fn openai_events(model: &str, pieces: &[String], include_usage: bool, prompt: u64) -> Vec<Bytes> {
+    let chunk = |delta: Value, finish: Value| {
+        sse(
+            None,
+            &json!({
+                "id": "chatcmpl-mock",
+                "object": "chat.completion.chunk",
+                "created": 1_700_000_000,
+                "model": model,
+                "choices": [{"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish}],
+            }),
+        )
+    };
+    let mut out = vec![chunk(
+        json!({"role": "assistant", "content": ""}),
+        Value::Null,
+    )];
+    for p in pieces {
+        out.push(chunk(json!({"content": p}), Value::Null));
+    }
+    out.push(chunk(json!({}), json!("stop")));
+    if include_usage {
+        let n = pieces.len() as u64;
+        out.push(sse(
+            None,
+            &json!({
+                "id": "chatcmpl-mock",
+                "object": "chat.completion.chunk",
+                "created": 1_700_000_000,
+                "model": model,
+                "choices": [],
+                "usage": {"prompt_tokens": prompt, "completion_tokens": n, "total_tokens": prompt + n},
+            }),
+        ));
+    }
+    out.push(Bytes::from_static(b"data: [DONE]\n\n"));
+    out
+}
+
+fn anthropic_events(model: &str, pieces: &[String], prompt: u64) -> Vec<Bytes> {
+    let mut out = vec![
+        sse(
+            Some("message_start"),
+            &json!({"type": "message_start", "message": {
+                "id": "msg_mock", "type": "message", "role": "assistant", "model": model,
+                "content": [], "stop_reason": null, "stop_sequence": null,
+                "usage": {"input_tokens": prompt, "output_tokens": 1},
+            }}),
+        ),
+        sse(
+            Some("content_block_start"),
+            &json!({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}),
+        ),
+        sse(Some("ping"), &json!({"type": "ping"})),
+    ];
+    for p in pieces {
+        out.push(sse(
+            Some("content_block_delta"),
+            &json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": p}}),
+        ));
+    }
+    out.push(sse(
+        Some("content_block_stop"),
+        &json!({"type": "content_block_stop", "index": 0}),
+    ));
+    out.push(sse(
+        Some("message_delta"),
+        &json!({"type": "message_delta", "delta": {"stop_reason": "end_turn", "stop_sequence": null},
+                "usage": {"output_tokens": pieces.len()}}),
+    ));
+    out.push(sse(Some("message_stop"), &json!({"type": "message_stop"})));
+    out
+}
+
+/// The mock's streamed body: one event per frame, with an optional delay and fault.
+struct MockStream {
+    events: VecDeque<Bytes>,
+    delay: Duration,
+    sleep: Option<Pin<Box<tokio::time::Sleep>>>,
+    sent: usize,
+    fault: Option<Fault>,
+}
+
+impl http_body::Body for MockStream {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        match this.fault {
+            Some(Fault::StallAfter(n)) if this.sent >= n => return Poll::Pending,
+            Some(Fault::DropAfter(n)) if this.sent >= n => {
+                return Poll::Ready(Some(Err("mock: injected connection drop".into())));
+            }
+            Some(Fault::MalformedSse) if this.sent == 1 => {
+                this.sent += 1;
+                this.events.clear();
+                return Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(
+                    b"data: {\"choices\": [{\"delta\": {\"content\": \"tru\n\n",
+                )))));
+            }
+            _ => {}
+        }
+        if this.events.is_empty() {
+            return Poll::Ready(None);
+        }
+        if !this.delay.is_zero() {
+            let sleep = this
+                .sleep
+                .get_or_insert_with(|| Box::pin(tokio::time::sleep(this.delay)));
+            if sleep.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+            this.sleep = None;
+        }
+        this.sent += 1;
+        Poll::Ready(this.events.pop_front().map(|b| Ok(Frame::data(b))))
+    }
+}

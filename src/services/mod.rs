@@ -1,0 +1,12 @@
+//! Terminal services: the provider (one upstream over HTTP), the router (model → target), the
+//! mock provider, and the transports beneath them.
+
+pub mod mock;
+pub mod provider;
+pub mod router;
+pub mod transport;
+
+pub use mock::{Fault, MockConfig, MockProvider, Recorded};
+pub use provider::{IdleTimeoutBody, ProviderService, ProviderSpec, Target, Timeouts};
+pub use router::{RouteTable, Router};
+pub use transport::{HttpClient, Transport, http_client};

@@ -1,0 +1,476 @@
+//! The provider service: sends one typed request to one upstream and streams the answer back.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Request, Response, Uri};
+use http_body::Frame;
+use pin_project_lite::pin_project;
+use tokio::time::{Instant, Sleep};
+use tower::Service;
+
+use super::transport::{Transport, TransportFuture};
+use crate::adapters::anthropic::DEFAULT_VERSION;
+use crate::adapters::encode_request;
+use crate::adapters::providers::AuthStyle;
+use crate::config::Secret;
+use crate::error::{Error, ErrorKind, sse_error_event};
+use crate::model::{ApiFormat, ChatRequest};
+use crate::{Body, BoxError};
+
+/// Upstream time limits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    /// Until the upstream's response headers arrive (non-streaming answers send theirs last).
+    pub first_byte: Duration,
+    /// Longest silence allowed between body frames.
+    pub idle: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Self {
+            first_byte: Duration::from_secs(300),
+            idle: Duration::from_secs(300),
+        }
+    }
+}
+
+/// Everything needed to talk to one upstream provider.
+///
+/// ```
+/// use nenya::services::{ProviderSpec, Transport, MockProvider, MockConfig};
+/// use nenya::model::ApiFormat;
+/// let spec = ProviderSpec::new("mock", Transport::Mock(MockProvider::new(MockConfig::default())))
+///     .with_endpoint(ApiFormat::OpenAi, "http://mock.invalid/v1/chat/completions".parse().unwrap());
+/// assert!(spec.endpoint(ApiFormat::OpenAi).is_some());
+/// ```
+#[derive(Debug, Clone)]
+pub struct ProviderSpec {
+    /// Config name.
+    pub name: String,
+    /// Endpoints per wire format; the first is the provider's default format.
+    pub endpoints: Vec<(ApiFormat, Uri)>,
+    /// How the key is sent.
+    pub auth: AuthStyle,
+    /// The provider key.
+    pub key: Option<Secret>,
+    /// Time limits.
+    pub timeouts: Timeouts,
+    /// `User-Agent` sent upstream.
+    pub user_agent: HeaderValue,
+    /// Where requests go.
+    pub transport: Transport,
+}
+
+impl ProviderSpec {
+    /// A provider with no endpoints yet, bearer auth and default timeouts.
+    pub fn new(name: impl Into<String>, transport: Transport) -> Self {
+        Self {
+            name: name.into(),
+            endpoints: Vec::new(),
+            auth: AuthStyle::Bearer,
+            key: None,
+            timeouts: Timeouts::default(),
+            user_agent: HeaderValue::from_static(concat!("nenya/", env!("CARGO_PKG_VERSION"))),
+            transport,
+        }
+    }
+
+    /// Adds an endpoint for a wire format.
+    pub fn with_endpoint(mut self, format: ApiFormat, uri: Uri) -> Self {
+        self.endpoints.push((format, uri));
+        self
+    }
+
+    /// Sets the auth style and key.
+    pub fn with_auth(mut self, auth: AuthStyle, key: Option<Secret>) -> Self {
+        self.auth = auth;
+        self.key = key;
+        self
+    }
+
+    /// Sets the time limits.
+    pub fn with_timeouts(mut self, timeouts: Timeouts) -> Self {
+        self.timeouts = timeouts;
+        self
+    }
+
+    /// The endpoint serving `format`, if any.
+    pub fn endpoint(&self, format: ApiFormat) -> Option<&Uri> {
+        self.endpoints
+            .iter()
+            .find(|(f, _)| *f == format)
+            .map(|(_, u)| u)
+    }
+
+    /// The provider's default wire format.
+    pub fn default_format(&self) -> ApiFormat {
+        self.endpoints
+            .first()
+            .map(|(f, _)| *f)
+            .unwrap_or(ApiFormat::OpenAi)
+    }
+}
+
+/// The upstream chosen for a request: inserted into request extensions by the router, read by
+/// the provider service (and by per-target layers such as breakers).
+#[derive(Debug, Clone)]
+pub struct Target {
+    /// The provider.
+    pub provider: Arc<ProviderSpec>,
+    /// Model id sent upstream.
+    pub model: String,
+    /// Wire format spoken to the upstream.
+    pub format: ApiFormat,
+    /// Endpoint URL.
+    pub url: Uri,
+}
+
+/// Client headers forwarded upstream (everything else, credentials included, is dropped).
+const FORWARDED_HEADERS: &[&str] = &["anthropic-beta", "anthropic-version", "openai-beta"];
+
+/// Sends a [`ChatRequest`] to the [`Target`] in its extensions.
+///
+/// It encodes the request once in the target's wire format, applies the provider's auth style
+/// (the client's own credentials are never forwarded), bounds time-to-first-byte and stream
+/// idleness, and streams the upstream body back without buffering it.
+///
+/// ```no_run
+/// use nenya::services::{ProviderService, Target};
+/// let svc = ProviderService::new();
+/// # drop(svc);
+/// ```
+#[derive(Debug, Clone, Default)]
+pub struct ProviderService {
+    _priv: (),
+}
+
+impl ProviderService {
+    /// A provider service; targets carry their own transport.
+    pub fn new() -> Self {
+        Self::default()
+    }
+}
+
+impl Service<Request<ChatRequest>> for ProviderService {
+    type Response = Response<Body>;
+    type Error = Error;
+    type Future = ResponseFuture;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
+        // Transports are always ready; see `Transport`.
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<ChatRequest>) -> ResponseFuture {
+        match build_upstream_request(req) {
+            Ok((target, upstream, client_format, stream)) => {
+                let timeouts = target.provider.timeouts;
+                let mut transport = target.provider.transport.clone();
+                ResponseFuture {
+                    state: State::Waiting {
+                        fut: transport.call(upstream),
+                        deadline: tokio::time::sleep(timeouts.first_byte),
+                        idle: timeouts.idle,
+                        client_format,
+                        stream,
+                    },
+                }
+            }
+            Err(e) => ResponseFuture {
+                state: State::Failed { err: Some(e) },
+            },
+        }
+    }
+}
+
+fn build_upstream_request(
+    req: Request<ChatRequest>,
+) -> Result<(Target, Request<Body>, ApiFormat, bool), Error> {
+    let (parts, mut chat) = req.into_parts();
+    let target = parts
+        .extensions
+        .get::<Target>()
+        .cloned()
+        .ok_or_else(|| Error::new(ErrorKind::Internal, "no upstream target was selected"))?;
+    let client_format = chat.source;
+    if target.format != client_format {
+        return Err(Error::new(
+            ErrorKind::UnsupportedConversion,
+            format!(
+                "model `{}` at provider `{}` speaks {} and this client speaks {}; \
+                 response conversion between them is not implemented yet",
+                target.model, target.provider.name, target.format, client_format
+            ),
+        ));
+    }
+    let stream = chat.stream;
+    chat.model.clone_from(&target.model);
+    let body = encode_request(chat, target.format)?;
+
+    let mut upstream = Request::new(Body::full(body));
+    *upstream.method_mut() = Method::POST;
+    *upstream.uri_mut() = target.url.clone();
+    let h = upstream.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    h.insert(
+        header::ACCEPT,
+        HeaderValue::from_static(if stream {
+            "text/event-stream"
+        } else {
+            "application/json"
+        }),
+    );
+    h.insert(header::USER_AGENT, target.provider.user_agent.clone());
+    for name in FORWARDED_HEADERS {
+        if let Some(v) = parts.headers.get(*name) {
+            h.insert(HeaderName::from_static(name), v.clone());
+        }
+    }
+    apply_auth(h, &target.provider)?;
+    Ok((target, upstream, client_format, stream))
+}
+
+fn apply_auth(h: &mut HeaderMap, p: &ProviderSpec) -> Result<(), Error> {
+    if p.auth == AuthStyle::Anthropic && !h.contains_key("anthropic-version") {
+        h.insert(
+            "anthropic-version",
+            HeaderValue::from_static(DEFAULT_VERSION),
+        );
+    }
+    let Some(key) = &p.key else {
+        return Ok(());
+    };
+    let bad = || {
+        Error::new(
+            ErrorKind::Internal,
+            format!(
+                "provider `{}` key contains invalid header characters",
+                p.name
+            ),
+        )
+    };
+    let sensitive = |s: &str| -> Result<HeaderValue, Error> {
+        let mut v = HeaderValue::from_str(s).map_err(|_| bad())?;
+        v.set_sensitive(true);
+        Ok(v)
+    };
+    match p.auth {
+        AuthStyle::Bearer => {
+            h.insert(
+                header::AUTHORIZATION,
+                sensitive(&format!("Bearer {}", key.expose()))?,
+            );
+        }
+        AuthStyle::Anthropic => {
+            h.insert("x-api-key", sensitive(key.expose())?);
+        }
+        AuthStyle::Azure => {
+            h.insert("api-key", sensitive(key.expose())?);
+        }
+        AuthStyle::BearerXGoog => {
+            h.insert(
+                header::AUTHORIZATION,
+                sensitive(&format!("Bearer {}", key.expose()))?,
+            );
+            h.insert("x-goog-api-key", sensitive(key.expose())?);
+        }
+        AuthStyle::None => {}
+    }
+    Ok(())
+}
+
+pin_project! {
+    /// Response future of [`ProviderService`].
+    pub struct ResponseFuture {
+        #[pin]
+        state: State,
+    }
+}
+
+pin_project! {
+    #[project = StateProj]
+    enum State {
+        Waiting {
+            #[pin] fut: TransportFuture,
+            #[pin] deadline: Sleep,
+            idle: Duration,
+            client_format: ApiFormat,
+            stream: bool,
+        },
+        Failed { err: Option<Error> },
+    }
+}
+
+impl Future for ResponseFuture {
+    type Output = Result<Response<Body>, Error>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project().state.project() {
+            StateProj::Failed { err } => Poll::Ready(Err(err.take().unwrap_or_else(|| {
+                Error::new(ErrorKind::Internal, "future polled after completion")
+            }))),
+            StateProj::Waiting {
+                fut,
+                deadline,
+                idle,
+                client_format,
+                stream,
+            } => {
+                if let Poll::Ready(res) = fut.poll(cx) {
+                    return Poll::Ready(match res {
+                        Ok(resp) => Ok(wrap_response(resp, *idle, *client_format, *stream)),
+                        Err(e) => Err(Error::new(
+                            ErrorKind::UpstreamUnreachable,
+                            "the upstream could not be reached",
+                        )
+                        .with_source(e)),
+                    });
+                }
+                ready!(deadline.poll(cx));
+                Poll::Ready(Err(Error::new(
+                    ErrorKind::UpstreamTimeout,
+                    "the upstream did not answer in time",
+                )))
+            }
+        }
+    }
+}
+
+/// Hop-by-hop headers never forwarded in either direction.
+const HOP_BY_HOP: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "transfer-encoding",
+    "te",
+    "trailer",
+    "upgrade",
+];
+
+fn wrap_response(
+    resp: Response<Body>,
+    idle: Duration,
+    client_format: ApiFormat,
+    stream: bool,
+) -> Response<Body> {
+    let (mut parts, body) = resp.into_parts();
+    for h in HOP_BY_HOP {
+        parts.headers.remove(*h);
+    }
+    let is_sse = parts
+        .headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("text/event-stream"));
+    if is_sse {
+        // The body may grow by an error event; a stale length would corrupt the framing.
+        parts.headers.remove(header::CONTENT_LENGTH);
+    }
+    let sse_format = (is_sse || (stream && parts.status.is_success())).then_some(client_format);
+    Response::from_parts(
+        parts,
+        Body::new(IdleTimeoutBody::new(body, idle, sse_format)),
+    )
+}
+
+pin_project! {
+    /// Bounds the silence between upstream body frames. On an SSE body, an idle timeout or an
+    /// upstream failure ends the stream with a well-formed error event in the client's format.
+    #[project = IdleProj]
+    pub struct IdleTimeoutBody<B> {
+        #[pin]
+        inner: B,
+        #[pin]
+        sleep: Sleep,
+        idle: Duration,
+        sse_format: Option<ApiFormat>,
+        done: bool,
+    }
+}
+
+impl<B> IdleTimeoutBody<B> {
+    /// Wraps `inner`; `sse_format` is the client format of an event stream, if it is one.
+    pub fn new(inner: B, idle: Duration, sse_format: Option<ApiFormat>) -> Self {
+        Self {
+            inner,
+            sleep: tokio::time::sleep(idle),
+            idle,
+            sse_format,
+            done: false,
+        }
+    }
+}
+
+impl<B> http_body::Body for IdleTimeoutBody<B>
+where
+    B: http_body::Body<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let mut this = self.project();
+        if *this.done {
+            return Poll::Ready(None);
+        }
+        let fail = |this: &mut IdleProj<'_, B>, kind: ErrorKind, msg: &'static str| {
+            *this.done = true;
+            match this.sse_format {
+                Some(f) => {
+                    tracing::warn!(
+                        error_kind = kind.as_str(),
+                        "upstream stream ended early: {msg}"
+                    );
+                    Poll::Ready(Some(Ok(Frame::data(sse_error_event(*f, kind, msg)))))
+                }
+                None => Poll::Ready(Some(Err(Error::new(kind, msg).into()))),
+            }
+        };
+        match this.inner.as_mut().poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                let deadline = Instant::now() + *this.idle;
+                this.sleep.as_mut().reset(deadline);
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => {
+                let e: BoxError = e.into();
+                tracing::debug!(cause = %e, "upstream body failed");
+                fail(
+                    &mut this,
+                    ErrorKind::UpstreamProtocol,
+                    "the upstream connection failed mid-stream",
+                )
+            }
+            Poll::Ready(None) => {
+                *this.done = true;
+                Poll::Ready(None)
+            }
+            Poll::Pending => {
+                ready!(this.sleep.as_mut().poll(cx));
+                fail(
+                    &mut this,
+                    ErrorKind::UpstreamTimeout,
+                    "the upstream stream stalled past the idle timeout",
+                )
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.done || self.inner.is_end_stream()
+    }
+}

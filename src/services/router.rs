@@ -1,0 +1,420 @@
+//! The router: resolves a request's `model` (an agent, `provider/model`, or a known model) to
+//! upstream targets and hands the request to the provider service.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use http::{HeaderValue, Request, Response, Uri};
+use tower::Service;
+
+use super::mock::MockProvider;
+use super::provider::{ProviderSpec, Target, Timeouts};
+use super::transport::{HttpClient, Transport};
+use crate::Body;
+use crate::adapters::providers::{AuthStyle, BUILTIN_PROVIDERS, builtin_provider, known_model};
+use crate::config::{Config, ConfigError, ModelEntry, Secrets};
+use crate::error::{Error, ErrorKind};
+use crate::model::{ApiFormat, ChatRequest};
+
+/// One configured entry of an agent's chain.
+#[derive(Debug, Clone)]
+struct TargetSpec {
+    provider: Arc<ProviderSpec>,
+    model: String,
+    format: Option<ApiFormat>,
+    url: Option<Uri>,
+}
+
+/// Agents and providers, resolved from config.
+///
+/// ```
+/// use nenya::services::{RouteTable, MockProvider, MockConfig};
+/// let table = RouteTable::mock(MockProvider::new(MockConfig::default()));
+/// let targets = table.resolve("any-model", nenya::model::ApiFormat::Anthropic).unwrap();
+/// assert_eq!(targets[0].provider.name, "mock");
+/// ```
+#[derive(Debug, Clone, Default)]
+pub struct RouteTable {
+    agents: HashMap<String, Vec<TargetSpec>>,
+    providers: HashMap<String, Arc<ProviderSpec>>,
+    /// Serves every model no other rule matched (the mock, when nothing is configured).
+    catch_all: Option<Arc<ProviderSpec>>,
+}
+
+/// The in-process mock's endpoints (the host is never contacted).
+const MOCK_OPENAI: &str = "http://mock.nenya.invalid/v1/chat/completions";
+const MOCK_ANTHROPIC: &str = "http://mock.nenya.invalid/v1/messages";
+
+impl RouteTable {
+    /// A table that routes every model to the in-process mock provider, in either format.
+    pub fn mock(mock: MockProvider) -> Self {
+        let spec = ProviderSpec::new("mock", Transport::Mock(mock))
+            .with_endpoint(ApiFormat::OpenAi, Uri::from_static(MOCK_OPENAI))
+            .with_endpoint(ApiFormat::Anthropic, Uri::from_static(MOCK_ANTHROPIC));
+        let spec = Arc::new(spec);
+        let mut providers = HashMap::new();
+        providers.insert("mock".to_owned(), spec.clone());
+        Self {
+            agents: HashMap::new(),
+            providers,
+            catch_all: Some(spec),
+        }
+    }
+
+    /// Resolves config and secrets into a table; errors name the field at fault.
+    pub fn from_config(
+        cfg: &Config,
+        secrets: &Secrets,
+        client: &HttpClient,
+    ) -> Result<Self, ConfigError> {
+        let user_agent = match &cfg.server.user_agent {
+            Some(ua) => HeaderValue::from_str(ua).map_err(|_| {
+                ConfigError::new(
+                    None,
+                    Some("server.user_agent".into()),
+                    "not a valid header value",
+                )
+            })?,
+            None => HeaderValue::from_static(concat!("nenya/", env!("CARGO_PKG_VERSION"))),
+        };
+        let mut providers = HashMap::new();
+        let mut names: Vec<&str> = BUILTIN_PROVIDERS.iter().map(|p| p.name).collect();
+        for k in cfg.providers.keys() {
+            if !names.contains(&k.as_str()) {
+                names.push(k);
+            }
+        }
+        for name in names {
+            let field = |f: &str| Some(format!("providers.{name}.{f}"));
+            let pc = cfg.providers.get(name).cloned().unwrap_or_default();
+            let builtin = builtin_provider(name);
+            let url_s = pc
+                .url
+                .clone()
+                .or_else(|| builtin.map(|b| b.url.to_owned()))
+                .ok_or_else(|| {
+                    ConfigError::new(
+                        None,
+                        field("url"),
+                        "is required for a provider nenya does not know",
+                    )
+                })?;
+            let url = parse_url(&url_s).map_err(|m| ConfigError::new(None, field("url"), m))?;
+            let format = pc
+                .format
+                .or_else(|| {
+                    if pc.url.is_none() {
+                        builtin.map(|b| b.format)
+                    } else {
+                        None
+                    }
+                })
+                .unwrap_or_else(|| infer_format(&url));
+            let auth = match &pc.auth_style {
+                Some(s) => s
+                    .parse::<AuthStyle>()
+                    .map_err(|m| ConfigError::new(None, field("auth_style"), m))?,
+                None => builtin
+                    .map(|b| b.auth)
+                    .unwrap_or(if format == ApiFormat::Anthropic {
+                        AuthStyle::Anthropic
+                    } else {
+                        AuthStyle::Bearer
+                    }),
+            };
+            let mut spec = ProviderSpec::new(name, Transport::Http(client.clone()))
+                .with_endpoint(format, url)
+                .with_auth(
+                    auth,
+                    secrets
+                        .provider_keys
+                        .get(name)
+                        .cloned()
+                        .or(pc.api_key.clone()),
+                );
+            for (fname, furl) in &pc.format_urls {
+                let f: ApiFormat = fname.parse().map_err(|m: String| {
+                    ConfigError::new(None, field(&format!("format_urls.{fname}")), m)
+                })?;
+                let u = parse_url(furl).map_err(|m| {
+                    ConfigError::new(None, field(&format!("format_urls.{fname}")), m)
+                })?;
+                match spec.endpoints.iter_mut().find(|(ef, _)| *ef == f) {
+                    Some(slot) => slot.1 = u,
+                    None => spec.endpoints.push((f, u)),
+                }
+            }
+            let secs = Duration::from_secs;
+            let mut t = Timeouts::default();
+            if let Some(s) = pc.response_header_timeout_seconds.or(pc.timeout_seconds) {
+                t.first_byte = secs(s.max(1));
+            }
+            if let Some(s) = pc.stream_idle_timeout_seconds.filter(|s| *s > 0) {
+                t.idle = secs(s);
+            }
+            spec = spec.with_timeouts(t);
+            spec.user_agent = user_agent.clone();
+            providers.insert(name.to_owned(), Arc::new(spec));
+        }
+
+        let mut agents = HashMap::new();
+        for (agent, ac) in &cfg.agents {
+            let mut chain = Vec::with_capacity(ac.models.len());
+            for (i, entry) in ac.models.iter().enumerate() {
+                let at = format!("agents.{agent}.models[{i}]");
+                match entry {
+                    ModelEntry::Name(name) => {
+                        let known = known_model(name).ok_or_else(|| {
+                            ConfigError::new(
+                                None,
+                                Some(at.clone()),
+                                format!("`{name}` is not in the model registry; use {{\"provider\": …, \"model\": …}}"),
+                            )
+                        })?;
+                        chain.push(TargetSpec {
+                            provider: providers[known.provider].clone(),
+                            model: name.clone(),
+                            format: None,
+                            url: None,
+                        });
+                    }
+                    ModelEntry::Object(o) => {
+                        let pname = match (&o.provider, &o.model) {
+                            (Some(p), _) => p.clone(),
+                            (None, Some(m)) => known_model(m)
+                                .map(|k| k.provider.to_owned())
+                                .ok_or_else(|| {
+                                    ConfigError::new(
+                                        None,
+                                        Some(format!("{at}.provider")),
+                                        "is required (model not in the registry)",
+                                    )
+                                })?,
+                            (None, None) => {
+                                return Err(ConfigError::new(
+                                    None,
+                                    Some(at),
+                                    "needs `provider` and `model`",
+                                ));
+                            }
+                        };
+                        let provider = providers.get(&pname).cloned().ok_or_else(|| {
+                            ConfigError::new(
+                                None,
+                                Some(format!("{at}.provider")),
+                                format!("unknown provider `{pname}`"),
+                            )
+                        })?;
+                        let model = o.model.clone().ok_or_else(|| {
+                            ConfigError::new(
+                                None,
+                                Some(format!("{at}.model")),
+                                "is required (provider-wide selectors need model discovery, not implemented yet)",
+                            )
+                        })?;
+                        let url =
+                            o.url.as_deref().map(parse_url).transpose().map_err(|m| {
+                                ConfigError::new(None, Some(format!("{at}.url")), m)
+                            })?;
+                        chain.push(TargetSpec {
+                            provider,
+                            model,
+                            format: o.format,
+                            url,
+                        });
+                    }
+                }
+            }
+            if chain.is_empty() {
+                return Err(ConfigError::new(
+                    None,
+                    Some(format!("agents.{agent}.models")),
+                    "must list at least one model",
+                ));
+            }
+            agents.insert(agent.clone(), chain);
+        }
+        Ok(Self {
+            agents,
+            providers,
+            catch_all: None,
+        })
+    }
+
+    /// The targets for `model`, in order, for a client speaking `client`.
+    pub fn resolve(&self, model: &str, client: ApiFormat) -> Result<Vec<Target>, Error> {
+        if let Some(chain) = self.agents.get(model) {
+            return chain.iter().map(|t| target(t, client)).collect();
+        }
+        if let Some((p, m)) = model.split_once('/') {
+            if let Some(provider) = self.providers.get(p) {
+                return Ok(vec![target(
+                    &TargetSpec {
+                        provider: provider.clone(),
+                        model: m.to_owned(),
+                        format: None,
+                        url: None,
+                    },
+                    client,
+                )?]);
+            }
+        }
+        let provider = known_model(model)
+            .and_then(|k| self.providers.get(k.provider))
+            .filter(|p| p.key.is_some() || p.auth == AuthStyle::None)
+            .or(self.catch_all.as_ref());
+        match provider {
+            Some(p) => Ok(vec![target(
+                &TargetSpec {
+                    provider: p.clone(),
+                    model: model.to_owned(),
+                    format: None,
+                    url: None,
+                },
+                client,
+            )?]),
+            None => Err(Error::new(
+                ErrorKind::ModelNotFound,
+                format!("no agent, provider/model or configured model is named `{model}`"),
+            )),
+        }
+    }
+
+    /// Agent names, sorted.
+    pub fn agent_names(&self) -> Vec<&str> {
+        let mut v: Vec<&str> = self.agents.keys().map(String::as_str).collect();
+        v.sort_unstable();
+        v
+    }
+}
+
+fn target(t: &TargetSpec, client: ApiFormat) -> Result<Target, Error> {
+    // Prefer the client's own format when the provider serves it: nothing is lost that way.
+    let format = t.format.unwrap_or_else(|| {
+        if t.provider.endpoint(client).is_some() {
+            client
+        } else {
+            t.provider.default_format()
+        }
+    });
+    let url = match (&t.url, t.provider.endpoint(format)) {
+        (Some(u), _) => u.clone(),
+        (None, Some(u)) => u.clone(),
+        (None, None) => {
+            return Err(Error::new(
+                ErrorKind::UnsupportedConversion,
+                format!("provider `{}` has no {format} endpoint", t.provider.name),
+            ));
+        }
+    };
+    Ok(Target {
+        provider: t.provider.clone(),
+        model: t.model.clone(),
+        format,
+        url,
+    })
+}
+
+fn parse_url(s: &str) -> Result<Uri, String> {
+    let u: Uri = s
+        .parse()
+        .map_err(|e| format!("`{s}` is not a valid URL: {e}"))?;
+    match u.scheme_str() {
+        Some("http" | "https") if u.host().is_some() => Ok(u),
+        _ => Err(format!("`{s}` must be an absolute http(s) URL")),
+    }
+}
+
+fn infer_format(u: &Uri) -> ApiFormat {
+    let p = u.path();
+    if p.ends_with("/messages") {
+        ApiFormat::Anthropic
+    } else if p.contains(":generateContent") || p.contains(":streamGenerateContent") {
+        ApiFormat::Gemini
+    } else {
+        ApiFormat::OpenAi
+    }
+}
+
+/// Resolves the request's model and calls the inner (provider) service with the chosen
+/// [`Target`] in the request extensions.
+///
+/// Only the first target is tried for now; fallback across the chain comes with the
+/// resilience layers.
+#[derive(Debug, Clone)]
+pub struct Router<S> {
+    inner: S,
+    table: Arc<RouteTable>,
+}
+
+impl<S> Router<S> {
+    /// A router over `table` in front of `inner`.
+    pub fn new(table: Arc<RouteTable>, inner: S) -> Self {
+        Self { inner, table }
+    }
+}
+
+impl<S> Service<Request<ChatRequest>> for Router<S>
+where
+    S: Service<Request<ChatRequest>, Response = Response<Body>, Error = Error>,
+{
+    type Response = Response<Body>;
+    type Error = Error;
+    type Future = RouterFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request<ChatRequest>) -> Self::Future {
+        let chat = req.body();
+        match self.table.resolve(&chat.model, chat.source) {
+            Ok(mut targets) => {
+                let t = targets.swap_remove(0);
+                tracing::debug!(provider = %t.provider.name, model = %t.model, format = %t.format, "routed");
+                req.extensions_mut().insert(t);
+                RouterFuture {
+                    state: RouterState::Inner {
+                        fut: self.inner.call(req),
+                    },
+                }
+            }
+            Err(e) => RouterFuture {
+                state: RouterState::Failed { err: Some(e) },
+            },
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// Response future of [`Router`].
+    pub struct RouterFuture<F> {
+        #[pin]
+        state: RouterState<F>,
+    }
+}
+
+pin_project_lite::pin_project! {
+    #[project = RouterProj]
+    enum RouterState<F> {
+        Inner { #[pin] fut: F },
+        Failed { err: Option<Error> },
+    }
+}
+
+impl<F> std::future::Future for RouterFuture<F>
+where
+    F: std::future::Future<Output = Result<Response<Body>, Error>>,
+{
+    type Output = F::Output;
+    fn poll(self: std::pin::Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project().state.project() {
+            RouterProj::Inner { fut } => fut.poll(cx),
+            RouterProj::Failed { err } => Poll::Ready(Err(err.take().unwrap_or_else(|| {
+                Error::new(ErrorKind::Internal, "future polled after completion")
+            }))),
+        }
+    }
+}

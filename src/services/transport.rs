@@ -1,0 +1,124 @@
+//! How requests reach an upstream: a pooled hyper-util client, or the in-process mock.
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use http::{Request, Response};
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use pin_project_lite::pin_project;
+use tower::Service;
+
+use super::mock::{self, MockProvider};
+use crate::{Body, BoxError};
+
+/// The pooled HTTP/1.1 + HTTP/2 client used for upstreams (rustls, `TCP_NODELAY`).
+pub type HttpClient = Client<HttpsConnector<HttpConnector>, Body>;
+
+/// Builds the shared upstream client.
+///
+/// ```
+/// let client = nenya::services::http_client(std::time::Duration::from_secs(5));
+/// # drop(client);
+/// ```
+pub fn http_client(connect_timeout: Duration) -> HttpClient {
+    let mut http = HttpConnector::new();
+    http.set_nodelay(true);
+    http.set_connect_timeout(Some(connect_timeout));
+    http.enforce_http(false);
+    http.set_keepalive(Some(Duration::from_secs(60)));
+    let builder = hyper_rustls::HttpsConnectorBuilder::new();
+    let builder = match builder.with_native_roots() {
+        Ok(b) => b,
+        Err(e) => {
+            tracing::warn!(error = %e, "no system CA roots; using the bundled webpki roots");
+            hyper_rustls::HttpsConnectorBuilder::new().with_webpki_roots()
+        }
+    };
+    let https = builder
+        .https_or_http()
+        .enable_http1()
+        .enable_http2()
+        .wrap_connector(http);
+    Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(Duration::from_secs(90))
+        .build(https)
+}
+
+/// Where a provider's requests go.
+///
+/// Both variants are always ready (a pooled client queues nothing of its own), so callers may
+/// clone and call without polling readiness; limits on concurrency belong to layers around the
+/// provider service.
+#[derive(Clone)]
+pub enum Transport {
+    /// Real HTTP.
+    Http(HttpClient),
+    /// The in-process mock provider.
+    Mock(MockProvider),
+}
+
+impl std::fmt::Debug for Transport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Http(_) => f.write_str("Transport::Http"),
+            Self::Mock(_) => f.write_str("Transport::Mock"),
+        }
+    }
+}
+
+impl Service<Request<Body>> for Transport {
+    type Response = Response<Body>;
+    type Error = BoxError;
+    type Future = TransportFuture;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<Body>) -> TransportFuture {
+        match self {
+            Self::Http(c) => TransportFuture {
+                state: State::Http {
+                    fut: c.request(req),
+                },
+            },
+            Self::Mock(m) => TransportFuture {
+                state: State::Mock { fut: m.call(req) },
+            },
+        }
+    }
+}
+
+pin_project! {
+    /// Response future of [`Transport`].
+    pub struct TransportFuture {
+        #[pin]
+        state: State,
+    }
+}
+
+pin_project! {
+    #[project = TransportProj]
+    enum State {
+        Http { #[pin] fut: hyper_util::client::legacy::ResponseFuture },
+        Mock { #[pin] fut: mock::MockFuture },
+    }
+}
+
+impl std::future::Future for TransportFuture {
+    type Output = Result<Response<Body>, BoxError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project().state.project() {
+            TransportProj::Http { fut } => fut
+                .poll(cx)
+                .map_ok(|r| r.map(Body::new))
+                .map_err(Into::into),
+            TransportProj::Mock { fut } => fut.poll(cx).map_err(Into::into),
+        }
+    }
+}
