@@ -449,8 +449,23 @@ impl http_body::Body for MockStream {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
+        if matches!(this.fault, Some(Fault::StallAfter(n)) if this.sent >= n) {
+            return Poll::Pending;
+        }
+        if this.events.is_empty() {
+            return Poll::Ready(None);
+        }
+        // Pace before every frame, faults included, so what was sent before is flushed.
+        if !this.delay.is_zero() {
+            let sleep = this
+                .sleep
+                .get_or_insert_with(|| Box::pin(tokio::time::sleep(this.delay)));
+            if sleep.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+            this.sleep = None;
+        }
         match this.fault {
-            Some(Fault::StallAfter(n)) if this.sent >= n => return Poll::Pending,
             Some(Fault::DropAfter(n)) if this.sent >= n => {
                 return Poll::Ready(Some(Err("mock: injected connection drop".into())));
             }
@@ -462,18 +477,6 @@ impl http_body::Body for MockStream {
                 )))));
             }
             _ => {}
-        }
-        if this.events.is_empty() {
-            return Poll::Ready(None);
-        }
-        if !this.delay.is_zero() {
-            let sleep = this
-                .sleep
-                .get_or_insert_with(|| Box::pin(tokio::time::sleep(this.delay)));
-            if sleep.as_mut().poll(cx).is_pending() {
-                return Poll::Pending;
-            }
-            this.sleep = None;
         }
         this.sent += 1;
         Poll::Ready(this.events.pop_front().map(|b| Ok(Frame::data(b))))

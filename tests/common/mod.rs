@@ -1,0 +1,205 @@
+//! Shared helpers: real listeners on 127.0.0.1:0, a real HTTP client, SSE reading.
+#![allow(dead_code, unreachable_pub)]
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, Request, StatusCode};
+use http_body_util::BodyExt;
+use nenya::config::{Config, Secrets};
+use nenya::services::{MockConfig, MockProvider};
+use nenya::{Body, Gateway};
+use serde_json::Value;
+use tokio::sync::oneshot;
+
+pub const CLIENT_TOKEN: &str = "client-token-7f3a9c";
+pub const PROVIDER_KEY: &str = "sk-provider-key-5d2e8b";
+
+/// A server running in this process; dropping it shuts it down.
+pub struct Running {
+    pub addr: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    pub task: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+impl Running {
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+    /// Signals shutdown; the caller may then await `task`.
+    pub fn signal_stop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+    }
+}
+
+pub async fn start_mock(cfg: MockConfig) -> (MockProvider, Running) {
+    let mock = MockProvider::new(cfg);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, rx) = oneshot::channel::<()>();
+    let m = mock.clone();
+    let task = tokio::spawn(async move {
+        m.serve(listener, async {
+            let _ = rx.await;
+        })
+        .await
+    });
+    (
+        mock,
+        Running {
+            addr,
+            stop: Some(tx),
+            task,
+        },
+    )
+}
+
+pub async fn start_gateway(gateway: Gateway) -> Running {
+    start_gateway_with_grace(gateway, Duration::from_secs(5)).await
+}
+
+pub async fn start_gateway_with_grace(gateway: Gateway, grace: Duration) -> Running {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, rx) = oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        nenya::server::serve(
+            listener,
+            gateway,
+            async {
+                let _ = rx.await;
+            },
+            grace,
+        )
+        .await
+    });
+    Running {
+        addr,
+        stop: Some(tx),
+        task,
+    }
+}
+
+/// A config with one provider `up` pointing at the mock (both formats), an agent `coder`, and
+/// the standard client token and provider key.
+pub fn config_for(mock: &Running, extra_provider: &str) -> (Config, Secrets) {
+    let cfg = Config::from_json_str(&format!(
+        r#"{{
+          "server": {{"max_body_bytes": 65536}},
+          "providers": {{
+            "up": {{
+              "url": "http://{addr}/v1/chat/completions",
+              "format_urls": {{"anthropic": "http://{addr}/v1/messages"}},
+              "auth_style": "bearer"
+              {extra_provider}
+            }},
+            "claude": {{
+              "url": "http://{addr}/v1/messages",
+              "auth_style": "anthropic"
+              {extra_provider}
+            }}
+          }},
+          "agents": {{
+            "coder": {{"strategy": "fallback", "models": [{{"provider": "up", "model": "upstream-model-1"}}]}},
+            "claude-agent": {{"models": [{{"provider": "claude", "model": "claude-upstream"}}]}}
+          }}
+        }}"#,
+        addr = mock.addr
+    ))
+    .unwrap();
+    let secrets = Secrets::from_json_str(&format!(
+        r#"{{"client_token": "{CLIENT_TOKEN}", "provider_keys": {{"up": "{PROVIDER_KEY}", "claude": "{PROVIDER_KEY}"}}}}"#
+    ))
+    .unwrap();
+    (cfg, secrets)
+}
+
+pub async fn gateway_for_mock(mock: &Running, extra_provider: &str) -> Running {
+    let (cfg, secrets) = config_for(mock, extra_provider);
+    start_gateway(Gateway::from_config(&cfg, &secrets).unwrap().build()).await
+}
+
+pub struct Reply {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Reply {
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
+    }
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+fn client() -> nenya::services::HttpClient {
+    nenya::services::http_client(Duration::from_secs(5))
+}
+
+pub async fn send(req: Request<Body>) -> Reply {
+    let resp = tokio::time::timeout(Duration::from_secs(20), client().request(req))
+        .await
+        .expect("request timed out")
+        .expect("request failed");
+    let (parts, body) = resp.into_parts();
+    let body = tokio::time::timeout(Duration::from_secs(20), body.collect())
+        .await
+        .expect("body timed out")
+        .map(|c| c.to_bytes())
+        .unwrap_or_default();
+    Reply {
+        status: parts.status,
+        headers: parts.headers,
+        body,
+    }
+}
+
+/// POST JSON with the given headers.
+pub async fn post(url: &str, headers: &[(&str, &str)], body: impl Into<Body>) -> Reply {
+    let mut b = Request::post(url).header("content-type", "application/json");
+    for (k, v) in headers {
+        b = b.header(*k, *v);
+    }
+    send(b.body(body.into()).unwrap()).await
+}
+
+pub fn bearer() -> (&'static str, String) {
+    ("authorization", format!("Bearer {CLIENT_TOKEN}"))
+}
+
+/// Splits an SSE body into (event name, data) pairs.
+pub fn sse_events(body: &str) -> Vec<(Option<String>, String)> {
+    body.split("\n\n")
+        .filter(|e| !e.trim().is_empty())
+        .map(|e| {
+            let mut name = None;
+            let mut data = Vec::new();
+            for line in e.lines() {
+                if let Some(n) = line.strip_prefix("event: ") {
+                    name = Some(n.to_owned());
+                } else if let Some(d) = line.strip_prefix("data: ") {
+                    data.push(d);
+                }
+            }
+            (name, data.join("\n"))
+        })
+        .collect()
+}
+
+pub fn mock_default() -> MockConfig {
+    MockConfig::default()
+}
