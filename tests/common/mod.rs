@@ -203,3 +203,83 @@ pub fn sse_events(body: &str) -> Vec<(Option<String>, String)> {
 pub fn mock_default() -> MockConfig {
     MockConfig::default()
 }
+
+/// The real `nenya` binary, killed on drop.
+pub struct Binary {
+    pub child: std::process::Child,
+    pub addr: SocketAddr,
+    pub log: std::sync::Arc<std::sync::Mutex<String>>,
+}
+
+impl Binary {
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+}
+
+impl Drop for Binary {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts `nenya ARGS` with a clean environment plus `envs`, and waits for its listen line.
+pub fn spawn_nenya(args: &[&str], envs: &[(&str, &str)]) -> Binary {
+    use std::io::{BufRead, BufReader};
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_nenya"));
+    cmd.args(args)
+        .env_remove("NENYA_CONFIG_FILE")
+        .env_remove("NENYA_CONFIG_DIR")
+        .env_remove("NENYA_SECRETS_DIR")
+        .env_remove("PORT")
+        .env_remove("HOST")
+        .env("RUST_LOG", "info")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    for (k, v) in envs {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().expect("spawn nenya");
+    let stdout = child.stdout.take().unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let (tx, rx) = std::sync::mpsc::channel();
+    for stream in [
+        Box::new(stdout) as Box<dyn std::io::Read + Send>,
+        Box::new(stderr),
+    ] {
+        let log = log.clone();
+        let tx = tx.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                if let Some(rest) = line.split("listening on ").nth(1) {
+                    let addr: String = rest
+                        .chars()
+                        .take_while(|c| c.is_ascii_hexdigit() || matches!(c, '.' | ':' | '[' | ']'))
+                        .collect();
+                    let _ = tx.send(addr);
+                }
+                log.lock().unwrap().push_str(&(line + "\n"));
+            }
+        });
+    }
+    let addr = rx
+        .recv_timeout(Duration::from_secs(20))
+        .unwrap_or_else(|_| panic!("nenya did not start; log:\n{}", log.lock().unwrap()));
+    Binary {
+        child,
+        addr: addr.parse().expect("listen address"),
+        log,
+    }
+}
+
+pub fn temp_dir(name: &str) -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(format!("nenya-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}

@@ -1,0 +1,144 @@
+//! The reference binary: starts on the mock with no config, serves from a config file, and
+//! exits cleanly on SIGTERM.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use nenya::services::MockConfig;
+use serde_json::json;
+
+#[tokio::test]
+async fn with_no_config_and_no_keys_it_serves_every_model_from_the_mock() {
+    let bin = spawn_nenya(&["--listen", "127.0.0.1:0"], &[]);
+    let first = bin.log().lines().next().unwrap_or_default().to_owned();
+    assert!(
+        first.contains("built-in mock provider"),
+        "first log line: {first}"
+    );
+    let r = post(
+        &bin.url("/v1/chat/completions"),
+        &[],
+        json!({"model": "anything", "messages": [{"role": "user", "content": "hi"}]}).to_string(),
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["choices"][0]["message"]["role"], "assistant");
+    let r = post(
+        &bin.url("/v1/messages"),
+        &[],
+        json!({"model": "claude-x", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]}).to_string(),
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["type"], "message");
+}
+
+#[tokio::test]
+async fn it_serves_a_config_file_with_secrets_and_json_logs() {
+    let (mock, up) = start_mock(MockConfig {
+        echo: true,
+        ..MockConfig::default()
+    })
+    .await;
+    let dir = temp_dir("bin-config");
+    let cfg = dir.join("nenya.json");
+    std::fs::write(
+        &cfg,
+        json!({
+            "providers": {"up": {"url": format!("http://{}/v1/chat/completions", up.addr), "auth_style": "azure"}},
+            "agents": {"build": {"strategy": "fallback", "models": [{"provider": "up", "model": "m-1"}]}},
+            "governance": {"ratelimit_max_rpm": 10}
+        })
+        .to_string(),
+    )
+    .unwrap();
+    let secrets = dir.join("secrets");
+    std::fs::create_dir(&secrets).unwrap();
+    std::fs::write(
+        secrets.join("client.json"),
+        json!({"client_token": CLIENT_TOKEN}).to_string(),
+    )
+    .unwrap();
+    std::fs::write(
+        secrets.join("provider_keys.json"),
+        json!({"provider_keys": {"up": PROVIDER_KEY}}).to_string(),
+    )
+    .unwrap();
+    let bin = spawn_nenya(
+        &["serve", "--log-format", "json"],
+        &[
+            ("NENYA_CONFIG_FILE", cfg.to_str().unwrap()),
+            ("NENYA_SECRETS_DIR", secrets.to_str().unwrap()),
+            ("PORT", "0"),
+        ],
+    );
+    let (k, v) = bearer();
+    let r = post(
+        &bin.url("/v1/chat/completions"),
+        &[(k, &v)],
+        json!({"model": "build", "messages": [{"role": "user", "content": "hi"}]}).to_string(),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(
+        mock.received()[0].headers["api-key"],
+        PROVIDER_KEY,
+        "azure auth style"
+    );
+    let log = bin.log();
+    assert!(
+        log.contains("`governance` is accepted but not implemented"),
+        "{log}"
+    );
+    for line in log.lines().filter(|l| l.starts_with('{')) {
+        serde_json::from_str::<serde_json::Value>(line).expect("JSON log line");
+    }
+    assert!(!log.contains(PROVIDER_KEY) && !log.contains(CLIENT_TOKEN));
+}
+
+#[tokio::test]
+async fn a_bad_config_fails_to_start_with_the_file_and_field_named() {
+    let dir = temp_dir("bin-bad");
+    let cfg = dir.join("bad.json");
+    std::fs::write(
+        &cfg,
+        r#"{"agents": {"a": {"models": [{"provider": "ghost", "model": "m"}]}}}"#,
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_nenya"))
+        .args(["--config", cfg.to_str().unwrap(), "--listen", "127.0.0.1:0"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("agents.a.models[0].provider") && err.contains("ghost"),
+        "{err}"
+    );
+}
+
+#[cfg(unix)]
+#[tokio::test]
+async fn sigterm_stops_the_binary_cleanly() {
+    let mut bin = spawn_nenya(&["--listen", "127.0.0.1:0"], &[]);
+    let pid = bin.child.id().to_string();
+    let start = Instant::now();
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    loop {
+        if let Some(status) = bin.child.try_wait().unwrap() {
+            assert!(status.success(), "exit status {status:?}");
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(7), "did not stop");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(bin.log().contains("stopped"));
+}
