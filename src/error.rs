@@ -246,7 +246,16 @@ pub fn error_json(format: ApiFormat, kind: ErrorKind, message: &str) -> Bytes {
 
 /// A complete error response for `kind` in the client's format.
 pub fn error_response(format: ApiFormat, kind: ErrorKind, message: &str) -> Response<Body> {
-    let mut resp = Response::new(Body::full(error_json(format, kind, message)));
+    error_response_with(format, kind, message)
+}
+
+/// [`error_response`] for any body type that can be made from bytes (e.g. axum's).
+pub fn error_response_with<B: From<Bytes>>(
+    format: ApiFormat,
+    kind: ErrorKind,
+    message: &str,
+) -> Response<B> {
+    let mut resp = Response::new(B::from(error_json(format, kind, message)));
     *resp.status_mut() = kind.status();
     let h = resp.headers_mut();
     h.insert(

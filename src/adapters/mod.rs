@@ -1,4 +1,4 @@
-//! Wire formats: decoding client bodies into the [`ChatRequest`](crate::model::ChatRequest) and
+//! Wire formats: decoding client bodies into the [`ChatRequest`] and
 //! encoding it for an upstream, plus the built-in provider and model tables.
 //!
 //! Decoding parses the JSON once into a tree and *moves* its strings into the typed model; no

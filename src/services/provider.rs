@@ -172,10 +172,9 @@ impl Service<Request<ChatRequest>> for ProviderService {
         match build_upstream_request(req) {
             Ok((target, upstream, client_format, stream)) => {
                 let timeouts = target.provider.timeouts;
-                let mut transport = target.provider.transport.clone();
                 ResponseFuture {
                     state: State::Waiting {
-                        fut: transport.call(upstream),
+                        fut: target.provider.transport.send(upstream),
                         deadline: tokio::time::sleep(timeouts.first_byte),
                         idle: timeouts.idle,
                         client_format,

@@ -54,6 +54,8 @@ pub fn http_client(connect_timeout: Duration) -> HttpClient {
 /// clone and call without polling readiness; limits on concurrency belong to layers around the
 /// provider service.
 #[derive(Clone)]
+// One per provider, shared behind an `Arc<ProviderSpec>` and never moved per request.
+#[allow(clippy::large_enum_variant)]
 pub enum Transport {
     /// Real HTTP.
     Http(HttpClient),
@@ -66,6 +68,24 @@ impl std::fmt::Debug for Transport {
         match self {
             Self::Http(_) => f.write_str("Transport::Http"),
             Self::Mock(_) => f.write_str("Transport::Mock"),
+        }
+    }
+}
+
+impl Transport {
+    /// Sends a request without cloning or readiness polling (both transports are always ready).
+    pub fn send(&self, req: Request<Body>) -> TransportFuture {
+        match self {
+            Self::Http(c) => TransportFuture {
+                state: State::Http {
+                    fut: c.request(req),
+                },
+            },
+            Self::Mock(m) => TransportFuture {
+                state: State::Mock {
+                    fut: m.clone().call(req),
+                },
+            },
         }
     }
 }

@@ -9,9 +9,10 @@ use subtle::{Choice, ConstantTimeEq};
 use tower::Service;
 use tower_layer::Layer;
 
-use crate::Body;
+use bytes::Bytes;
+
 use crate::config::Secret;
-use crate::error::{ErrorKind, error_response};
+use crate::error::{ErrorKind, error_response_with};
 use crate::model::ApiFormat;
 
 /// Paths that never require a token.
@@ -81,13 +82,14 @@ impl<S> Auth<S> {
     }
 }
 
-impl<S, B> Service<Request<B>> for Auth<S>
+impl<S, B, ResBody> Service<Request<B>> for Auth<S>
 where
-    S: Service<Request<B>, Response = Response<Body>>,
+    S: Service<Request<B>, Response = Response<ResBody>>,
+    ResBody: From<Bytes>,
 {
-    type Response = Response<Body>;
+    type Response = Response<ResBody>;
     type Error = S::Error;
-    type Future = ResponseFuture<S::Future>;
+    type Future = ResponseFuture<S::Future, ResBody>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
         self.inner.poll_ready(cx)
@@ -108,7 +110,7 @@ where
                 tracing::info!(path, "client authentication failed");
                 return ResponseFuture {
                     state: State::Reject {
-                        resp: Some(error_response(format, ErrorKind::Unauthorized, msg)),
+                        resp: Some(error_response_with(format, ErrorKind::Unauthorized, msg)),
                     },
                 };
             }
@@ -125,30 +127,31 @@ where
 
 pin_project! {
     /// Response future of [`Auth`].
-    pub struct ResponseFuture<F> {
+    pub struct ResponseFuture<F, ResBody> {
         #[pin]
-        state: State<F>,
+        state: State<F, ResBody>,
     }
 }
 
 pin_project! {
     #[project = Proj]
-    enum State<F> {
+    enum State<F, ResBody> {
         Inner { #[pin] fut: F },
-        Reject { resp: Option<Response<Body>> },
+        Reject { resp: Option<Response<ResBody>> },
     }
 }
 
-impl<F, E> Future for ResponseFuture<F>
+impl<F, E, ResBody> Future for ResponseFuture<F, ResBody>
 where
-    F: Future<Output = Result<Response<Body>, E>>,
+    F: Future<Output = Result<Response<ResBody>, E>>,
+    ResBody: From<Bytes>,
 {
-    type Output = Result<Response<Body>, E>;
+    type Output = Result<Response<ResBody>, E>;
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.project().state.project() {
             Proj::Inner { fut } => fut.poll(cx),
             Proj::Reject { resp } => Poll::Ready(Ok(resp.take().unwrap_or_else(|| {
-                error_response(
+                error_response_with(
                     ApiFormat::OpenAi,
                     ErrorKind::Internal,
                     "future polled after completion",

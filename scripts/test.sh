@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# The whole test suite, from a fresh checkout. Installs what the tests need when it is missing
+# (a Python venv with the official OpenAI/Anthropic SDKs, cargo-deny), then runs the format
+# check, clippy, every test (unit, property, black-box, examples, SDK, doc tests), the docs
+# build and cargo-deny. `.ci/run` calls exactly this.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+step() { printf '\n==> %s\n' "$*"; }
+
+step "Python venv with the official SDKs (.venv)"
+if ! .venv/bin/python -c "import openai, anthropic" 2>/dev/null; then
+  python3 -m venv .venv
+  .venv/bin/pip install --quiet --disable-pip-version-check -r tests/sdk/requirements.txt
+fi
+export NENYA_SDK_PYTHON="$PWD/.venv/bin/python"
+
+step "cargo-deny"
+if ! command -v cargo-deny >/dev/null 2>&1; then
+  cargo install --locked cargo-deny
+fi
+
+step "cargo fmt --check"
+cargo fmt --all -- --check
+
+step "cargo clippy -D warnings"
+cargo clippy --all-targets --locked -- -D warnings
+
+step "cargo test (lib, binary, integration, examples, benches in test mode)"
+cargo test --all-targets --locked
+
+step "doc tests"
+cargo test --doc --locked
+
+step "cargo doc (warnings are errors)"
+RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --locked --quiet
+
+step "cargo deny"
+cargo deny --log-level error check licenses bans sources
+# The advisory database is fetched from GitHub; where that host is unreachable, say so loudly
+# rather than fail the suite on the network (licences, bans and sources are checked above).
+if cargo deny --log-level error check advisories 2>/tmp/nenya-deny-advisories.log; then
+  echo "advisories ok"
+elif grep -q "failed to fetch advisory database" /tmp/nenya-deny-advisories.log; then
+  echo "WARNING: advisories NOT checked: the RustSec database could not be fetched from this network"
+else
+  cat /tmp/nenya-deny-advisories.log
+  exit 1
+fi
+
+step "all checks passed"
