@@ -367,6 +367,18 @@ fn encode_message(m: Message, same: bool, out: &mut Vec<Value>) {
                 Content::Text(s) => {
                     o.insert("content".into(), Value::String(s));
                 }
+                // Array content with nothing OpenAI keeps elsewhere keeps its array shape.
+                Content::Parts(parts)
+                    if !parts.is_empty()
+                        && parts
+                            .iter()
+                            .all(|p| matches!(p, Part::Text { .. } | Part::Other(_))) =>
+                {
+                    o.insert(
+                        "content".into(),
+                        encode_content(Content::Parts(parts), same),
+                    );
+                }
                 Content::Parts(parts) => {
                     let mut text: Option<String> = None;
                     let mut reasoning: Option<String> = None;

@@ -1,0 +1,302 @@
+//! Property tests for the wire adapters: lossless same-format round trips, cross-format
+//! round trips that keep every field both formats support, and no panic on any input.
+
+use nenya::adapters::{decode_request, encode_request};
+use nenya::model::ApiFormat;
+use proptest::prelude::*;
+use serde_json::{Value, json};
+
+fn text() -> impl Strategy<Value = String> {
+    "[a-zA-Z0-9 .,!?'\"\\\\/\n{}é中🙂-]{0,24}"
+}
+
+fn ident() -> impl Strategy<Value = String> {
+    "[a-z][a-z0-9_]{0,10}"
+}
+
+/// Compact JSON object text, as tool-call arguments usually are.
+fn args() -> impl Strategy<Value = String> {
+    prop::collection::btree_map(
+        ident(),
+        prop_oneof![
+            text().prop_map(Value::from),
+            any::<i32>().prop_map(Value::from),
+            any::<bool>().prop_map(Value::from)
+        ],
+        0..4,
+    )
+    .prop_map(|m| serde_json::to_string(&m.into_iter().collect::<serde_json::Map<_, _>>()).unwrap())
+}
+
+fn openai_message(cross: bool) -> BoxedStrategy<Value> {
+    let tool_call = (ident(), ident(), args()).prop_map(|(id, name, a)| {
+        json!({"id": format!("call_{id}"), "type": "function", "function": {"name": name, "arguments": a}})
+    });
+    let shared = prop_oneof![
+        text().prop_map(|t| json!({"role": "user", "content": t})),
+        prop::collection::vec(text(), 1..3).prop_map(|ts| json!({"role": "user",
+            "content": ts.into_iter().map(|t| json!({"type": "text", "text": t})).collect::<Vec<_>>()})),
+        text().prop_map(|t| json!({"role": "assistant", "content": t})),
+        (prop::option::of(text()), prop::collection::vec(tool_call, 1..3)).prop_map(|(t, calls)| {
+            json!({"role": "assistant", "content": t, "tool_calls": calls})
+        }),
+        (ident(), text()).prop_map(|(id, t)| json!({"role": "tool", "tool_call_id": format!("call_{id}"), "content": t})),
+    ];
+    if cross {
+        return shared.boxed();
+    }
+    // Shapes that only OpenAI has: a named user, image detail.
+    prop_oneof![
+        4 => shared,
+        1 => text().prop_map(|t| json!({"role": "user", "content": t, "name": "bob"})),
+        1 => text().prop_map(|t| json!({"role": "user", "content": [
+                {"type": "text", "text": t},
+                {"type": "image_url", "image_url": {"url": "https://example.com/a.png", "detail": "high"}}]})),
+        1 => prop::collection::vec(text(), 1..3).prop_map(|ts| json!({"role": "assistant",
+            "content": ts.into_iter().map(|t| json!({"type": "text", "text": t})).collect::<Vec<_>>()})),
+    ]
+    .boxed()
+}
+
+fn tool_def() -> impl Strategy<Value = Value> {
+    (ident(), prop::option::of(text())).prop_map(|(name, desc)| {
+        let mut f = json!({"name": name, "parameters": {"type": "object", "properties": {"x": {"type": "string"}}}});
+        if let Some(d) = desc {
+            f["description"] = json!(d);
+        }
+        json!({"type": "function", "function": f})
+    })
+}
+
+fn openai_request(cross: bool) -> impl Strategy<Value = Value> {
+    (
+        prop::option::of(text()),
+        prop::collection::vec(openai_message(cross), 1..8),
+        prop::option::of(any::<bool>()),
+        prop::option::of(1u64..100_000),
+        prop::option::of(prop::collection::vec(text(), 1..3)),
+        prop::option::of(prop::collection::vec(tool_def(), 1..3)),
+        prop::option::of(prop_oneof![
+            Just(json!("auto")),
+            Just(json!("none")),
+            Just(json!("required")),
+            ident().prop_map(|n| json!({"type": "function", "function": {"name": n}}))
+        ]),
+        prop::option::of(0.0f64..2.0),
+        prop::option::of(ident()),
+    )
+        .prop_map(
+            move |(system, messages, stream, max_tokens, stop, tools, tool_choice, temp, user)| {
+                let mut all = Vec::new();
+                if let Some(s) = system {
+                    all.push(json!({"role": "system", "content": s}));
+                }
+                all.extend(messages);
+                let mut o = json!({"model": "m", "messages": all});
+                if let Some(s) = stream {
+                    o["stream"] = json!(s);
+                }
+                if let Some(n) = max_tokens {
+                    o["max_tokens"] = json!(n);
+                }
+                if let Some(s) = stop {
+                    o["stop"] = json!(s);
+                }
+                if let Some(t) = tools {
+                    o["tools"] = json!(t);
+                }
+                if let Some(t) = tool_choice {
+                    o["tool_choice"] = t;
+                }
+                if let Some(t) = temp {
+                    o["temperature"] = json!(t);
+                }
+                if let Some(u) = user {
+                    o["user"] = json!(u);
+                }
+                if !cross {
+                    o["seed"] = json!(42);
+                    o["x_vendor_field"] = json!({"nested": [1, 2, {"k": null}]});
+                }
+                o
+            },
+        )
+}
+
+fn anthropic_block(assistant: bool) -> BoxedStrategy<Value> {
+    if assistant {
+        prop_oneof![
+            text().prop_map(|t| json!({"type": "text", "text": t})),
+            (text(), "[A-Za-z0-9+/=]{4,16}")
+                .prop_map(|(t, s)| json!({"type": "thinking", "thinking": t, "signature": s})),
+            (ident(), ident(), args()).prop_map(
+                |(id, n, a)| json!({"type": "tool_use", "id": format!("toolu_{id}"), "name": n,
+                "input": serde_json::from_str::<Value>(&a).unwrap()})
+            ),
+            Just(json!({"type": "redacted_thinking", "data": "abc"})),
+        ]
+        .boxed()
+    } else {
+        prop_oneof![
+            text().prop_map(|t| json!({"type": "text", "text": t})),
+            text().prop_map(|t| json!({"type": "text", "text": t, "cache_control": {"type": "ephemeral"}})),
+            Just(json!({"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "iVBORw0KGgo="}})),
+            (ident(), text(), prop::option::of(any::<bool>())).prop_map(|(id, t, e)| {
+                let mut b = json!({"type": "tool_result", "tool_use_id": format!("toolu_{id}"), "content": t});
+                if let Some(e) = e { b["is_error"] = json!(e); }
+                b
+            }),
+            (ident(), text()).prop_map(|(id, t)| json!({"type": "tool_result", "tool_use_id": format!("toolu_{id}"),
+                "content": [{"type": "text", "text": t}]})),
+            Just(json!({"type": "document", "source": {"type": "text", "media_type": "text/plain", "data": "doc"}})),
+        ]
+        .boxed()
+    }
+}
+
+fn anthropic_request() -> impl Strategy<Value = Value> {
+    let message = prop_oneof![
+        text().prop_map(|t| json!({"role": "user", "content": t})),
+        text().prop_map(|t| json!({"role": "assistant", "content": t})),
+        prop::collection::vec(anthropic_block(false), 1..4)
+            .prop_map(|b| json!({"role": "user", "content": b})),
+        prop::collection::vec(anthropic_block(true), 1..4)
+            .prop_map(|b| json!({"role": "assistant", "content": b})),
+    ];
+    (
+        prop::option::of(prop_oneof![
+            text().prop_map(Value::from),
+            prop::collection::vec(anthropic_block(false).prop_filter("text only", |b| b["type"] == "text"), 1..3).prop_map(Value::from),
+        ]),
+        prop::collection::vec(message, 1..8),
+        1u64..64_000,
+        prop::option::of(any::<bool>()),
+        prop::option::of(prop::collection::vec(text(), 1..3)),
+        prop::option::of(prop_oneof![Just(json!({"type": "auto"})), Just(json!({"type": "any"})),
+            Just(json!({"type": "none"})), ident().prop_map(|n| json!({"type": "tool", "name": n})),
+            Just(json!({"type": "auto", "disable_parallel_tool_use": true}))]),
+    )
+        .prop_map(|(system, messages, max_tokens, stream, stop, tool_choice)| {
+            let mut o = json!({"model": "claude", "max_tokens": max_tokens, "messages": messages,
+                               "metadata": {"user_id": "u"}, "top_k": 5,
+                               "tools": [{"name": "ls", "description": "list", "input_schema": {"type": "object"},
+                                          "cache_control": {"type": "ephemeral"}},
+                                         {"type": "web_search_20250305", "name": "web_search", "max_uses": 3}]});
+            if let Some(s) = system { o["system"] = s; }
+            if let Some(s) = stream { o["stream"] = json!(s); }
+            if let Some(s) = stop { o["stop_sequences"] = json!(s); }
+            if let Some(t) = tool_choice { o["tool_choice"] = t; }
+            o
+        })
+}
+
+fn roundtrip(v: &Value, from: ApiFormat, to: ApiFormat) -> Value {
+    let bytes = serde_json::to_vec(v).unwrap();
+    let req = decode_request(from, &bytes).unwrap();
+    serde_json::from_slice(&encode_request(req, to).unwrap()).unwrap()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(300))]
+
+    #[test]
+    fn openai_same_format_round_trip_is_lossless(v in openai_request(false)) {
+        prop_assert_eq!(roundtrip(&v, ApiFormat::OpenAi, ApiFormat::OpenAi), v);
+    }
+
+    #[test]
+    fn anthropic_same_format_round_trip_is_lossless(v in anthropic_request()) {
+        prop_assert_eq!(roundtrip(&v, ApiFormat::Anthropic, ApiFormat::Anthropic), v);
+    }
+
+    #[test]
+    fn openai_to_anthropic_and_back_keeps_every_shared_field(v in openai_request(true)) {
+        let anthropic = roundtrip(&v, ApiFormat::OpenAi, ApiFormat::Anthropic);
+        let back = roundtrip(&anthropic, ApiFormat::Anthropic, ApiFormat::OpenAi);
+        // Anthropic requires max_tokens: one is added when the client set none.
+        let mut expected = v.clone();
+        if expected.get("max_tokens").is_none() {
+            expected["max_tokens"] = json!(4096);
+        }
+        prop_assert_eq!(back, expected);
+    }
+
+    #[test]
+    fn decoding_arbitrary_bytes_never_panics(bytes in prop::collection::vec(any::<u8>(), 0..256)) {
+        let _ = decode_request(ApiFormat::OpenAi, &bytes);
+        let _ = decode_request(ApiFormat::Anthropic, &bytes);
+    }
+
+    #[test]
+    fn decoding_wrongly_typed_json_never_panics(v in arbitrary_json(3)) {
+        let bytes = serde_json::to_vec(&v).unwrap();
+        for f in [ApiFormat::OpenAi, ApiFormat::Anthropic] {
+            if let Ok(req) = decode_request(f, &bytes) {
+                let _ = encode_request(req.clone(), ApiFormat::OpenAi);
+                let _ = encode_request(req, ApiFormat::Anthropic);
+            }
+        }
+    }
+}
+
+/// Arbitrary JSON biased towards request-like keys, so decoding goes deep.
+fn arbitrary_json(depth: u32) -> BoxedStrategy<Value> {
+    let leaf = prop_oneof![
+        Just(Value::Null),
+        any::<bool>().prop_map(Value::from),
+        any::<i64>().prop_map(Value::from),
+        text().prop_map(Value::from),
+        prop_oneof![
+            Just("user"),
+            Just("assistant"),
+            Just("tool"),
+            Just("system"),
+            Just("text"),
+            Just("tool_use"),
+            Just("tool_result"),
+            Just("image_url"),
+            Just("function"),
+            Just("thinking"),
+            Just("image")
+        ]
+        .prop_map(Value::from),
+    ];
+    if depth == 0 {
+        return leaf.boxed();
+    }
+    let key = prop_oneof![
+        Just("model"),
+        Just("messages"),
+        Just("role"),
+        Just("content"),
+        Just("type"),
+        Just("text"),
+        Just("tool_calls"),
+        Just("function"),
+        Just("arguments"),
+        Just("name"),
+        Just("id"),
+        Just("tool_call_id"),
+        Just("tools"),
+        Just("tool_choice"),
+        Just("system"),
+        Just("input"),
+        Just("source"),
+        Just("image_url"),
+        Just("url"),
+        Just("stop"),
+        Just("max_tokens"),
+        Just("stream"),
+        Just("tool_use_id"),
+        Just("is_error"),
+        Just("signature"),
+    ]
+    .prop_map(str::to_owned);
+    prop_oneof![
+        leaf,
+        prop::collection::vec(arbitrary_json(depth - 1), 0..4).prop_map(Value::from),
+        prop::collection::btree_map(key, arbitrary_json(depth - 1), 0..6)
+            .prop_map(|m| Value::Object(m.into_iter().collect())),
+    ]
+    .boxed()
+}
