@@ -28,6 +28,7 @@ pub mod layers;
 pub mod model;
 pub mod server;
 pub mod services;
+pub mod sse;
 
 pub use body::Body;
 pub use error::{Error, ErrorKind};

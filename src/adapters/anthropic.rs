@@ -5,8 +5,8 @@ use serde_json::{Value, json};
 use super::{Fields, as_object, copy_shared, invalid};
 use crate::error::Error;
 use crate::model::{
-    ApiFormat, ChatRequest, Content, ImageSource, JsonMap, Message, Part, Role, Shape, Tool,
-    ToolChoice,
+    ApiFormat, ChatRequest, ChatResponse, Content, ImageSource, JsonMap, Message, Part, Role,
+    Shape, StopReason, Tool, ToolChoice, Usage,
 };
 
 /// The `anthropic-version` sent when the client gave none.
@@ -441,7 +441,7 @@ fn encode_block(p: Part, same: bool) -> Option<Value> {
             extra,
         } => {
             // Anthropic rejects unsigned thinking; reasoning from another format is dropped.
-            let signature = signature?;
+            let signature = signature.filter(|s| !s.is_empty())?;
             (
                 json_obj([
                     ("type", "thinking".into()),
@@ -469,4 +469,91 @@ fn parse_data_url(u: &str) -> Option<(&str, &str)> {
     let (meta, data) = rest.split_once(',')?;
     let media = meta.strip_suffix(";base64")?;
     Some((media, data))
+}
+
+/// Decodes an Anthropic `message` object.
+pub(crate) fn decode_response(mut o: JsonMap) -> Result<ChatResponse, Error> {
+    let id = take_str(&mut o, "id").unwrap_or_default();
+    let model = take_str(&mut o, "model").unwrap_or_default();
+    let content = match o.shift_remove("content") {
+        Some(Value::Array(blocks)) => blocks.into_iter().map(decode_block).collect(),
+        _ => Vec::new(),
+    };
+    let stop_reason = take_str(&mut o, "stop_reason").map(|s| StopReason::from_anthropic(&s));
+    let stop_sequence = take_str(&mut o, "stop_sequence");
+    let usage = match o.shift_remove("usage") {
+        Some(Value::Object(u)) => decode_usage(&u),
+        _ => Usage::default(),
+    };
+    for k in ["type", "role"] {
+        o.shift_remove(k);
+    }
+    Ok(ChatResponse {
+        id,
+        model,
+        content,
+        stop_reason,
+        stop_sequence,
+        usage,
+        extra: o,
+    })
+}
+
+/// Reads an Anthropic `usage` object.
+pub(crate) fn decode_usage(u: &JsonMap) -> Usage {
+    let n = |k: &str| u.get(k).and_then(Value::as_u64).unwrap_or(0);
+    Usage {
+        input: n("input_tokens"),
+        output: n("output_tokens"),
+        cache_read: n("cache_read_input_tokens"),
+        cache_write: n("cache_creation_input_tokens"),
+        reasoning: 0,
+    }
+}
+
+/// An Anthropic `usage` object.
+pub(crate) fn encode_usage(u: &Usage) -> Value {
+    json!({
+        "input_tokens": u.input,
+        "output_tokens": u.output,
+        "cache_read_input_tokens": u.cache_read,
+        "cache_creation_input_tokens": u.cache_write,
+    })
+}
+
+/// Encodes a neutral answer as an Anthropic `message` object.
+pub(crate) fn encode_response(r: ChatResponse) -> Value {
+    let content: Vec<Value> = r
+        .content
+        .into_iter()
+        .filter_map(|p| match p {
+            // Reasoning from another format has no signature; clients still see it as thinking.
+            Part::Thinking {
+                thinking,
+                signature,
+                ..
+            } => Some(json!({"type": "thinking", "thinking": thinking,
+                             "signature": signature.unwrap_or_default()})),
+            other => encode_block(other, false),
+        })
+        .collect();
+    json!({
+        "id": anthropic_id(&r.id),
+        "type": "message",
+        "role": "assistant",
+        "model": r.model,
+        "content": content,
+        "stop_reason": r.stop_reason.as_ref().map(StopReason::to_anthropic),
+        "stop_sequence": r.stop_sequence,
+        "usage": encode_usage(&r.usage),
+    })
+}
+
+/// Anthropic-style ids for answers that came from elsewhere.
+pub(crate) fn anthropic_id(id: &str) -> String {
+    if id.starts_with("msg_") {
+        id.to_owned()
+    } else {
+        format!("msg_{id}")
+    }
 }

@@ -18,6 +18,7 @@
 pub mod anthropic;
 pub mod openai;
 pub mod providers;
+pub mod stream;
 
 use bytes::Bytes;
 use serde_json::Value;
@@ -61,6 +62,69 @@ pub fn encode_request(req: ChatRequest, target: ApiFormat) -> Result<Bytes, Erro
     serde_json::to_vec(&Value::Object(map))
         .map(Bytes::from)
         .map_err(|e| Error::new(ErrorKind::Internal, "failed to encode request").with_source(e))
+}
+
+/// Converts a complete (non-streamed) upstream answer from `from` into the client's `to` format.
+///
+/// ```
+/// use nenya::adapters::convert_response;
+/// use nenya::model::ApiFormat;
+/// let anthropic = br#"{"id":"msg_1","type":"message","role":"assistant","model":"c",
+///   "content":[{"type":"text","text":"hi"}],"stop_reason":"end_turn","usage":{"input_tokens":3,"output_tokens":1}}"#;
+/// let out = convert_response(anthropic, ApiFormat::Anthropic, ApiFormat::OpenAi).unwrap();
+/// let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+/// assert_eq!(v["choices"][0]["message"]["content"], "hi");
+/// assert_eq!(v["choices"][0]["finish_reason"], "stop");
+/// assert_eq!(v["usage"]["prompt_tokens"], 3);
+/// ```
+pub fn convert_response(body: &[u8], from: ApiFormat, to: ApiFormat) -> Result<Bytes, Error> {
+    let bad = |e: String| {
+        Error::new(
+            ErrorKind::UpstreamProtocol,
+            format!("the upstream answer is not valid: {e}"),
+        )
+    };
+    let v: Value = serde_json::from_slice(body).map_err(|e| bad(e.to_string()))?;
+    let Value::Object(map) = v else {
+        return Err(bad("not a JSON object".into()));
+    };
+    let resp = match from {
+        ApiFormat::Anthropic => anthropic::decode_response(map),
+        _ => openai::decode_response(map),
+    }
+    .map_err(|e| bad(e.message().to_owned()))?;
+    let out = match to {
+        ApiFormat::Anthropic => anthropic::encode_response(resp),
+        _ => openai::encode_response(resp),
+    };
+    Ok(Bytes::from(out.to_string()))
+}
+
+/// Re-renders an upstream's error body (any format) in the client's format, keeping its message.
+pub fn convert_error(body: &[u8], to: ApiFormat) -> Bytes {
+    let v: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
+    let message = v
+        .pointer("/error/message")
+        .or_else(|| v.pointer("/message"))
+        .or_else(|| v.get(0).and_then(|e| e.pointer("/error/message")))
+        .and_then(Value::as_str)
+        .unwrap_or("the upstream returned an error");
+    let mut out: Value = serde_json::from_slice(&crate::error::error_json(
+        to,
+        ErrorKind::UpstreamProtocol,
+        message,
+    ))
+    .unwrap_or(Value::Null);
+    if let Some(e) = out.get_mut("error").and_then(Value::as_object_mut) {
+        e.insert("error_kind".into(), "upstream_error".into());
+        if to == ApiFormat::OpenAi {
+            e.insert("code".into(), "upstream_error".into());
+        }
+        if let Some(t) = v.pointer("/error/type").and_then(Value::as_str) {
+            e.insert("type".into(), t.into());
+        }
+    }
+    Bytes::from(out.to_string())
 }
 
 pub(crate) fn invalid(msg: impl Into<String>) -> Error {

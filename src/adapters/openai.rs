@@ -5,8 +5,8 @@ use serde_json::{Value, json};
 use super::{Fields, as_object, copy_shared, invalid};
 use crate::error::Error;
 use crate::model::{
-    ApiFormat, ChatRequest, Content, ImageSource, JsonMap, Message, Part, Role, Shape, Tool,
-    ToolChoice,
+    ApiFormat, ChatRequest, ChatResponse, Content, ImageSource, JsonMap, Message, Part, Role,
+    Shape, StopReason, Tool, ToolChoice, Usage,
 };
 
 /// Decodes an OpenAI request object.
@@ -303,6 +303,11 @@ pub(crate) fn encode_request(req: ChatRequest) -> JsonMap {
         out.extend(req.extra);
     } else {
         copy_shared(&req.extra, &mut out);
+        if req.stream {
+            if let Some(so) = req.extra.get("stream_options") {
+                out.insert("stream_options".into(), so.clone());
+            }
+        }
         if let Some(user) = req
             .extra
             .get("metadata")
@@ -519,5 +524,142 @@ fn encode_tool_choice(tc: ToolChoice, same: bool) -> Value {
         ToolChoice::Required => "required".into(),
         ToolChoice::Tool(name) => json!({"type": "function", "function": {"name": name}}),
         ToolChoice::Other(v) => v,
+    }
+}
+
+/// Decodes an OpenAI `chat.completion` object.
+pub(crate) fn decode_response(mut o: JsonMap) -> Result<ChatResponse, Error> {
+    let id = take_string(&mut o, "id");
+    let model = take_string(&mut o, "model");
+    let mut content = Vec::new();
+    let mut stop_reason = None;
+    if let Some(Value::Array(choices)) = o.shift_remove("choices") {
+        if let Some(Value::Object(mut choice)) = choices.into_iter().next() {
+            stop_reason = match choice.shift_remove("finish_reason") {
+                Some(Value::String(s)) => Some(StopReason::from_openai(&s)),
+                _ => None,
+            };
+            if let Some(Value::Object(msg)) = choice.shift_remove("message") {
+                let m = decode_message(msg, "choices[0].message")?;
+                content = m.content.into_parts();
+            }
+        }
+    }
+    let usage = match o.shift_remove("usage") {
+        Some(Value::Object(u)) => decode_usage(&u),
+        _ => Usage::default(),
+    };
+    for k in ["object", "created", "system_fingerprint", "service_tier"] {
+        o.shift_remove(k);
+    }
+    Ok(ChatResponse {
+        id,
+        model,
+        content,
+        stop_reason,
+        stop_sequence: None,
+        usage,
+        extra: o,
+    })
+}
+
+fn take_string(o: &mut JsonMap, k: &str) -> String {
+    match o.shift_remove(k) {
+        Some(Value::String(s)) => s,
+        _ => String::new(),
+    }
+}
+
+/// Reads an OpenAI `usage` object.
+pub(crate) fn decode_usage(u: &JsonMap) -> Usage {
+    let n = |v: Option<&Value>| v.and_then(Value::as_u64).unwrap_or(0);
+    let prompt = n(u.get("prompt_tokens"));
+    let cached = n(u
+        .get("prompt_tokens_details")
+        .and_then(|d| d.get("cached_tokens")));
+    Usage {
+        input: prompt.saturating_sub(cached),
+        output: n(u.get("completion_tokens")),
+        cache_read: cached,
+        cache_write: 0,
+        reasoning: n(u
+            .get("completion_tokens_details")
+            .and_then(|d| d.get("reasoning_tokens"))),
+    }
+}
+
+/// An OpenAI `usage` object.
+pub(crate) fn encode_usage(u: &Usage) -> Value {
+    json!({
+        "prompt_tokens": u.prompt_total(),
+        "completion_tokens": u.output,
+        "total_tokens": u.prompt_total() + u.output,
+        "prompt_tokens_details": {"cached_tokens": u.cache_read},
+        "completion_tokens_details": {"reasoning_tokens": u.reasoning},
+    })
+}
+
+/// Seconds since the epoch, for `created`.
+pub(crate) fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// Encodes a neutral answer as an OpenAI `chat.completion` object.
+pub(crate) fn encode_response(r: ChatResponse) -> Value {
+    let mut text: Option<String> = None;
+    let mut reasoning: Option<String> = None;
+    let mut calls = Vec::new();
+    for p in r.content {
+        match p {
+            Part::Text { text: t, .. } => text.get_or_insert_with(String::new).push_str(&t),
+            Part::Thinking { thinking, .. } => reasoning
+                .get_or_insert_with(String::new)
+                .push_str(&thinking),
+            Part::ToolUse {
+                id,
+                name,
+                arguments,
+                ..
+            } => calls.push(json!({"id": id, "type": "function",
+                                   "function": {"name": name, "arguments": arguments}})),
+            _ => {}
+        }
+    }
+    let mut message = JsonMap::new();
+    message.insert("role".into(), "assistant".into());
+    message.insert(
+        "content".into(),
+        text.map(Value::String).unwrap_or(Value::Null),
+    );
+    if let Some(r) = reasoning {
+        message.insert("reasoning_content".into(), Value::String(r));
+    }
+    if !calls.is_empty() {
+        message.insert("tool_calls".into(), Value::Array(calls));
+    }
+    let finish = r
+        .stop_reason
+        .as_ref()
+        .map(|s| Value::String(s.to_openai().to_owned()))
+        .unwrap_or(Value::Null);
+    json!({
+        "id": openai_id(&r.id),
+        "object": "chat.completion",
+        "created": now_secs(),
+        "model": r.model,
+        "choices": [{"index": 0, "message": Value::Object(message), "logprobs": null, "finish_reason": finish}],
+        "usage": encode_usage(&r.usage),
+    })
+}
+
+/// OpenAI-style ids for answers that came from elsewhere.
+pub(crate) fn openai_id(id: &str) -> String {
+    if id.starts_with("chatcmpl-") {
+        id.to_owned()
+    } else {
+        format!("chatcmpl-{id}")
     }
 }

@@ -7,6 +7,10 @@
 
 use serde_json::{Map, Value};
 
+mod response;
+
+pub use response::{BlockStart, ChatResponse, Delta, StopReason, StreamEvent, Usage};
+
 /// A JSON object that keeps its keys in their original order.
 pub type JsonMap = Map<String, Value>;
 

@@ -1,6 +1,7 @@
 //! Terminal services: the provider (one upstream over HTTP), the router (model → target), the
 //! mock provider, and the transports beneath them.
 
+pub mod convert;
 pub mod mock;
 pub mod provider;
 pub mod router;

@@ -14,14 +14,18 @@ use pin_project_lite::pin_project;
 use tokio::time::{Instant, Sleep};
 use tower::Service;
 
+use super::convert::TranscodeBody;
 use super::transport::{Transport, TransportFuture};
 use crate::adapters::anthropic::DEFAULT_VERSION;
 use crate::adapters::encode_request;
 use crate::adapters::providers::AuthStyle;
+use crate::adapters::stream::StreamConverter;
 use crate::config::Secret;
 use crate::error::{Error, ErrorKind, sse_error_event};
 use crate::model::{ApiFormat, ChatRequest};
 use crate::{Body, BoxError};
+use http_body_util::combinators::Collect;
+use http_body_util::{BodyExt, Limited};
 
 /// Upstream time limits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -170,18 +174,13 @@ impl Service<Request<ChatRequest>> for ProviderService {
 
     fn call(&mut self, req: Request<ChatRequest>) -> ResponseFuture {
         match build_upstream_request(req) {
-            Ok((target, upstream, client_format, stream)) => {
-                let timeouts = target.provider.timeouts;
-                ResponseFuture {
-                    state: State::Waiting {
-                        fut: target.provider.transport.send(upstream),
-                        deadline: tokio::time::sleep(timeouts.first_byte),
-                        idle: timeouts.idle,
-                        client_format,
-                        stream,
-                    },
-                }
-            }
+            Ok((target, upstream, ctx)) => ResponseFuture {
+                state: State::Waiting {
+                    fut: target.provider.transport.send(upstream),
+                    deadline: tokio::time::sleep(target.provider.timeouts.first_byte),
+                    ctx,
+                },
+            },
             Err(e) => ResponseFuture {
                 state: State::Failed { err: Some(e) },
             },
@@ -189,9 +188,22 @@ impl Service<Request<ChatRequest>> for ProviderService {
     }
 }
 
+/// What the response side needs to know about the request.
+#[derive(Debug, Clone, Copy)]
+struct Ctx {
+    idle: Duration,
+    client: ApiFormat,
+    upstream: ApiFormat,
+    stream: bool,
+    include_usage: bool,
+}
+
+/// Largest non-streamed upstream answer converted between formats.
+const MAX_CONVERTED_BODY: usize = 32 << 20;
+
 fn build_upstream_request(
     req: Request<ChatRequest>,
-) -> Result<(Target, Request<Body>, ApiFormat, bool), Error> {
+) -> Result<(Target, Request<Body>, Ctx), Error> {
     let (parts, mut chat) = req.into_parts();
     let target = parts
         .extensions
@@ -199,17 +211,29 @@ fn build_upstream_request(
         .cloned()
         .ok_or_else(|| Error::new(ErrorKind::Internal, "no upstream target was selected"))?;
     let client_format = chat.source;
-    if target.format != client_format {
+    if target.format == ApiFormat::Gemini || client_format == ApiFormat::Gemini {
         return Err(Error::new(
             ErrorKind::UnsupportedConversion,
             format!(
-                "model `{}` at provider `{}` speaks {} and this client speaks {}; \
-                 response conversion between them is not implemented yet",
-                target.model, target.provider.name, target.format, client_format
+                "model `{}` at provider `{}` speaks {}; the Gemini wire format is not implemented yet",
+                target.model, target.provider.name, target.format
             ),
         ));
     }
     let stream = chat.stream;
+    let include_usage = chat
+        .extra
+        .get("stream_options")
+        .and_then(|o| o.get("include_usage"))
+        .and_then(serde_json::Value::as_bool)
+        .unwrap_or(false);
+    if stream && target.format == ApiFormat::OpenAi && client_format != ApiFormat::OpenAi {
+        // The client bills from the final usage; ask the OpenAI-format upstream for it.
+        chat.extra.insert(
+            "stream_options".into(),
+            serde_json::json!({"include_usage": true}),
+        );
+    }
     chat.model.clone_from(&target.model);
     let body = encode_request(chat, target.format)?;
 
@@ -236,7 +260,14 @@ fn build_upstream_request(
         }
     }
     apply_auth(h, &target.provider)?;
-    Ok((target, upstream, client_format, stream))
+    let ctx = Ctx {
+        idle: target.provider.timeouts.idle,
+        client: client_format,
+        upstream: target.format,
+        stream,
+        include_usage,
+    };
+    Ok((target, upstream, ctx))
 }
 
 fn apply_auth(h: &mut HeaderMap, p: &ProviderSpec) -> Result<(), Error> {
@@ -302,9 +333,14 @@ pin_project! {
         Waiting {
             #[pin] fut: TransportFuture,
             #[pin] deadline: Sleep,
-            idle: Duration,
-            client_format: ApiFormat,
-            stream: bool,
+            ctx: Ctx,
+        },
+        // A non-streamed answer (or an error) from an upstream of another format, read whole
+        // so it can be re-encoded with the right status and length.
+        Converting {
+            #[pin] fut: Collect<Limited<IdleTimeoutBody<Body>>>,
+            parts: Option<http::response::Parts>,
+            ctx: Ctx,
         },
         Failed { err: Option<Error> },
     }
@@ -314,35 +350,119 @@ impl Future for ResponseFuture {
     type Output = Result<Response<Body>, Error>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        match self.project().state.project() {
-            StateProj::Failed { err } => Poll::Ready(Err(err.take().unwrap_or_else(|| {
-                Error::new(ErrorKind::Internal, "future polled after completion")
-            }))),
-            StateProj::Waiting {
-                fut,
-                deadline,
-                idle,
-                client_format,
-                stream,
-            } => {
-                if let Poll::Ready(res) = fut.poll(cx) {
-                    return Poll::Ready(match res {
-                        Ok(resp) => Ok(wrap_response(resp, *idle, *client_format, *stream)),
-                        Err(e) => Err(Error::new(
-                            ErrorKind::UpstreamUnreachable,
-                            "the upstream could not be reached",
-                        )
-                        .with_source(e)),
-                    });
+        let mut state = self.project().state;
+        loop {
+            let next = match state.as_mut().project() {
+                StateProj::Failed { err } => {
+                    return Poll::Ready(Err(err.take().unwrap_or_else(|| {
+                        Error::new(ErrorKind::Internal, "future polled after completion")
+                    })));
                 }
-                ready!(deadline.poll(cx));
-                Poll::Ready(Err(Error::new(
-                    ErrorKind::UpstreamTimeout,
-                    "the upstream did not answer in time",
-                )))
-            }
+                StateProj::Waiting { fut, deadline, ctx } => {
+                    let resp = match fut.poll(cx) {
+                        Poll::Ready(Ok(resp)) => resp,
+                        Poll::Ready(Err(e)) => {
+                            return Poll::Ready(Err(Error::new(
+                                ErrorKind::UpstreamUnreachable,
+                                "the upstream could not be reached",
+                            )
+                            .with_source(e)));
+                        }
+                        Poll::Pending => {
+                            ready!(deadline.poll(cx));
+                            return Poll::Ready(Err(Error::new(
+                                ErrorKind::UpstreamTimeout,
+                                "the upstream did not answer in time",
+                            )));
+                        }
+                    };
+                    match respond(resp, *ctx) {
+                        Respond::Done(r) => return Poll::Ready(Ok(r)),
+                        Respond::Convert(parts, body) => State::Converting {
+                            fut: Limited::new(body, MAX_CONVERTED_BODY).collect(),
+                            parts: Some(parts),
+                            ctx: *ctx,
+                        },
+                    }
+                }
+                StateProj::Converting { fut, parts, ctx } => {
+                    let bytes = match ready!(fut.poll(cx)) {
+                        Ok(c) => c.to_bytes(),
+                        Err(e) => {
+                            let e = Error::from_boxed(e);
+                            let kind = match e.kind() {
+                                ErrorKind::UpstreamTimeout => ErrorKind::UpstreamTimeout,
+                                _ => ErrorKind::UpstreamProtocol,
+                            };
+                            return Poll::Ready(Err(Error::new(
+                                kind,
+                                "the upstream answer could not be read",
+                            )
+                            .with_source(e)));
+                        }
+                    };
+                    let Some(mut parts) = parts.take() else {
+                        return Poll::Ready(Err(Error::new(
+                            ErrorKind::Internal,
+                            "future polled after completion",
+                        )));
+                    };
+                    let body = if parts.status.is_success() {
+                        match crate::adapters::convert_response(&bytes, ctx.upstream, ctx.client) {
+                            Ok(b) => b,
+                            Err(e) => return Poll::Ready(Err(e)),
+                        }
+                    } else {
+                        crate::adapters::convert_error(&bytes, ctx.client)
+                    };
+                    parts.headers.insert(
+                        header::CONTENT_TYPE,
+                        HeaderValue::from_static("application/json"),
+                    );
+                    parts
+                        .headers
+                        .insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+                    return Poll::Ready(Ok(Response::from_parts(parts, Body::full(body))));
+                }
+            };
+            state.set(next);
         }
     }
+}
+
+enum Respond {
+    Done(Response<Body>),
+    Convert(http::response::Parts, IdleTimeoutBody<Body>),
+}
+
+fn respond(resp: Response<Body>, ctx: Ctx) -> Respond {
+    let (mut parts, body) = resp.into_parts();
+    for h in HOP_BY_HOP {
+        parts.headers.remove(*h);
+    }
+    let is_sse = parts
+        .headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("text/event-stream"));
+    if ctx.client == ctx.upstream {
+        if is_sse {
+            // The body may grow by an error event; a stale length would corrupt the framing.
+            parts.headers.remove(header::CONTENT_LENGTH);
+        }
+        let sse_format =
+            (is_sse || (ctx.stream && parts.status.is_success())).then_some(ctx.client);
+        let body = Body::new(IdleTimeoutBody::new(body, ctx.idle, sse_format));
+        return Respond::Done(Response::from_parts(parts, body));
+    }
+    let body = IdleTimeoutBody::new(body, ctx.idle, None);
+    if is_sse && parts.status.is_success() {
+        parts.headers.remove(header::CONTENT_LENGTH);
+        let conv = StreamConverter::new(ctx.upstream, ctx.client, ctx.include_usage);
+        let body = Body::new(TranscodeBody::new(body, conv));
+        return Respond::Done(Response::from_parts(parts, body));
+    }
+    Respond::Convert(parts, body)
 }
 
 /// Hop-by-hop headers never forwarded in either direction.
@@ -355,32 +475,6 @@ const HOP_BY_HOP: &[&str] = &[
     "trailer",
     "upgrade",
 ];
-
-fn wrap_response(
-    resp: Response<Body>,
-    idle: Duration,
-    client_format: ApiFormat,
-    stream: bool,
-) -> Response<Body> {
-    let (mut parts, body) = resp.into_parts();
-    for h in HOP_BY_HOP {
-        parts.headers.remove(*h);
-    }
-    let is_sse = parts
-        .headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("text/event-stream"));
-    if is_sse {
-        // The body may grow by an error event; a stale length would corrupt the framing.
-        parts.headers.remove(header::CONTENT_LENGTH);
-    }
-    let sse_format = (is_sse || (stream && parts.status.is_success())).then_some(client_format);
-    Response::from_parts(
-        parts,
-        Body::new(IdleTimeoutBody::new(body, idle, sse_format)),
-    )
-}
 
 pin_project! {
     /// Bounds the silence between upstream body frames. On an SSE body, an idle timeout or an
