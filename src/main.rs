@@ -66,6 +66,21 @@ struct MockArgs {
     /// Inject a fault: status:N, stall, stall-after:N, drop-after:N, malformed.
     #[arg(long)]
     fault: Option<Fault>,
+    /// Answer with a tool call: NAME=JSON_ARGUMENTS (arguments stream in --chunks fragments).
+    #[arg(long, value_parser = parse_tool_call)]
+    tool_call: Option<(String, String)>,
+    /// Send this reasoning before the answer.
+    #[arg(long)]
+    thinking: Option<String>,
+}
+
+fn parse_tool_call(s: &str) -> Result<(String, String), String> {
+    let (name, args) = s
+        .split_once('=')
+        .ok_or_else(|| "expected NAME=JSON_ARGUMENTS".to_owned())?;
+    serde_json::from_str::<serde_json::Value>(args)
+        .map_err(|e| format!("arguments are not JSON: {e}"))?;
+    Ok((name.to_owned(), args.to_owned()))
 }
 
 #[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
@@ -126,6 +141,8 @@ async fn run_mock(args: MockArgs, log: LogFormat) -> Result<(), String> {
         delay: Duration::from_millis(args.delay_ms),
         echo: args.echo,
         fault: args.fault,
+        tool_call: args.tool_call,
+        thinking: args.thinking,
     });
     mock.serve(listener, nenya::server::shutdown_signal())
         .await

@@ -94,6 +94,12 @@ pub struct MockConfig {
     pub echo: bool,
     /// A fault to inject on every request.
     pub fault: Option<Fault>,
+    /// Answer with a call of this tool (name, JSON arguments) after a short text; streamed
+    /// arguments arrive in `chunks` fragments.
+    pub tool_call: Option<(String, String)>,
+    /// Reasoning to send before the answer (Anthropic `thinking` with a signature, OpenAI
+    /// `reasoning_content`).
+    pub thinking: Option<String>,
 }
 
 impl Default for MockConfig {
@@ -103,6 +109,8 @@ impl Default for MockConfig {
             delay: Duration::ZERO,
             echo: false,
             fault: None,
+            tool_call: None,
+            thinking: None,
         }
     }
 }
@@ -245,19 +253,42 @@ impl MockProvider {
         };
         let prompt_tokens = (body.len() / 4) as u64;
         let completion_tokens = pieces.len() as u64;
+        let script = Script {
+            pieces: if cfg.tool_call.is_some() {
+                vec![TOOL_PREAMBLE.to_owned()]
+            } else {
+                pieces
+            },
+            tool: cfg.tool_call.clone(),
+            thinking: cfg.thinking.clone(),
+            chunks: cfg.chunks.max(1),
+        };
         if !stream {
-            let text: String = pieces.concat();
+            let text: String = script.pieces.concat();
             let v = match format {
-                ApiFormat::Anthropic => json!({
-                    "id": "msg_mock",
-                    "type": "message",
-                    "role": "assistant",
-                    "model": model,
-                    "content": [{"type": "text", "text": text}],
-                    "stop_reason": "end_turn",
-                    "stop_sequence": null,
-                    "usage": {"input_tokens": prompt_tokens, "output_tokens": completion_tokens},
-                }),
+                ApiFormat::Anthropic => {
+                    let mut content = Vec::new();
+                    if let Some(t) = &script.thinking {
+                        content.push(
+                            json!({"type": "thinking", "thinking": t, "signature": MOCK_SIGNATURE}),
+                        );
+                    }
+                    content.push(json!({"type": "text", "text": text}));
+                    if let Some((name, args)) = &script.tool {
+                        let input: Value = serde_json::from_str(args).unwrap_or(json!({}));
+                        content.push(json!({"type": "tool_use", "id": "toolu_mock_1", "name": name, "input": input}));
+                    }
+                    json!({
+                        "id": "msg_mock",
+                        "type": "message",
+                        "role": "assistant",
+                        "model": model,
+                        "content": content,
+                        "stop_reason": if script.tool.is_some() { "tool_use" } else { "end_turn" },
+                        "stop_sequence": null,
+                        "usage": {"input_tokens": prompt_tokens, "output_tokens": completion_tokens},
+                    })
+                }
                 _ => json!({
                     "id": "chatcmpl-mock",
                     "object": "chat.completion",
@@ -265,9 +296,9 @@ impl MockProvider {
                     "model": model,
                     "choices": [{
                         "index": 0,
-                        "message": {"role": "assistant", "content": text},
+                        "message": script.openai_message(&text),
                         "logprobs": null,
-                        "finish_reason": "stop",
+                        "finish_reason": if script.tool.is_some() { "tool_calls" } else { "stop" },
                     }],
                     "usage": {
                         "prompt_tokens": prompt_tokens,
@@ -283,8 +314,8 @@ impl MockProvider {
             .and_then(Value::as_bool)
             .unwrap_or(false);
         let events = match format {
-            ApiFormat::Anthropic => anthropic_events(&model, &pieces, prompt_tokens),
-            _ => openai_events(&model, &pieces, include_usage, prompt_tokens),
+            ApiFormat::Anthropic => anthropic_events(&model, &script, prompt_tokens),
+            _ => openai_events(&model, &script, include_usage, prompt_tokens),
         };
         let mut resp = Response::new(Body::new(MockStream {
             events: events.into(),
@@ -357,7 +388,43 @@ fn sse(event: Option<&str>, data: &Value) -> Bytes {
     Bytes::from(s)
 }
 
-fn openai_events(model: &str, pieces: &[String], include_usage: bool, prompt: u64) -> Vec<Bytes> {
+/// Text sent before a scripted tool call.
+const TOOL_PREAMBLE: &str = "Let me check.";
+/// The signature on scripted thinking.
+pub const MOCK_SIGNATURE: &str = "bW9jay1zaWduYXR1cmU=";
+
+/// What a scripted answer contains.
+struct Script {
+    pieces: Vec<String>,
+    tool: Option<(String, String)>,
+    thinking: Option<String>,
+    chunks: usize,
+}
+
+impl Script {
+    fn openai_message(&self, text: &str) -> Value {
+        let mut m = json!({"role": "assistant", "content": text});
+        if let Some(t) = &self.thinking {
+            m["reasoning_content"] = json!(t);
+        }
+        if let Some((name, args)) = &self.tool {
+            m["tool_calls"] = json!([{"id": "call_mock_1", "type": "function",
+                                      "function": {"name": name, "arguments": args}}]);
+        }
+        m
+    }
+
+    /// The tool arguments cut into `chunks` fragments (on char boundaries).
+    fn arg_fragments(&self) -> Vec<String> {
+        self.tool
+            .as_ref()
+            .map(|(_, a)| split_chars(a, self.chunks))
+            .unwrap_or_default()
+    }
+}
+
+fn openai_events(model: &str, script: &Script, include_usage: bool, prompt: u64) -> Vec<Bytes> {
+    let pieces = &script.pieces;
     let chunk = |delta: Value, finish: Value| {
         sse(
             None,
@@ -374,12 +441,36 @@ fn openai_events(model: &str, pieces: &[String], include_usage: bool, prompt: u6
         json!({"role": "assistant", "content": ""}),
         Value::Null,
     )];
+    if let Some(t) = &script.thinking {
+        for p in split_chars(t, 2) {
+            out.push(chunk(json!({"reasoning_content": p}), Value::Null));
+        }
+    }
     for p in pieces {
         out.push(chunk(json!({"content": p}), Value::Null));
     }
-    out.push(chunk(json!({}), json!("stop")));
+    let frags = script.arg_fragments();
+    if let Some((name, _)) = &script.tool {
+        out.push(chunk(
+            json!({"tool_calls": [{"index": 0, "id": "call_mock_1", "type": "function",
+                                   "function": {"name": name, "arguments": ""}}]}),
+            Value::Null,
+        ));
+        for f in &frags {
+            out.push(chunk(
+                json!({"tool_calls": [{"index": 0, "function": {"arguments": f}}]}),
+                Value::Null,
+            ));
+        }
+    }
+    let finish = if script.tool.is_some() {
+        "tool_calls"
+    } else {
+        "stop"
+    };
+    out.push(chunk(json!({}), json!(finish)));
     if include_usage {
-        let n = pieces.len() as u64;
+        let n = (pieces.len() + frags.len()) as u64;
         out.push(sse(
             None,
             &json!({
@@ -396,36 +487,84 @@ fn openai_events(model: &str, pieces: &[String], include_usage: bool, prompt: u6
     out
 }
 
-fn anthropic_events(model: &str, pieces: &[String], prompt: u64) -> Vec<Bytes> {
-    let mut out = vec![
-        sse(
-            Some("message_start"),
-            &json!({"type": "message_start", "message": {
-                "id": "msg_mock", "type": "message", "role": "assistant", "model": model,
-                "content": [], "stop_reason": null, "stop_sequence": null,
-                "usage": {"input_tokens": prompt, "output_tokens": 1},
-            }}),
-        ),
-        sse(
+fn anthropic_events(model: &str, script: &Script, prompt: u64) -> Vec<Bytes> {
+    let pieces = &script.pieces;
+    let mut out = vec![sse(
+        Some("message_start"),
+        &json!({"type": "message_start", "message": {
+            "id": "msg_mock", "type": "message", "role": "assistant", "model": model,
+            "content": [], "stop_reason": null, "stop_sequence": null,
+            "usage": {"input_tokens": prompt, "output_tokens": 1},
+        }}),
+    )];
+    let mut index = 0;
+    if let Some(t) = &script.thinking {
+        out.push(sse(
             Some("content_block_start"),
-            &json!({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}),
-        ),
-        sse(Some("ping"), &json!({"type": "ping"})),
-    ];
+            &json!({"type": "content_block_start", "index": index,
+                    "content_block": {"type": "thinking", "thinking": "", "signature": ""}}),
+        ));
+        for p in split_chars(t, 2) {
+            out.push(sse(
+                Some("content_block_delta"),
+                &json!({"type": "content_block_delta", "index": index, "delta": {"type": "thinking_delta", "thinking": p}}),
+            ));
+        }
+        out.push(sse(
+            Some("content_block_delta"),
+            &json!({"type": "content_block_delta", "index": index,
+                    "delta": {"type": "signature_delta", "signature": MOCK_SIGNATURE}}),
+        ));
+        out.push(sse(
+            Some("content_block_stop"),
+            &json!({"type": "content_block_stop", "index": index}),
+        ));
+        index += 1;
+    }
+    out.push(sse(
+        Some("content_block_start"),
+        &json!({"type": "content_block_start", "index": index, "content_block": {"type": "text", "text": ""}}),
+    ));
+    out.push(sse(Some("ping"), &json!({"type": "ping"})));
     for p in pieces {
         out.push(sse(
             Some("content_block_delta"),
-            &json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": p}}),
+            &json!({"type": "content_block_delta", "index": index, "delta": {"type": "text_delta", "text": p}}),
         ));
     }
     out.push(sse(
         Some("content_block_stop"),
-        &json!({"type": "content_block_stop", "index": 0}),
+        &json!({"type": "content_block_stop", "index": index}),
     ));
+    let frags = script.arg_fragments();
+    if let Some((name, _)) = &script.tool {
+        index += 1;
+        out.push(sse(
+            Some("content_block_start"),
+            &json!({"type": "content_block_start", "index": index,
+                    "content_block": {"type": "tool_use", "id": "toolu_mock_1", "name": name, "input": {}}}),
+        ));
+        for f in &frags {
+            out.push(sse(
+                Some("content_block_delta"),
+                &json!({"type": "content_block_delta", "index": index,
+                        "delta": {"type": "input_json_delta", "partial_json": f}}),
+            ));
+        }
+        out.push(sse(
+            Some("content_block_stop"),
+            &json!({"type": "content_block_stop", "index": index}),
+        ));
+    }
+    let stop = if script.tool.is_some() {
+        "tool_use"
+    } else {
+        "end_turn"
+    };
     out.push(sse(
         Some("message_delta"),
-        &json!({"type": "message_delta", "delta": {"stop_reason": "end_turn", "stop_sequence": null},
-                "usage": {"output_tokens": pieces.len()}}),
+        &json!({"type": "message_delta", "delta": {"stop_reason": stop, "stop_sequence": null},
+                "usage": {"output_tokens": pieces.len() + frags.len()}}),
     ));
     out.push(sse(Some("message_stop"), &json!({"type": "message_stop"})));
     out

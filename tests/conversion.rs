@@ -1,0 +1,422 @@
+//! Any client format against any upstream format, streamed or not, over real HTTP: what the
+//! client assembles must equal what the upstream meant (text, thinking, tool calls whose
+//! arguments arrive in many fragments, stop reasons, usage, errors).
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use nenya::Gateway;
+use nenya::config::{Config, Secrets};
+use nenya::services::{Fault, MockConfig};
+use serde_json::{Value, json};
+
+const ARGS: &str = r#"{"city":"Paris","units":"metric","days":[1,2,3],"note":"naïve café ☕"}"#;
+
+/// Output tokens the mock reports for a tool answer: the preamble plus the argument fragments.
+fn tool_output_tokens(chunks: usize) -> u64 {
+    let n = ARGS.chars().count();
+    1 + n.div_ceil(n.div_ceil(chunks)) as u64
+}
+
+/// A gateway with `oai` (OpenAI-only) and `ant` (Anthropic-only) providers on the mock.
+async fn cross_gateway(mock: &Running) -> Running {
+    let cfg = Config::from_json_str(&format!(
+        r#"{{"providers": {{
+              "oai": {{"url": "http://{a}/v1/chat/completions", "auth_style": "bearer"}},
+              "ant": {{"url": "http://{a}/v1/messages", "auth_style": "anthropic"}}}},
+            "agents": {{
+              "to-oai": {{"models": [{{"provider": "oai", "model": "gpt-up"}}]}},
+              "to-ant": {{"models": [{{"provider": "ant", "model": "claude-up"}}]}}}}}}"#,
+        a = mock.addr
+    ))
+    .unwrap();
+    let secrets = Secrets::from_json_str(&format!(
+        r#"{{"client_token": "{CLIENT_TOKEN}", "provider_keys": {{"oai": "{PROVIDER_KEY}", "ant": "{PROVIDER_KEY}"}}}}"#
+    ))
+    .unwrap();
+    start_gateway(Gateway::from_config(&cfg, &secrets).unwrap().build()).await
+}
+
+fn tool_mock(chunks: usize) -> MockConfig {
+    MockConfig {
+        chunks,
+        tool_call: Some(("get_weather".into(), ARGS.into())),
+        thinking: Some("The user wants weather.".into()),
+        ..MockConfig::default()
+    }
+}
+
+async fn anthropic_call(gw: &Running, body: Value) -> Reply {
+    post(
+        &gw.url("/v1/messages"),
+        &[("x-api-key", CLIENT_TOKEN)],
+        body.to_string(),
+    )
+    .await
+}
+
+async fn openai_call(gw: &Running, body: Value) -> Reply {
+    let (k, v) = bearer();
+    post(
+        &gw.url("/v1/chat/completions"),
+        &[(k, &v)],
+        body.to_string(),
+    )
+    .await
+}
+
+#[tokio::test]
+async fn anthropic_client_openai_upstream_plain() {
+    let (mock, up) = start_mock(MockConfig {
+        chunks: 3,
+        ..MockConfig::default()
+    })
+    .await;
+    let gw = cross_gateway(&up).await;
+    let r = anthropic_call(
+        &gw,
+        json!({"model": "to-oai", "max_tokens": 50, "system": "be brief",
+        "stop_sequences": ["END"], "metadata": {"user_id": "u-7"},
+        "messages": [{"role": "user", "content": "hi"}]}),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let v = r.json();
+    assert_eq!(v["type"], "message");
+    assert_eq!(v["role"], "assistant");
+    assert_eq!(
+        v["content"],
+        json!([{"type": "text", "text": "word0 word1 word2 "}])
+    );
+    assert_eq!(v["stop_reason"], "end_turn");
+    assert_eq!(v["usage"]["output_tokens"], 3);
+    assert!(v["usage"]["input_tokens"].as_u64().unwrap() > 0);
+    assert!(v["id"].as_str().unwrap().starts_with("msg_"));
+    // The upstream received OpenAI format.
+    let sent = mock.received()[0].json();
+    assert_eq!(mock.received()[0].uri, "/v1/chat/completions");
+    assert_eq!(
+        sent["messages"][0],
+        json!({"role": "system", "content": "be brief"})
+    );
+    assert_eq!(sent["max_tokens"], 50);
+    assert_eq!(sent["stop"], json!(["END"]));
+    assert_eq!(sent["user"], "u-7");
+    assert_eq!(
+        mock.received()[0].headers["authorization"],
+        format!("Bearer {PROVIDER_KEY}")
+    );
+}
+
+#[tokio::test]
+async fn openai_client_anthropic_upstream_plain_with_tool_call_and_thinking() {
+    let (mock, up) = start_mock(tool_mock(4)).await;
+    let gw = cross_gateway(&up).await;
+    let r = openai_call(&gw, json!({"model": "to-ant", "messages": [
+            {"role": "system", "content": "sys"}, {"role": "user", "content": "weather?"}],
+        "tools": [{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}],
+        "tool_choice": "required"}))
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let v = r.json();
+    let msg = &v["choices"][0]["message"];
+    assert_eq!(v["object"], "chat.completion");
+    assert_eq!(msg["content"], "Let me check.");
+    assert_eq!(
+        msg["reasoning_content"], "The user wants weather.",
+        "thinking is not folded into text"
+    );
+    assert_eq!(msg["tool_calls"][0]["function"]["name"], "get_weather");
+    let args: Value = serde_json::from_str(
+        msg["tool_calls"][0]["function"]["arguments"]
+            .as_str()
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(args, serde_json::from_str::<Value>(ARGS).unwrap());
+    assert_eq!(v["choices"][0]["finish_reason"], "tool_calls");
+    let sent = mock.received()[0].json();
+    assert_eq!(sent["system"], "sys");
+    assert_eq!(
+        sent["tool_choice"],
+        json!({"type": "any"}),
+        "required → any"
+    );
+    assert_eq!(sent["tools"][0]["input_schema"], json!({"type": "object"}));
+    assert_eq!(sent["max_tokens"], 4096, "Anthropic needs max_tokens");
+    assert_eq!(mock.received()[0].headers["x-api-key"], PROVIDER_KEY);
+}
+
+/// Assembles an Anthropic stream the way the SDKs do.
+fn assemble_anthropic(text: &str) -> (Vec<Value>, Value, Vec<String>) {
+    let mut blocks: Vec<Value> = Vec::new();
+    let mut partial: Vec<String> = Vec::new();
+    let mut delta = Value::Null;
+    let mut names = Vec::new();
+    for (name, data) in sse_events(text) {
+        let v: Value = serde_json::from_str(&data).unwrap();
+        names.push(name.clone().unwrap_or_default());
+        assert_eq!(
+            name.as_deref(),
+            v["type"].as_str(),
+            "event name matches type"
+        );
+        match v["type"].as_str().unwrap() {
+            "content_block_start" => {
+                assert_eq!(
+                    v["index"].as_u64().unwrap() as usize,
+                    blocks.len(),
+                    "indices increase"
+                );
+                blocks.push(v["content_block"].clone());
+                partial.push(String::new());
+            }
+            "content_block_delta" => {
+                let i = v["index"].as_u64().unwrap() as usize;
+                let d = &v["delta"];
+                match d["type"].as_str().unwrap() {
+                    "text_delta" => {
+                        let t = blocks[i]["text"].as_str().unwrap().to_owned()
+                            + d["text"].as_str().unwrap();
+                        blocks[i]["text"] = json!(t);
+                    }
+                    "thinking_delta" => {
+                        let t = blocks[i]["thinking"].as_str().unwrap().to_owned()
+                            + d["thinking"].as_str().unwrap();
+                        blocks[i]["thinking"] = json!(t);
+                    }
+                    "input_json_delta" => partial[i].push_str(d["partial_json"].as_str().unwrap()),
+                    "signature_delta" => blocks[i]["signature"] = d["signature"].clone(),
+                    other => panic!("unexpected delta {other}"),
+                }
+            }
+            "message_delta" => delta = v.clone(),
+            _ => {}
+        }
+    }
+    for (b, p) in blocks.iter_mut().zip(&partial) {
+        if b["type"] == "tool_use" {
+            b["input"] = serde_json::from_str(p).unwrap();
+        }
+    }
+    (blocks, delta, names)
+}
+
+#[tokio::test]
+async fn anthropic_client_openai_upstream_streams_tool_call_fragments() {
+    let (mock, up) = start_mock(tool_mock(16)).await;
+    let gw = cross_gateway(&up).await;
+    let r = anthropic_call(
+        &gw,
+        json!({"model": "to-oai", "max_tokens": 200, "stream": true,
+        "messages": [{"role": "user", "content": "weather?"}],
+        "tools": [{"name": "get_weather", "input_schema": {"type": "object"}}]}),
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    let (blocks, delta, names) = assemble_anthropic(&r.text());
+    assert_eq!(names.first().unwrap(), "message_start");
+    assert_eq!(names.last().unwrap(), "message_stop");
+    assert_eq!(blocks[0]["type"], "thinking");
+    assert_eq!(blocks[0]["thinking"], "The user wants weather.");
+    assert_eq!(blocks[1], json!({"type": "text", "text": "Let me check."}));
+    assert_eq!(blocks[2]["type"], "tool_use");
+    assert_eq!(blocks[2]["id"], "call_mock_1");
+    assert_eq!(blocks[2]["name"], "get_weather");
+    assert_eq!(
+        blocks[2]["input"],
+        serde_json::from_str::<Value>(ARGS).unwrap()
+    );
+    assert_eq!(delta["delta"]["stop_reason"], "tool_use");
+    assert_eq!(
+        delta["usage"]["output_tokens"],
+        tool_output_tokens(16),
+        "usage from the upstream's final chunk"
+    );
+    // nenya asked the OpenAI upstream for the usage chunk.
+    assert_eq!(
+        mock.received()[0].json()["stream_options"],
+        json!({"include_usage": true})
+    );
+    // Every frame is one event.
+    assert_eq!(r.text().matches("\n\n").count(), names.len());
+}
+
+#[tokio::test]
+async fn openai_client_anthropic_upstream_streams_tool_call_fragments() {
+    let (_mock, up) = start_mock(tool_mock(16)).await;
+    let gw = cross_gateway(&up).await;
+    let r = openai_call(
+        &gw,
+        json!({"model": "to-ant", "stream": true, "stream_options": {"include_usage": true},
+        "messages": [{"role": "user", "content": "weather?"}]}),
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    let events = sse_events(&r.text());
+    assert_eq!(events.last().unwrap().1, "[DONE]");
+    let (mut text, mut reasoning, mut args, mut finish, mut usage) = (
+        String::new(),
+        String::new(),
+        String::new(),
+        Value::Null,
+        Value::Null,
+    );
+    let mut call_id = Value::Null;
+    for (_, d) in &events[..events.len() - 1] {
+        let v: Value = serde_json::from_str(d).unwrap();
+        assert_eq!(v["object"], "chat.completion.chunk");
+        if !v["usage"].is_null() {
+            usage = v["usage"].clone();
+        }
+        let Some(c) = v["choices"].get(0) else {
+            continue;
+        };
+        text += c["delta"]["content"].as_str().unwrap_or("");
+        reasoning += c["delta"]["reasoning_content"].as_str().unwrap_or("");
+        if let Some(tc) = c["delta"]["tool_calls"].get(0) {
+            assert_eq!(tc["index"], 0);
+            if !tc["id"].is_null() {
+                call_id = tc["id"].clone();
+                assert_eq!(tc["function"]["name"], "get_weather");
+            }
+            args += tc["function"]["arguments"].as_str().unwrap_or("");
+        }
+        if !c["finish_reason"].is_null() {
+            finish = c["finish_reason"].clone();
+        }
+    }
+    assert_eq!(text, "Let me check.");
+    assert_eq!(reasoning, "The user wants weather.");
+    assert_eq!(call_id, "toolu_mock_1");
+    assert_eq!(
+        serde_json::from_str::<Value>(&args).unwrap(),
+        serde_json::from_str::<Value>(ARGS).unwrap()
+    );
+    assert_eq!(finish, "tool_calls");
+    assert_eq!(usage["completion_tokens"], tool_output_tokens(16));
+}
+
+#[tokio::test]
+async fn usage_chunk_is_sent_only_when_the_openai_client_asked() {
+    let (_mock, up) = start_mock(MockConfig {
+        chunks: 2,
+        ..MockConfig::default()
+    })
+    .await;
+    let gw = cross_gateway(&up).await;
+    let r = openai_call(
+        &gw,
+        json!({"model": "to-ant", "stream": true, "messages": [{"role": "user", "content": "x"}]}),
+    )
+    .await;
+    assert!(!r.text().contains("\"usage\""), "{}", r.text());
+    assert!(r.text().ends_with("data: [DONE]\n\n"));
+}
+
+#[tokio::test]
+async fn upstream_errors_are_re_encoded_in_the_client_format_with_their_status() {
+    let (_mock, up) = start_mock(MockConfig {
+        fault: Some(Fault::Status(429)),
+        ..MockConfig::default()
+    })
+    .await;
+    let gw = cross_gateway(&up).await;
+    let r = anthropic_call(
+        &gw,
+        json!({"model": "to-oai", "max_tokens": 5, "messages": [{"role": "user", "content": "x"}]}),
+    )
+    .await;
+    assert_eq!(r.status, 429);
+    let v = r.json();
+    assert_eq!(v["type"], "error");
+    assert_eq!(v["error"]["message"], "mock: injected failure");
+    assert_eq!(v["error"]["error_kind"], "upstream_error");
+    let r = openai_call(
+        &gw,
+        json!({"model": "to-ant", "stream": true, "messages": [{"role": "user", "content": "x"}]}),
+    )
+    .await;
+    assert_eq!(r.status, 429);
+    assert_eq!(r.json()["error"]["message"], "mock: injected failure");
+}
+
+#[tokio::test]
+async fn a_truncated_or_malformed_upstream_stream_ends_with_a_client_format_error_event() {
+    for fault in [Fault::DropAfter(3), Fault::MalformedSse] {
+        let (_mock, up) = start_mock(MockConfig {
+            chunks: 6,
+            delay: Duration::from_millis(15),
+            fault: Some(fault.clone()),
+            ..MockConfig::default()
+        })
+        .await;
+        let gw = cross_gateway(&up).await;
+        let r = anthropic_call(
+            &gw,
+            json!({"model": "to-oai", "max_tokens": 5, "stream": true,
+            "messages": [{"role": "user", "content": "x"}]}),
+        )
+        .await;
+        let events = sse_events(&r.text());
+        let (name, data) = events.last().unwrap();
+        assert_eq!(name.as_deref(), Some("error"), "{fault:?}: {}", r.text());
+        let v: Value = serde_json::from_str(data).unwrap();
+        assert_eq!(v["error"]["error_kind"], "upstream_protocol_error");
+        assert!(!r.text().contains("message_stop"));
+
+        let r = openai_call(
+            &gw,
+            json!({"model": "to-ant", "stream": true,
+            "messages": [{"role": "user", "content": "x"}]}),
+        )
+        .await;
+        let events = sse_events(&r.text());
+        let v: Value = serde_json::from_str(&events.last().unwrap().1).unwrap();
+        assert_eq!(
+            v["error"]["error_kind"],
+            "upstream_protocol_error",
+            "{fault:?}: {}",
+            r.text()
+        );
+        assert!(!r.text().contains("[DONE]"));
+    }
+}
+
+#[tokio::test]
+async fn multi_turn_tool_history_converts_to_the_upstream_format() {
+    let (mock, up) = start_mock(MockConfig::default()).await;
+    let gw = cross_gateway(&up).await;
+    // OpenAI history with parallel tool calls and their results → Anthropic upstream.
+    let r = openai_call(
+        &gw,
+        json!({"model": "to-ant", "messages": [
+        {"role": "user", "content": [{"type": "text", "text": "look"},
+            {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}}]},
+        {"role": "assistant", "content": null, "tool_calls": [
+            {"id": "c1", "type": "function", "function": {"name": "a", "arguments": "{\"x\":1}"}},
+            {"id": "c2", "type": "function", "function": {"name": "b", "arguments": "{}"}}]},
+        {"role": "tool", "tool_call_id": "c1", "content": "one"},
+        {"role": "tool", "tool_call_id": "c2", "content": "two"},
+        {"role": "user", "content": "thanks"}]}),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let sent = mock.received()[0].json();
+    assert_eq!(
+        sent["messages"],
+        json!([
+            {"role": "user", "content": [{"type": "text", "text": "look"},
+                {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "iVBORw0KGgo="}}]},
+            {"role": "assistant", "content": [
+                {"type": "tool_use", "id": "c1", "name": "a", "input": {"x": 1}},
+                {"type": "tool_use", "id": "c2", "name": "b", "input": {}}]},
+            {"role": "user", "content": [
+                {"type": "tool_result", "tool_use_id": "c1", "content": "one"},
+                {"type": "tool_result", "tool_use_id": "c2", "content": "two"}]},
+            {"role": "user", "content": "thanks"}
+        ])
+    );
+}
