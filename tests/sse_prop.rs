@@ -1,0 +1,157 @@
+//! The SSE decoder yields the same events however the byte stream is split, and the stream
+//! converters yield the same client stream however the upstream's bytes are split.
+
+use nenya::adapters::stream::StreamConverter;
+use nenya::model::ApiFormat;
+use nenya::sse::{Decoder, Event, encode};
+use proptest::prelude::*;
+
+const FIXTURE: &str = "event: message_start\r\ndata: {\"a\":\"naïve ☕ 中文\"}\r\n\r\n\
+: keep-alive comment\n\n\
+data: line one\ndata: line two\n\n\
+id: 7\rdata: cr only\r\r\
+data:no-space\n\
+retry: 100\n\n\
+event: x\ndata\n\n\
+data: last without blank line";
+
+fn decode_all(chunks: &[&[u8]]) -> Vec<Event> {
+    let mut d = Decoder::new(1 << 16);
+    let mut out = Vec::new();
+    for c in chunks {
+        d.feed(c, |e| out.push(e)).unwrap();
+    }
+    d.finish(|e| out.push(e)).unwrap();
+    out
+}
+
+#[test]
+fn fixture_decodes_to_the_expected_events() {
+    let events = decode_all(&[FIXTURE.as_bytes()]);
+    let data: Vec<&str> = events.iter().map(|e| e.data.as_str()).collect();
+    assert_eq!(
+        data,
+        [
+            "{\"a\":\"naïve ☕ 中文\"}",
+            "line one\nline two",
+            "cr only",
+            "no-space",
+            "",
+            "last without blank line"
+        ]
+    );
+    assert_eq!(events[0].event.as_deref(), Some("message_start"));
+    assert_eq!(events[2].id.as_deref(), Some("7"));
+    assert_eq!(events[4].event.as_deref(), Some("x"));
+}
+
+#[test]
+fn every_single_split_point_gives_the_same_events() {
+    let bytes = FIXTURE.as_bytes();
+    let whole = decode_all(&[bytes]);
+    for i in 0..=bytes.len() {
+        let (a, b) = bytes.split_at(i);
+        assert_eq!(decode_all(&[a, b]), whole, "split at byte {i}");
+    }
+}
+
+#[test]
+fn an_event_over_the_limit_is_an_error_not_unbounded_memory() {
+    let mut d = Decoder::new(64);
+    let big = format!("data: {}\n\n", "x".repeat(100));
+    assert!(d.feed(big.as_bytes(), |_| {}).is_err());
+    let mut d = Decoder::new(64);
+    let mut err = false;
+    for _ in 0..100 {
+        if d.feed(b"data: xx\n", |_| {}).is_err() {
+            err = true;
+            break;
+        }
+    }
+    assert!(err, "many data lines in one event also count against the limit");
+}
+
+#[test]
+fn invalid_utf8_is_an_error() {
+    let mut d = Decoder::new(1024);
+    assert!(d.feed(b"data: \xff\xfe\n\n", |_| {}).is_err());
+}
+
+#[test]
+fn encode_then_decode_round_trips_multiline_data() {
+    let frame = encode(Some("delta"), "a\nb\n\nc");
+    let events = decode_all(&[&frame]);
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0].data, "a\nb\n\nc");
+    assert_eq!(events[0].event.as_deref(), Some("delta"));
+}
+
+/// An upstream OpenAI stream with a tool call in fragments.
+fn openai_stream() -> String {
+    let mut s = String::new();
+    let chunk = |delta: &str, finish: &str| {
+        format!("data: {{\"id\":\"c\",\"model\":\"m\",\"choices\":[{{\"index\":0,\"delta\":{delta},\"finish_reason\":{finish}}}]}}\n\n")
+    };
+    s += &chunk(r#"{"role":"assistant","content":""}"#, "null");
+    s += &chunk(r#"{"content":"héllo "}"#, "null");
+    s += &chunk(r#"{"tool_calls":[{"index":0,"id":"t1","type":"function","function":{"name":"f","arguments":""}}]}"#, "null");
+    for frag in ["{\\\"a\\\"", ":1,", "\\\"b\\\":\\\"☕\\\"}"] {
+        s += &chunk(&format!(r#"{{"tool_calls":[{{"index":0,"function":{{"arguments":"{frag}"}}}}]}}"#), "null");
+    }
+    s += &chunk("{}", "\"tool_calls\"");
+    s += "data: {\"id\":\"c\",\"model\":\"m\",\"choices\":[],\"usage\":{\"prompt_tokens\":5,\"completion_tokens\":4}}\n\n";
+    s += "data: [DONE]\n\n";
+    s
+}
+
+fn convert(bytes: &[u8], cuts: &[usize], to: ApiFormat) -> String {
+    let mut conv = StreamConverter::new(ApiFormat::OpenAi, to, true);
+    let mut dec = Decoder::new(1 << 16);
+    let mut out = Vec::new();
+    let mut start = 0;
+    let mut cuts: Vec<usize> = cuts.iter().map(|c| c % (bytes.len() + 1)).collect();
+    cuts.sort_unstable();
+    cuts.push(bytes.len());
+    for c in cuts {
+        let mut evs = Vec::new();
+        dec.feed(&bytes[start..c], |e| evs.push(e)).unwrap();
+        for e in evs {
+            conv.push(e, &mut out).unwrap();
+        }
+        start = c;
+    }
+    conv.finish(&mut out).unwrap();
+    // `created` differs between runs; compare the rest.
+    let re = |s: String| {
+        s.split("\"created\":")
+            .enumerate()
+            .map(|(i, p)| if i == 0 { p.to_owned() } else { p.trim_start_matches(char::is_numeric).to_owned() })
+            .collect::<String>()
+    };
+    re(out.iter().map(|b| String::from_utf8(b.to_vec()).unwrap()).collect())
+}
+
+proptest! {
+    #[test]
+    fn sse_decoder_is_split_invariant(cuts in prop::collection::vec(0usize..400, 0..12)) {
+        let bytes = FIXTURE.as_bytes();
+        let mut cuts: Vec<usize> = cuts.into_iter().map(|c| c % (bytes.len() + 1)).collect();
+        cuts.sort_unstable();
+        let mut chunks = Vec::new();
+        let mut start = 0;
+        for c in cuts {
+            chunks.push(&bytes[start..c]);
+            start = c;
+        }
+        chunks.push(&bytes[start..]);
+        prop_assert_eq!(decode_all(&chunks), decode_all(&[bytes]));
+    }
+
+    #[test]
+    fn stream_conversion_is_split_invariant(cuts in prop::collection::vec(0usize..2000, 0..16)) {
+        let s = openai_stream();
+        for to in [ApiFormat::Anthropic, ApiFormat::OpenAi] {
+            prop_assert_eq!(convert(s.as_bytes(), &cuts, to), convert(s.as_bytes(), &[], to));
+        }
+    }
+}
