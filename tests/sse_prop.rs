@@ -68,7 +68,10 @@ fn an_event_over_the_limit_is_an_error_not_unbounded_memory() {
             break;
         }
     }
-    assert!(err, "many data lines in one event also count against the limit");
+    assert!(
+        err,
+        "many data lines in one event also count against the limit"
+    );
 }
 
 #[test]
@@ -90,13 +93,21 @@ fn encode_then_decode_round_trips_multiline_data() {
 fn openai_stream() -> String {
     let mut s = String::new();
     let chunk = |delta: &str, finish: &str| {
-        format!("data: {{\"id\":\"c\",\"model\":\"m\",\"choices\":[{{\"index\":0,\"delta\":{delta},\"finish_reason\":{finish}}}]}}\n\n")
+        format!(
+            "data: {{\"id\":\"c\",\"model\":\"m\",\"choices\":[{{\"index\":0,\"delta\":{delta},\"finish_reason\":{finish}}}]}}\n\n"
+        )
     };
     s += &chunk(r#"{"role":"assistant","content":""}"#, "null");
     s += &chunk(r#"{"content":"héllo "}"#, "null");
-    s += &chunk(r#"{"tool_calls":[{"index":0,"id":"t1","type":"function","function":{"name":"f","arguments":""}}]}"#, "null");
+    s += &chunk(
+        r#"{"tool_calls":[{"index":0,"id":"t1","type":"function","function":{"name":"f","arguments":""}}]}"#,
+        "null",
+    );
     for frag in ["{\\\"a\\\"", ":1,", "\\\"b\\\":\\\"☕\\\"}"] {
-        s += &chunk(&format!(r#"{{"tool_calls":[{{"index":0,"function":{{"arguments":"{frag}"}}}}]}}"#), "null");
+        s += &chunk(
+            &format!(r#"{{"tool_calls":[{{"index":0,"function":{{"arguments":"{frag}"}}}}]}}"#),
+            "null",
+        );
     }
     s += &chunk("{}", "\"tool_calls\"");
     s += "data: {\"id\":\"c\",\"model\":\"m\",\"choices\":[],\"usage\":{\"prompt_tokens\":5,\"completion_tokens\":4}}\n\n";
@@ -125,10 +136,19 @@ fn convert(bytes: &[u8], cuts: &[usize], to: ApiFormat) -> String {
     let re = |s: String| {
         s.split("\"created\":")
             .enumerate()
-            .map(|(i, p)| if i == 0 { p.to_owned() } else { p.trim_start_matches(char::is_numeric).to_owned() })
+            .map(|(i, p)| {
+                if i == 0 {
+                    p.to_owned()
+                } else {
+                    p.trim_start_matches(char::is_numeric).to_owned()
+                }
+            })
             .collect::<String>()
     };
-    re(out.iter().map(|b| String::from_utf8(b.to_vec()).unwrap()).collect())
+    re(out
+        .iter()
+        .map(|b| String::from_utf8(b.to_vec()).unwrap())
+        .collect())
 }
 
 proptest! {
