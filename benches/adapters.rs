@@ -3,8 +3,10 @@
 //! `cargo bench --bench adapters`.
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use nenya::adapters::stream::StreamConverter;
 use nenya::adapters::{decode_request, encode_request};
 use nenya::model::ApiFormat;
+use nenya::sse::Decoder;
 use serde_json::json;
 
 fn conversation(turns: usize) -> Vec<u8> {
@@ -42,5 +44,70 @@ fn bench(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, bench);
+/// A 200-event upstream stream in `format`, as bytes.
+fn stream_bytes(format: ApiFormat) -> Vec<u8> {
+    let mut s = String::new();
+    match format {
+        ApiFormat::Anthropic => {
+            s += "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"id\":\"msg_1\",\"type\":\"message\",\"role\":\"assistant\",\"model\":\"c\",\"content\":[],\"stop_reason\":null,\"usage\":{\"input_tokens\":10,\"output_tokens\":1}}}\n\n";
+            s += "event: content_block_start\ndata: {\"type\":\"content_block_start\",\"index\":0,\"content_block\":{\"type\":\"text\",\"text\":\"\"}}\n\n";
+            for i in 0..196 {
+                s += &format!("event: content_block_delta\ndata: {{\"type\":\"content_block_delta\",\"index\":0,\"delta\":{{\"type\":\"text_delta\",\"text\":\"token{i} \"}}}}\n\n");
+            }
+            s += "event: content_block_stop\ndata: {\"type\":\"content_block_stop\",\"index\":0}\n\n";
+            s += "event: message_delta\ndata: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"end_turn\"},\"usage\":{\"output_tokens\":196}}\n\n";
+            s += "event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n";
+        }
+        _ => {
+            for i in 0..198 {
+                s += &format!("data: {{\"id\":\"chatcmpl-1\",\"object\":\"chat.completion.chunk\",\"created\":1,\"model\":\"m\",\"choices\":[{{\"index\":0,\"delta\":{{\"content\":\"token{i} \"}},\"finish_reason\":null}}]}}\n\n");
+            }
+            s += "data: {\"id\":\"chatcmpl-1\",\"object\":\"chat.completion.chunk\",\"created\":1,\"model\":\"m\",\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"stop\"}]}\n\n";
+            s += "data: [DONE]\n\n";
+        }
+    }
+    s.into_bytes()
+}
+
+fn bench_streams(c: &mut Criterion) {
+    let mut g = c.benchmark_group("stream_200_events");
+    g.throughput(Throughput::Elements(200));
+    for from in [ApiFormat::OpenAi, ApiFormat::Anthropic] {
+        let bytes = stream_bytes(from);
+        // Pass-through: what a same-format stream costs (nothing is parsed; bytes are forwarded).
+        g.bench_function(BenchmarkId::new("pass_through", from), |b| {
+            b.iter(|| bytes.chunks(512).map(|c| bytes::Bytes::copy_from_slice(c)).count())
+        });
+        g.bench_function(BenchmarkId::new("sse_decode_only", from), |b| {
+            b.iter(|| {
+                let mut d = Decoder::new(1 << 20);
+                let mut n = 0;
+                for c in bytes.chunks(512) {
+                    d.feed(c, |_| n += 1).unwrap();
+                }
+                n
+            })
+        });
+        let to = if from == ApiFormat::OpenAi { ApiFormat::Anthropic } else { ApiFormat::OpenAi };
+        g.bench_function(BenchmarkId::new(format!("convert_to_{to}"), from), |b| {
+            b.iter(|| {
+                let mut d = Decoder::new(1 << 20);
+                let mut conv = StreamConverter::new(from, to, true);
+                let mut out = Vec::with_capacity(256);
+                let mut evs = Vec::new();
+                for c in bytes.chunks(512) {
+                    d.feed(c, |e| evs.push(e)).unwrap();
+                    for e in evs.drain(..) {
+                        conv.push(e, &mut out).unwrap();
+                    }
+                }
+                conv.finish(&mut out).unwrap();
+                out.len()
+            })
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, bench, bench_streams);
 criterion_main!(benches);
