@@ -52,7 +52,9 @@ fn stream_bytes(format: ApiFormat) -> Vec<u8> {
             s += "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"id\":\"msg_1\",\"type\":\"message\",\"role\":\"assistant\",\"model\":\"c\",\"content\":[],\"stop_reason\":null,\"usage\":{\"input_tokens\":10,\"output_tokens\":1}}}\n\n";
             s += "event: content_block_start\ndata: {\"type\":\"content_block_start\",\"index\":0,\"content_block\":{\"type\":\"text\",\"text\":\"\"}}\n\n";
             for i in 0..196 {
-                s += &format!("event: content_block_delta\ndata: {{\"type\":\"content_block_delta\",\"index\":0,\"delta\":{{\"type\":\"text_delta\",\"text\":\"token{i} \"}}}}\n\n");
+                s += &format!(
+                    "event: content_block_delta\ndata: {{\"type\":\"content_block_delta\",\"index\":0,\"delta\":{{\"type\":\"text_delta\",\"text\":\"token{i} \"}}}}\n\n"
+                );
             }
             s += "event: content_block_stop\ndata: {\"type\":\"content_block_stop\",\"index\":0}\n\n";
             s += "event: message_delta\ndata: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"end_turn\"},\"usage\":{\"output_tokens\":196}}\n\n";
@@ -60,7 +62,9 @@ fn stream_bytes(format: ApiFormat) -> Vec<u8> {
         }
         _ => {
             for i in 0..198 {
-                s += &format!("data: {{\"id\":\"chatcmpl-1\",\"object\":\"chat.completion.chunk\",\"created\":1,\"model\":\"m\",\"choices\":[{{\"index\":0,\"delta\":{{\"content\":\"token{i} \"}},\"finish_reason\":null}}]}}\n\n");
+                s += &format!(
+                    "data: {{\"id\":\"chatcmpl-1\",\"object\":\"chat.completion.chunk\",\"created\":1,\"model\":\"m\",\"choices\":[{{\"index\":0,\"delta\":{{\"content\":\"token{i} \"}},\"finish_reason\":null}}]}}\n\n"
+                );
             }
             s += "data: {\"id\":\"chatcmpl-1\",\"object\":\"chat.completion.chunk\",\"created\":1,\"model\":\"m\",\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"stop\"}]}\n\n";
             s += "data: [DONE]\n\n";
@@ -76,7 +80,12 @@ fn bench_streams(c: &mut Criterion) {
         let bytes = stream_bytes(from);
         // Pass-through: what a same-format stream costs (nothing is parsed; bytes are forwarded).
         g.bench_function(BenchmarkId::new("pass_through", from), |b| {
-            b.iter(|| bytes.chunks(512).map(|c| bytes::Bytes::copy_from_slice(c)).count())
+            b.iter(|| {
+                bytes
+                    .chunks(512)
+                    .map(|c| bytes::Bytes::copy_from_slice(c))
+                    .count()
+            })
         });
         g.bench_function(BenchmarkId::new("sse_decode_only", from), |b| {
             b.iter(|| {
@@ -88,7 +97,11 @@ fn bench_streams(c: &mut Criterion) {
                 n
             })
         });
-        let to = if from == ApiFormat::OpenAi { ApiFormat::Anthropic } else { ApiFormat::OpenAi };
+        let to = if from == ApiFormat::OpenAi {
+            ApiFormat::Anthropic
+        } else {
+            ApiFormat::OpenAi
+        };
         g.bench_function(BenchmarkId::new(format!("convert_to_{to}"), from), |b| {
             b.iter(|| {
                 let mut d = Decoder::new(1 << 20);

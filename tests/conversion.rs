@@ -420,3 +420,162 @@ async fn multi_turn_tool_history_converts_to_the_upstream_format() {
         ])
     );
 }
+
+/// A gateway whose `to-gem` agent uses a native-Gemini provider on the mock.
+async fn gemini_gateway(mock: &Running) -> Running {
+    let cfg = Config::from_json_str(&format!(
+        r#"{{"providers": {{"gem": {{"url": "http://{a}/v1beta", "format": "gemini", "auth_style": "bearer+x-goog"}}}},
+            "agents": {{"to-gem": {{"models": [{{"provider": "gem", "model": "gemini-up"}}]}}}}}}"#,
+        a = mock.addr
+    ))
+    .unwrap();
+    let secrets = Secrets::from_json_str(&format!(
+        r#"{{"client_token": "{CLIENT_TOKEN}", "provider_keys": {{"gem": "{PROVIDER_KEY}"}}}}"#
+    ))
+    .unwrap();
+    start_gateway(Gateway::from_config(&cfg, &secrets).unwrap().build()).await
+}
+
+#[tokio::test]
+async fn openai_client_gemini_upstream_plain_keeps_thought_signatures() {
+    let (mock, up) = start_mock(tool_mock(4)).await;
+    let gw = gemini_gateway(&up).await;
+    let r = openai_call(&gw, json!({"model": "to-gem", "max_tokens": 99, "temperature": 0.5,
+        "messages": [{"role": "system", "content": "sys"}, {"role": "user", "content": "weather?"}],
+        "tools": [{"type": "function", "function": {"name": "get_weather", "description": "w", "parameters": {"type": "object"}}}],
+        "tool_choice": {"type": "function", "function": {"name": "get_weather"}}}))
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let rec = &mock.received()[0];
+    assert_eq!(rec.uri, "/v1beta/models/gemini-up:generateContent");
+    assert_eq!(rec.headers["x-goog-api-key"], PROVIDER_KEY);
+    assert!(
+        rec.headers.get("authorization").is_none(),
+        "no Bearer for native Gemini"
+    );
+    let sent = rec.json();
+    assert_eq!(
+        sent["systemInstruction"],
+        json!({"parts": [{"text": "sys"}]})
+    );
+    assert_eq!(
+        sent["contents"],
+        json!([{"role": "user", "parts": [{"text": "weather?"}]}])
+    );
+    assert_eq!(
+        sent["tools"][0]["functionDeclarations"][0]["name"],
+        "get_weather"
+    );
+    assert_eq!(
+        sent["toolConfig"]["functionCallingConfig"],
+        json!({"mode": "ANY", "allowedFunctionNames": ["get_weather"]})
+    );
+    assert_eq!(
+        sent["generationConfig"],
+        json!({"maxOutputTokens": 99, "temperature": 0.5})
+    );
+
+    let v = r.json();
+    let msg = &v["choices"][0]["message"];
+    assert_eq!(msg["content"], "Let me check.");
+    assert_eq!(msg["reasoning_content"], "The user wants weather.");
+    let call = &msg["tool_calls"][0];
+    assert_eq!(call["function"]["name"], "get_weather");
+    assert_eq!(
+        serde_json::from_str::<Value>(call["function"]["arguments"].as_str().unwrap()).unwrap(),
+        serde_json::from_str::<Value>(ARGS).unwrap()
+    );
+    assert_eq!(
+        call["extra_content"]["google"]["thought_signature"],
+        nenya::services::mock::MOCK_SIGNATURE
+    );
+    assert_eq!(v["choices"][0]["finish_reason"], "tool_calls");
+
+    // The next turn echoes the call and its result: Gemini gets the signature back and the
+    // function response under the tool's name.
+    let r2 = openai_call(
+        &gw,
+        json!({"model": "to-gem", "messages": [
+        {"role": "user", "content": "weather?"},
+        {"role": "assistant", "content": null, "tool_calls": [call]},
+        {"role": "tool", "tool_call_id": call["id"], "content": "{\"temp\": 21}"}]}),
+    )
+    .await;
+    assert_eq!(r2.status, 200, "{}", r2.text());
+    let sent = mock.received()[1].json();
+    assert_eq!(sent["contents"][1]["role"], "model");
+    assert_eq!(
+        sent["contents"][1]["parts"][0]["thoughtSignature"],
+        nenya::services::mock::MOCK_SIGNATURE
+    );
+    assert_eq!(
+        sent["contents"][2]["parts"][0]["functionResponse"],
+        json!({"name": "get_weather", "response": {"temp": 21}})
+    );
+}
+
+#[tokio::test]
+async fn anthropic_client_gemini_upstream_streams_and_completes() {
+    let (mock, up) = start_mock(tool_mock(6)).await;
+    let gw = gemini_gateway(&up).await;
+    let r = anthropic_call(
+        &gw,
+        json!({"model": "to-gem", "max_tokens": 64, "stream": true,
+        "messages": [{"role": "user", "content": "weather?"}]}),
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        mock.received()[0].uri,
+        "/v1beta/models/gemini-up:streamGenerateContent?alt=sse"
+    );
+    let (blocks, delta, names) = assemble_anthropic(&r.text());
+    assert_eq!(names.last().unwrap(), "message_stop");
+    assert_eq!(blocks[0]["type"], "thinking");
+    assert_eq!(blocks[1]["text"], "Let me check.");
+    assert_eq!(blocks[2]["name"], "get_weather");
+    assert_eq!(
+        blocks[2]["input"],
+        serde_json::from_str::<Value>(ARGS).unwrap()
+    );
+    assert_eq!(
+        delta["delta"]["stop_reason"], "tool_use",
+        "STOP with a function call is tool_use"
+    );
+    assert_eq!(delta["usage"]["output_tokens"], 2);
+}
+
+#[tokio::test]
+async fn openai_client_gemini_upstream_stream_text_only() {
+    let (_mock, up) = start_mock(MockConfig {
+        chunks: 5,
+        ..MockConfig::default()
+    })
+    .await;
+    let gw = gemini_gateway(&up).await;
+    let r = openai_call(
+        &gw,
+        json!({"model": "to-gem", "stream": true,
+        "messages": [{"role": "user", "content": "hi"}]}),
+    )
+    .await;
+    let events = sse_events(&r.text());
+    assert_eq!(events.last().unwrap().1, "[DONE]");
+    let text: String = events[..events.len() - 1]
+        .iter()
+        .filter_map(|(_, d)| serde_json::from_str::<Value>(d).ok())
+        .filter_map(|v| {
+            v.pointer("/choices/0/delta/content")
+                .and_then(Value::as_str)
+                .map(str::to_owned)
+        })
+        .collect();
+    assert_eq!(text, "word0 word1 word2 word3 word4 ");
+    let finish: Vec<Value> = events[..events.len() - 1]
+        .iter()
+        .filter_map(|(_, d)| serde_json::from_str::<Value>(d).ok())
+        .map(|v| v["choices"][0]["finish_reason"].clone())
+        .filter(|f| !f.is_null())
+        .collect();
+    assert_eq!(finish, [json!("stop")]);
+}

@@ -16,6 +16,7 @@
 //! ```
 
 pub mod anthropic;
+pub mod gemini;
 pub mod openai;
 pub mod providers;
 pub mod stream;
@@ -52,12 +53,7 @@ pub fn encode_request(req: ChatRequest, target: ApiFormat) -> Result<Bytes, Erro
     let map = match target {
         ApiFormat::OpenAi => openai::encode_request(req),
         ApiFormat::Anthropic => anthropic::encode_request(req),
-        ApiFormat::Gemini => {
-            return Err(Error::new(
-                ErrorKind::UnsupportedConversion,
-                "conversion to the Gemini wire format is not implemented yet",
-            ));
-        }
+        ApiFormat::Gemini => gemini::encode_request(req),
     };
     serde_json::to_vec(&Value::Object(map))
         .map(Bytes::from)
@@ -90,7 +86,8 @@ pub fn convert_response(body: &[u8], from: ApiFormat, to: ApiFormat) -> Result<B
     };
     let resp = match from {
         ApiFormat::Anthropic => anthropic::decode_response(map),
-        _ => openai::decode_response(map),
+        ApiFormat::Gemini => gemini::decode_response(map),
+        ApiFormat::OpenAi => openai::decode_response(map),
     }
     .map_err(|e| bad(e.message().to_owned()))?;
     let out = match to {

@@ -622,9 +622,16 @@ pub(crate) fn encode_response(r: ChatResponse) -> Value {
                 id,
                 name,
                 arguments,
-                ..
-            } => calls.push(json!({"id": id, "type": "function",
-                                   "function": {"name": name, "arguments": arguments}})),
+                extra,
+            } => {
+                let mut c = json!({"id": id, "type": "function",
+                                   "function": {"name": name, "arguments": arguments}});
+                // Gemini thought signatures, in the form OpenAI-compatible clients echo back.
+                if let Some(ec) = extra.get("extra_content") {
+                    c["extra_content"] = ec.clone();
+                }
+                calls.push(c);
+            }
             _ => {}
         }
     }

@@ -21,7 +21,7 @@
 use bytes::Bytes;
 use serde_json::{Value, json};
 
-use super::{anthropic, openai};
+use super::{anthropic, gemini, openai};
 use crate::error::{Error, ErrorKind, error_json};
 use crate::model::{ApiFormat, BlockStart, Delta, JsonMap, StopReason, StreamEvent, Usage};
 use crate::sse::{self, Event};
@@ -44,7 +44,8 @@ impl StreamConverter {
     pub fn new(from: ApiFormat, to: ApiFormat, include_usage: bool) -> Self {
         let decoder = match from {
             ApiFormat::Anthropic => Decoder::Anthropic(AnthropicDecoder::default()),
-            _ => Decoder::OpenAi(OpenAiDecoder::default()),
+            ApiFormat::Gemini => Decoder::Gemini(GeminiDecoder::default()),
+            ApiFormat::OpenAi => Decoder::OpenAi(OpenAiDecoder::default()),
         };
         let encoder = match to {
             ApiFormat::Anthropic => Encoder::Anthropic(AnthropicEncoder::default()),
@@ -65,6 +66,7 @@ impl StreamConverter {
         match &mut self.decoder {
             Decoder::OpenAi(d) => d.push(&ev, &mut self.events)?,
             Decoder::Anthropic(d) => d.push(&ev, &mut self.events)?,
+            Decoder::Gemini(d) => d.push(&ev, &mut self.events)?,
         }
         self.flush(out);
         Ok(())
@@ -75,6 +77,7 @@ impl StreamConverter {
         let res = match &mut self.decoder {
             Decoder::OpenAi(d) => d.finish(&mut self.events),
             Decoder::Anthropic(d) => d.finish(),
+            Decoder::Gemini(d) => d.finish(&mut self.events),
         };
         self.flush(out);
         res
@@ -117,6 +120,163 @@ impl StreamConverter {
 enum Decoder {
     OpenAi(OpenAiDecoder),
     Anthropic(AnthropicDecoder),
+    Gemini(GeminiDecoder),
+}
+
+/// Gemini `GenerateContentResponse` chunks → neutral events. Function calls arrive whole.
+#[derive(Debug, Default)]
+struct GeminiDecoder {
+    started: bool,
+    open: Option<(usize, Open)>,
+    next: usize,
+    calls: usize,
+    stop: Option<String>,
+    usage: Usage,
+    finished: bool,
+}
+
+impl GeminiDecoder {
+    fn close(&mut self, out: &mut Vec<StreamEvent>) {
+        if let Some((index, _)) = self.open.take() {
+            out.push(StreamEvent::BlockStop { index });
+        }
+    }
+
+    fn push(&mut self, ev: &Event, out: &mut Vec<StreamEvent>) -> Result<(), Error> {
+        if ev.data.trim().is_empty() || self.finished {
+            return Ok(());
+        }
+        let v: Value = serde_json::from_str(&ev.data)
+            .map_err(|e| protocol(format!("upstream sent an invalid stream event: {e}")))?;
+        if let Some(err) = v.get("error") {
+            self.finished = true;
+            out.push(StreamEvent::Error {
+                kind: err
+                    .get("status")
+                    .and_then(Value::as_str)
+                    .unwrap_or("api_error")
+                    .to_owned(),
+                message: err
+                    .get("message")
+                    .and_then(Value::as_str)
+                    .unwrap_or("upstream error")
+                    .to_owned(),
+            });
+            return Ok(());
+        }
+        if !self.started {
+            self.started = true;
+            out.push(StreamEvent::MessageStart {
+                id: v
+                    .get("responseId")
+                    .and_then(Value::as_str)
+                    .unwrap_or("gemini")
+                    .to_owned(),
+                model: v
+                    .get("modelVersion")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_owned(),
+                usage: Usage::default(),
+            });
+        }
+        if let Some(u) = v.get("usageMetadata") {
+            self.usage = gemini::decode_usage(u);
+        }
+        let cand = v.pointer("/candidates/0");
+        let parts = cand
+            .and_then(|c| c.pointer("/content/parts"))
+            .and_then(Value::as_array)
+            .map(Vec::as_slice)
+            .unwrap_or_default();
+        for p in gemini::decode_parts(parts, &mut self.calls) {
+            match p {
+                crate::model::Part::Text { text, .. }
+                | crate::model::Part::Thinking { thinking: text, .. }
+                    if text.is_empty() => {}
+                crate::model::Part::Text { text, .. } => {
+                    let index = self.ensure(Open::Text, out);
+                    out.push(StreamEvent::BlockDelta {
+                        index,
+                        delta: Delta::Text(text),
+                    });
+                }
+                crate::model::Part::Thinking { thinking, .. } => {
+                    let index = self.ensure(Open::Thinking, out);
+                    out.push(StreamEvent::BlockDelta {
+                        index,
+                        delta: Delta::Thinking(thinking),
+                    });
+                }
+                crate::model::Part::ToolUse {
+                    id,
+                    name,
+                    arguments,
+                    ..
+                } => {
+                    self.close(out);
+                    let index = self.next;
+                    self.next += 1;
+                    out.push(StreamEvent::BlockStart {
+                        index,
+                        block: BlockStart::ToolUse { id, name },
+                    });
+                    out.push(StreamEvent::BlockDelta {
+                        index,
+                        delta: Delta::ToolArgs(arguments),
+                    });
+                    out.push(StreamEvent::BlockStop { index });
+                }
+                _ => {}
+            }
+        }
+        if let Some(r) = cand
+            .and_then(|c| c.get("finishReason"))
+            .and_then(Value::as_str)
+        {
+            self.stop = Some(r.to_owned());
+        }
+        Ok(())
+    }
+
+    fn ensure(&mut self, kind: Open, out: &mut Vec<StreamEvent>) -> usize {
+        if let Some((i, k)) = self.open {
+            if k == kind {
+                return i;
+            }
+        }
+        self.close(out);
+        let index = self.next;
+        self.next += 1;
+        let block = if kind == Open::Text {
+            BlockStart::Text
+        } else {
+            BlockStart::Thinking
+        };
+        out.push(StreamEvent::BlockStart { index, block });
+        self.open = Some((index, kind));
+        index
+    }
+
+    /// Gemini streams end without a terminal event: the finish reason completes them.
+    fn finish(&mut self, out: &mut Vec<StreamEvent>) -> Result<(), Error> {
+        if self.finished {
+            return Ok(());
+        }
+        let Some(stop) = self.stop.take() else {
+            return Err(protocol(
+                "the upstream stream ended before the answer was complete",
+            ));
+        };
+        self.close(out);
+        out.push(StreamEvent::MessageDelta {
+            stop_reason: Some(gemini::stop_reason(&stop, self.calls > 0)),
+            usage: self.usage,
+        });
+        out.push(StreamEvent::MessageStop);
+        self.finished = true;
+        Ok(())
+    }
 }
 
 #[derive(Debug)]

@@ -200,7 +200,14 @@ impl MockProvider {
                 body: body.clone(),
             });
         let cfg = &self.inner.cfg;
-        let Some(format) = ApiFormat::from_path(parts.uri.path()) else {
+        let path = parts.uri.path();
+        let gemini_stream = path.ends_with(":streamGenerateContent");
+        let format = if path.ends_with(":generateContent") || gemini_stream {
+            Some(ApiFormat::Gemini)
+        } else {
+            ApiFormat::from_path(path)
+        };
+        let Some(format) = format else {
             return Ok(json_response(
                 StatusCode::NOT_FOUND,
                 json!({"error": {"message": "mock: no such route"}}),
@@ -218,15 +225,23 @@ impl MockProvider {
             }
             _ => {}
         }
-        let model = req_json
-            .get("model")
-            .and_then(Value::as_str)
-            .unwrap_or("mock")
-            .to_owned();
-        let stream = req_json
-            .get("stream")
-            .and_then(Value::as_bool)
-            .unwrap_or(false);
+        let model = match format {
+            ApiFormat::Gemini => path
+                .rsplit_once("/models/")
+                .and_then(|(_, m)| m.split(':').next())
+                .unwrap_or("mock")
+                .to_owned(),
+            _ => req_json
+                .get("model")
+                .and_then(Value::as_str)
+                .unwrap_or("mock")
+                .to_owned(),
+        };
+        let stream = gemini_stream
+            || req_json
+                .get("stream")
+                .and_then(Value::as_bool)
+                .unwrap_or(false);
         let pieces: Vec<String> = if cfg.echo {
             let headers: serde_json::Map<String, Value> = parts
                 .headers
@@ -266,6 +281,9 @@ impl MockProvider {
         if !stream {
             let text: String = script.pieces.concat();
             let v = match format {
+                ApiFormat::Gemini => {
+                    gemini_answer(&model, &script, &text, prompt_tokens, completion_tokens)
+                }
                 ApiFormat::Anthropic => {
                     let mut content = Vec::new();
                     if let Some(t) = &script.thinking {
@@ -314,6 +332,7 @@ impl MockProvider {
             .and_then(Value::as_bool)
             .unwrap_or(false);
         let events = match format {
+            ApiFormat::Gemini => gemini_events(&model, &script, prompt_tokens),
             ApiFormat::Anthropic => anthropic_events(&model, &script, prompt_tokens),
             _ => openai_events(&model, &script, include_usage, prompt_tokens),
         };
@@ -421,6 +440,59 @@ impl Script {
             .map(|(_, a)| split_chars(a, self.chunks))
             .unwrap_or_default()
     }
+}
+
+fn gemini_parts(script: &Script, text: &str) -> Vec<Value> {
+    let mut parts = Vec::new();
+    if let Some(t) = &script.thinking {
+        parts.push(json!({"text": t, "thought": true}));
+    }
+    if !text.is_empty() {
+        parts.push(json!({"text": text}));
+    }
+    if let Some((name, args)) = &script.tool {
+        let args: Value = serde_json::from_str(args).unwrap_or(json!({}));
+        parts.push(json!({"functionCall": {"name": name, "args": args}, "thoughtSignature": MOCK_SIGNATURE}));
+    }
+    parts
+}
+
+fn gemini_answer(model: &str, script: &Script, text: &str, prompt: u64, out: u64) -> Value {
+    json!({
+        "candidates": [{"content": {"role": "model", "parts": gemini_parts(script, text)},
+                        "finishReason": "STOP", "index": 0}],
+        "usageMetadata": {"promptTokenCount": prompt, "candidatesTokenCount": out, "totalTokenCount": prompt + out},
+        "modelVersion": model,
+        "responseId": "gemini-mock",
+    })
+}
+
+fn gemini_events(model: &str, script: &Script, prompt: u64) -> Vec<Bytes> {
+    let chunk = |parts: Value| {
+        json!({"candidates": [{"content": {"role": "model", "parts": parts}, "index": 0}],
+               "modelVersion": model, "responseId": "gemini-mock"})
+    };
+    let mut out = Vec::new();
+    if let Some(t) = &script.thinking {
+        out.push(sse(None, &chunk(json!([{"text": t, "thought": true}]))));
+    }
+    for p in &script.pieces {
+        out.push(sse(None, &chunk(json!([{"text": p}]))));
+    }
+    if let Some((name, args)) = &script.tool {
+        let args: Value = serde_json::from_str(args).unwrap_or(json!({}));
+        out.push(sse(
+            None,
+            &chunk(json!([{"functionCall": {"name": name, "args": args},
+                                          "thoughtSignature": MOCK_SIGNATURE}])),
+        ));
+    }
+    let n = script.pieces.len() as u64 + u64::from(script.tool.is_some());
+    let mut last = chunk(json!([{"text": ""}]));
+    last["candidates"][0]["finishReason"] = json!("STOP");
+    last["usageMetadata"] = json!({"promptTokenCount": prompt, "candidatesTokenCount": n, "totalTokenCount": prompt + n});
+    out.push(sse(None, &last));
+    out
 }
 
 fn openai_events(model: &str, script: &Script, include_usage: bool, prompt: u64) -> Vec<Bytes> {

@@ -211,15 +211,6 @@ fn build_upstream_request(
         .cloned()
         .ok_or_else(|| Error::new(ErrorKind::Internal, "no upstream target was selected"))?;
     let client_format = chat.source;
-    if target.format == ApiFormat::Gemini || client_format == ApiFormat::Gemini {
-        return Err(Error::new(
-            ErrorKind::UnsupportedConversion,
-            format!(
-                "model `{}` at provider `{}` speaks {}; the Gemini wire format is not implemented yet",
-                target.model, target.provider.name, target.format
-            ),
-        ));
-    }
     let stream = chat.stream;
     let include_usage = chat
         .extra
@@ -239,7 +230,11 @@ fn build_upstream_request(
 
     let mut upstream = Request::new(Body::full(body));
     *upstream.method_mut() = Method::POST;
-    *upstream.uri_mut() = target.url.clone();
+    *upstream.uri_mut() = if target.format == ApiFormat::Gemini {
+        gemini_url(&target.url, &target.model, stream)?
+    } else {
+        target.url.clone()
+    };
     let h = upstream.headers_mut();
     h.insert(
         header::CONTENT_TYPE,
@@ -259,7 +254,7 @@ fn build_upstream_request(
             h.insert(HeaderName::from_static(name), v.clone());
         }
     }
-    apply_auth(h, &target.provider)?;
+    apply_auth(h, &target.provider, target.format)?;
     let ctx = Ctx {
         idle: target.provider.timeouts.idle,
         client: client_format,
@@ -270,7 +265,39 @@ fn build_upstream_request(
     Ok((target, upstream, ctx))
 }
 
-fn apply_auth(h: &mut HeaderMap, p: &ProviderSpec) -> Result<(), Error> {
+/// The Gemini method URL for `model`: a base URL gets `/models/{model}:method`, a URL with a
+/// `{model}` placeholder has it filled, a method URL is switched to the streaming variant.
+fn gemini_url(base: &Uri, model: &str, stream: bool) -> Result<Uri, Error> {
+    let method = if stream {
+        "streamGenerateContent?alt=sse"
+    } else {
+        "generateContent"
+    };
+    let s = base.to_string();
+    let s = s.split('?').next().unwrap_or_default();
+    let url = if s.contains("{model}") {
+        let s = s.replace("{model}", model);
+        match s.rsplit_once(':') {
+            Some((head, tail)) if tail.contains("enerateContent") => format!("{head}:{method}"),
+            _ => format!("{s}:{method}"),
+        }
+    } else if let Some((head, _)) = s
+        .rsplit_once(":generateContent")
+        .or_else(|| s.rsplit_once(":streamGenerateContent"))
+    {
+        format!("{head}:{method}")
+    } else {
+        format!("{}/models/{model}:{method}", s.trim_end_matches('/'))
+    };
+    url.parse().map_err(|_| {
+        Error::new(
+            ErrorKind::InvalidRequest,
+            format!("model `{model}` makes an invalid Gemini URL"),
+        )
+    })
+}
+
+fn apply_auth(h: &mut HeaderMap, p: &ProviderSpec, format: ApiFormat) -> Result<(), Error> {
     if p.auth == AuthStyle::Anthropic && !h.contains_key("anthropic-version") {
         h.insert(
             "anthropic-version",
@@ -306,6 +333,10 @@ fn apply_auth(h: &mut HeaderMap, p: &ProviderSpec) -> Result<(), Error> {
         }
         AuthStyle::Azure => {
             h.insert("api-key", sensitive(key.expose())?);
+        }
+        // Native Gemini reads a Bearer value as an OAuth token: send only the API-key header.
+        AuthStyle::BearerXGoog if format == ApiFormat::Gemini => {
+            h.insert("x-goog-api-key", sensitive(key.expose())?);
         }
         AuthStyle::BearerXGoog => {
             h.insert(
