@@ -16,6 +16,7 @@
 //! | extension | inserted by | read by |
 //! |---|---|---|
 //! | [`Target`](crate::services::Target) | [`Router`] | [`ProviderService`] |
+//! | [`CountTokens`] | `Dispatch` | [`Router`] (answers locally), [`ProviderService`] (endpoint) |
 //!
 //! ```
 //! use nenya::{Gateway, services::{RouteTable, MockProvider, MockConfig}};
@@ -46,7 +47,7 @@ use tower::{Service, ServiceBuilder};
 use crate::config::{Config, ConfigError, DEFAULT_MAX_BODY_BYTES, Secret, Secrets};
 use crate::error::{Error, ErrorKind};
 use crate::layers::{AuthLayer, DecodeLayer, ErrorResponseLayer};
-use crate::model::ApiFormat;
+use crate::model::{ApiFormat, CountTokens};
 use crate::services::{ProviderService, RouteTable, Router, http_client};
 use crate::{Body, BoxError};
 
@@ -168,6 +169,11 @@ where
                     ErrorKind::MethodNotAllowed,
                     format!("{} only accepts POST", path),
                 )));
+            }
+            let count = path.ends_with("/count_tokens");
+            let mut req = req;
+            if count {
+                req.extensions_mut().insert(CountTokens);
             }
             return DispatchFuture::Chat {
                 fut: self.chat.call(req),

@@ -579,3 +579,97 @@ async fn openai_client_gemini_upstream_stream_text_only() {
         .collect();
     assert_eq!(finish, [json!("stop")]);
 }
+
+#[tokio::test]
+async fn count_tokens_is_forwarded_to_anthropic_upstreams_and_estimated_otherwise() {
+    let (mock, up) = start_mock(MockConfig::default()).await;
+    let gw = cross_gateway(&up).await;
+    let body = json!({"model": "to-ant", "messages": [{"role": "user", "content": "count these words please"}]});
+    let r = post(
+        &gw.url("/v1/messages/count_tokens?beta=true"),
+        &[("x-api-key", CLIENT_TOKEN)],
+        body.to_string(),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(mock.received()[0].uri, "/v1/messages/count_tokens");
+    assert_eq!(mock.received()[0].json()["model"], "claude-up");
+    assert!(mock.received()[0].json().get("max_tokens").is_none());
+    assert_eq!(
+        r.json()["input_tokens"],
+        (mock.received()[0].body.len() / 4) as u64
+    );
+
+    let body = json!({"model": "to-oai", "system": "s", "messages": [{"role": "user", "content": "count these words please"}]});
+    let r = post(
+        &gw.url("/v1/messages/count_tokens"),
+        &[("x-api-key", CLIENT_TOKEN)],
+        body.to_string(),
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    let n = r.json()["input_tokens"].as_u64().unwrap();
+    assert!(n > 5 && n < 30, "estimate {n}");
+    assert_eq!(mock.received().len(), 1, "answered locally");
+}
+
+#[tokio::test]
+async fn reasoning_effort_and_thinking_budgets_map_across_formats() {
+    let (mock, up) = start_mock(MockConfig::default()).await;
+    let gw = cross_gateway(&up).await;
+    // OpenAI reasoning_effort → Anthropic thinking, within Anthropic's constraints.
+    let r = openai_call(
+        &gw,
+        json!({"model": "to-ant", "reasoning_effort": "high", "max_tokens": 1000,
+        "temperature": 0.3, "messages": [{"role": "user", "content": "think"}]}),
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    let sent = mock.received()[0].json();
+    let budget = sent["thinking"]["budget_tokens"].as_u64().unwrap();
+    assert_eq!(sent["thinking"]["type"], "enabled");
+    assert!(budget >= 1024);
+    assert!(
+        sent["max_tokens"].as_u64().unwrap() > budget,
+        "budget below max_tokens: {sent}"
+    );
+    assert!(
+        sent.get("temperature").is_none(),
+        "thinking rejects temperature"
+    );
+    assert!(sent.get("reasoning_effort").is_none());
+
+    // Anthropic thinking → reasoning_effort for reasoning models only.
+    let cfg = Config::from_json_str(&format!(
+        r#"{{"providers": {{"oai": {{"url": "http://{a}/v1/chat/completions"}}}},
+            "agents": {{"o": {{"models": [{{"provider": "oai", "model": "o3-mini"}}]}},
+                        "g": {{"models": [{{"provider": "oai", "model": "gpt-4o"}}]}}}}}}"#,
+        a = up.addr
+    ))
+    .unwrap();
+    let gw2 = start_gateway(
+        Gateway::from_config(&cfg, &Secrets::default())
+            .unwrap()
+            .build(),
+    )
+    .await;
+    for (agent, effort) in [("o", json!("medium")), ("g", Value::Null)] {
+        let r = post(
+            &gw2.url("/v1/messages"),
+            &[],
+            json!({"model": agent, "max_tokens": 9000,
+            "thinking": {"type": "enabled", "budget_tokens": 5000},
+            "messages": [{"role": "user", "content": "think"}]})
+            .to_string(),
+        )
+        .await;
+        assert_eq!(r.status, 200);
+        let sent = mock.received().last().unwrap().json();
+        assert_eq!(
+            sent.get("reasoning_effort").cloned().unwrap_or(Value::Null),
+            effort,
+            "{agent}: {sent}"
+        );
+        assert!(sent.get("thinking").is_none());
+    }
+}

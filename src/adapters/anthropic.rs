@@ -299,14 +299,30 @@ pub(crate) fn encode_request(req: ChatRequest) -> JsonMap {
         out.insert("system".into(), Value::Array(blocks));
     }
     out.insert("messages".into(), Value::Array(messages));
-    match req.max_tokens {
-        Some(n) => {
+    let budget = if same {
+        None
+    } else {
+        super::reasoning_budget(req.source, &req.extra)
+    };
+    match (req.max_tokens, budget) {
+        (max, Some(b)) => {
+            // Anthropic wants 1024 <= budget_tokens < max_tokens.
+            let b = b.max(1024);
+            let max = max.unwrap_or(DEFAULT_MAX_TOKENS);
+            let max = if max <= b { b + max } else { max };
+            out.insert("max_tokens".into(), max.into());
+            out.insert(
+                "thinking".into(),
+                json!({"type": "enabled", "budget_tokens": b}),
+            );
+        }
+        (Some(n), None) => {
             out.insert("max_tokens".into(), n.into());
         }
-        None if !same => {
+        (None, None) if !same => {
             out.insert("max_tokens".into(), DEFAULT_MAX_TOKENS.into());
         }
-        None => {}
+        (None, None) => {}
     }
     if let Some(stop) = req.stop {
         out.insert(
@@ -358,9 +374,18 @@ pub(crate) fn encode_request(req: ChatRequest) -> JsonMap {
     if same {
         out.extend(req.extra);
     } else {
-        copy_shared(&req.extra, &mut out);
+        copy_shared(
+            &req.extra,
+            &mut out,
+            &["user", "reasoning_effort", "stream_options"],
+        );
         if let Some(user) = req.extra.get("user").cloned() {
             out.insert("metadata".into(), json!({"user_id": user}));
+        }
+        if out.contains_key("thinking") {
+            // Extended thinking rejects sampling overrides.
+            out.shift_remove("temperature");
+            out.shift_remove("top_p");
         }
     }
     out

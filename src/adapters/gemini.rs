@@ -174,6 +174,12 @@ pub(crate) fn encode_request(req: ChatRequest) -> JsonMap {
             generation.insert(to.into(), v.clone());
         }
     }
+    if let Some(b) = super::reasoning_budget(req.source, &req.extra) {
+        generation.insert(
+            "thinkingConfig".into(),
+            json!({"thinkingBudget": b, "includeThoughts": true}),
+        );
+    }
     if !generation.is_empty() {
         out.insert("generationConfig".into(), Value::Object(generation));
     }

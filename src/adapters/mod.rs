@@ -237,11 +237,63 @@ pub(crate) fn as_object(v: Value, at: &str) -> Result<JsonMap, Error> {
 /// Sampling fields that mean the same in OpenAI and Anthropic and so cross formats unchanged.
 pub(crate) const SHARED_SAMPLING_FIELDS: &[&str] = &["temperature", "top_p"];
 
-/// Copies the shared fields of a foreign-format `extra` into `out`.
-pub(crate) fn copy_shared(extra: &JsonMap, out: &mut JsonMap) {
+/// Copies the shared fields of a foreign-format `extra` into `out`, and logs (at debug) the
+/// fields that have no equivalent in the target format and are dropped.
+pub(crate) fn copy_shared(extra: &JsonMap, out: &mut JsonMap, mapped: &[&str]) {
     for k in SHARED_SAMPLING_FIELDS {
         if let Some(v) = extra.get(*k) {
             out.insert((*k).to_owned(), v.clone());
         }
     }
+    let dropped: Vec<&str> = extra
+        .keys()
+        .map(String::as_str)
+        .filter(|k| !SHARED_SAMPLING_FIELDS.contains(k) && !mapped.contains(k))
+        .collect();
+    if !dropped.is_empty() {
+        tracing::debug!(
+            ?dropped,
+            "fields without an equivalent in the upstream format were dropped"
+        );
+    }
+}
+
+/// Reasoning effort buckets and the Anthropic-style budgets they stand for.
+const EFFORT_BUDGETS: &[(&str, u64)] = &[("low", 1024), ("medium", 4096), ("high", 16384)];
+
+/// The reasoning budget (tokens) the client asked for, from either vocabulary: OpenAI
+/// `reasoning_effort` or Anthropic `thinking: {type: enabled, budget_tokens}`.
+pub(crate) fn reasoning_budget(source: ApiFormat, extra: &JsonMap) -> Option<u64> {
+    match source {
+        ApiFormat::Anthropic => {
+            let t = extra.get("thinking")?;
+            (t.get("type").and_then(Value::as_str) == Some("enabled")).then(|| {
+                t.get("budget_tokens")
+                    .and_then(Value::as_u64)
+                    .unwrap_or(1024)
+            })
+        }
+        _ => {
+            let e = extra.get("reasoning_effort")?.as_str()?;
+            EFFORT_BUDGETS
+                .iter()
+                .find(|(n, _)| *n == e)
+                .map(|(_, b)| *b)
+        }
+    }
+}
+
+/// The OpenAI `reasoning_effort` closest to a budget.
+pub(crate) fn effort_for_budget(budget: u64) -> &'static str {
+    match budget {
+        0..=2048 => "low",
+        2049..=8192 => "medium",
+        _ => "high",
+    }
+}
+
+/// Whether an OpenAI-format model accepts `reasoning_effort` (o-series and gpt-5 families).
+pub(crate) fn accepts_reasoning_effort(model: &str) -> bool {
+    let m = model.rsplit('/').next().unwrap_or(model);
+    ["o1", "o3", "o4", "gpt-5"].iter().any(|p| m.starts_with(p))
 }

@@ -302,7 +302,23 @@ pub(crate) fn encode_request(req: ChatRequest) -> JsonMap {
     if same {
         out.extend(req.extra);
     } else {
-        copy_shared(&req.extra, &mut out);
+        copy_shared(
+            &req.extra,
+            &mut out,
+            &["metadata", "thinking", "stream_options"],
+        );
+        if let Some(b) = super::reasoning_budget(req.source, &req.extra) {
+            if out
+                .get("model")
+                .and_then(Value::as_str)
+                .is_some_and(super::accepts_reasoning_effort)
+            {
+                out.insert(
+                    "reasoning_effort".into(),
+                    super::effort_for_budget(b).into(),
+                );
+            }
+        }
         if req.stream {
             if let Some(so) = req.extra.get("stream_options") {
                 out.insert("stream_options".into(), so.clone());

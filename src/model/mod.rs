@@ -36,7 +36,7 @@ impl ApiFormat {
     pub fn from_path(path: &str) -> Option<Self> {
         match path {
             "/v1/chat/completions" | "/chat/completions" => Some(Self::OpenAi),
-            "/v1/messages" | "/messages" => Some(Self::Anthropic),
+            "/v1/messages" | "/messages" | "/v1/messages/count_tokens" => Some(Self::Anthropic),
             _ => None,
         }
     }
@@ -348,7 +348,44 @@ pub struct Shape {
     pub stream_present: bool,
 }
 
+/// Request extension marking an Anthropic `count_tokens` call (inserted by the gateway's
+/// dispatcher; the router answers it locally when the upstream has no such endpoint).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CountTokens;
+
 impl ChatRequest {
+    /// A fast estimate of the prompt's tokens (about four bytes of text per token, tools
+    /// included). Used where no upstream count exists.
+    ///
+    /// ```
+    /// let req = nenya::adapters::decode_request(nenya::model::ApiFormat::OpenAi,
+    ///     br#"{"model":"m","messages":[{"role":"user","content":"twelve chars"}]}"#).unwrap();
+    /// assert_eq!(req.estimate_tokens(), 3 + 4);
+    /// ```
+    pub fn estimate_tokens(&self) -> u64 {
+        let mut bytes = 0usize;
+        self.for_each_text(|s| bytes += s.len());
+        if let Some(tools) = &self.tools {
+            for t in tools {
+                bytes += match t {
+                    Tool::Function {
+                        name,
+                        description,
+                        parameters,
+                        ..
+                    } => {
+                        name.len()
+                            + description.as_ref().map_or(0, String::len)
+                            + parameters.to_string().len()
+                    }
+                    Tool::Other(v) => v.to_string().len(),
+                };
+            }
+        }
+        // Per-message framing overhead, as the OpenAI tokenizer guidance counts it.
+        (bytes as u64).div_ceil(4) + 4 * self.messages.len() as u64
+    }
+
     /// Calls `f` on every string an upstream will read as text: system prompts, message text,
     /// tool-call arguments, tool results and reasoning. Redaction layers build on this.
     ///
@@ -361,9 +398,33 @@ impl ChatRequest {
     /// req.for_each_text_mut(|s| *s = s.replace("secret", "[gone]"));
     /// assert_eq!(req.messages[0].content.text(), "[gone]");
     /// ```
+    pub fn for_each_text(&self, mut f: impl FnMut(&str)) {
+        for m in &self.messages {
+            content_texts(&m.content, &mut f);
+        }
+    }
+
+    /// Like [`ChatRequest::for_each_text`], with mutable access (redaction rewrites in place).
     pub fn for_each_text_mut(&mut self, mut f: impl FnMut(&mut String)) {
         for m in &mut self.messages {
             content_texts_mut(&mut m.content, &mut f);
+        }
+    }
+}
+
+fn content_texts(content: &Content, f: &mut impl FnMut(&str)) {
+    match content {
+        Content::Text(s) => f(s),
+        Content::Parts(parts) => {
+            for p in parts {
+                match p {
+                    Part::Text { text, .. } => f(text),
+                    Part::ToolUse { arguments, .. } => f(arguments),
+                    Part::ToolResult { content, .. } => content_texts(content, f),
+                    Part::Thinking { thinking, .. } => f(thinking),
+                    Part::Image { .. } | Part::Other(_) => {}
+                }
+            }
         }
     }
 }

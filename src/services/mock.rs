@@ -216,6 +216,12 @@ impl MockProvider {
         let Ok(req_json) = serde_json::from_slice::<Value>(&body) else {
             return Ok(error_response(format, 400, "mock: body is not JSON"));
         };
+        if path.ends_with("/count_tokens") {
+            return Ok(json_response(
+                StatusCode::OK,
+                json!({"input_tokens": body.len() / 4}),
+            ));
+        }
         match cfg.fault {
             Some(Fault::Status(code)) => {
                 return Ok(error_response(format, code, "mock: injected failure"));

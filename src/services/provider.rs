@@ -22,7 +22,7 @@ use crate::adapters::providers::AuthStyle;
 use crate::adapters::stream::StreamConverter;
 use crate::config::Secret;
 use crate::error::{Error, ErrorKind, sse_error_event};
-use crate::model::{ApiFormat, ChatRequest};
+use crate::model::{ApiFormat, ChatRequest, CountTokens};
 use crate::{Body, BoxError};
 use http_body_util::combinators::Collect;
 use http_body_util::{BodyExt, Limited};
@@ -211,7 +211,8 @@ fn build_upstream_request(
         .cloned()
         .ok_or_else(|| Error::new(ErrorKind::Internal, "no upstream target was selected"))?;
     let client_format = chat.source;
-    let stream = chat.stream;
+    let count_tokens = parts.extensions.get::<CountTokens>().is_some();
+    let stream = chat.stream && !count_tokens;
     let include_usage = chat
         .extra
         .get("stream_options")
@@ -232,6 +233,13 @@ fn build_upstream_request(
     *upstream.method_mut() = Method::POST;
     *upstream.uri_mut() = if target.format == ApiFormat::Gemini {
         gemini_url(&target.url, &target.model, stream)?
+    } else if count_tokens {
+        format!(
+            "{}/count_tokens",
+            target.url.to_string().trim_end_matches('/')
+        )
+        .parse()
+        .map_err(|_| Error::new(ErrorKind::Internal, "invalid count_tokens URL"))?
     } else {
         target.url.clone()
     };

@@ -16,7 +16,7 @@ use crate::Body;
 use crate::adapters::providers::{AuthStyle, BUILTIN_PROVIDERS, builtin_provider, known_model};
 use crate::config::{Config, ConfigError, ModelEntry, Secrets};
 use crate::error::{Error, ErrorKind};
-use crate::model::{ApiFormat, ChatRequest};
+use crate::model::{ApiFormat, ChatRequest, CountTokens};
 
 /// One configured entry of an agent's chain.
 #[derive(Debug, Clone)]
@@ -373,6 +373,21 @@ where
         match self.table.resolve(&chat.model, chat.source) {
             Ok(mut targets) => {
                 let t = targets.swap_remove(0);
+                if req.extensions().get::<CountTokens>().is_some()
+                    && t.format != ApiFormat::Anthropic
+                {
+                    // Only Anthropic upstreams count tokens; answer with nenya's estimate (never
+                    // zero: Claude Code reads zero as "compaction unavailable").
+                    let n = req.body().estimate_tokens().max(1);
+                    let mut resp = Response::new(Body::from(format!(r#"{{"input_tokens":{n}}}"#)));
+                    resp.headers_mut().insert(
+                        http::header::CONTENT_TYPE,
+                        HeaderValue::from_static("application/json"),
+                    );
+                    return RouterFuture {
+                        state: RouterState::Ready { resp: Some(resp) },
+                    };
+                }
                 tracing::debug!(provider = %t.provider.name, model = %t.model, format = %t.format, "routed");
                 req.extensions_mut().insert(t);
                 RouterFuture {
@@ -400,6 +415,7 @@ pin_project_lite::pin_project! {
     #[project = RouterProj]
     enum RouterState<F> {
         Inner { #[pin] fut: F },
+        Ready { resp: Option<Response<Body>> },
         Failed { err: Option<Error> },
     }
 }
@@ -412,6 +428,11 @@ where
     fn poll(self: std::pin::Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.project().state.project() {
             RouterProj::Inner { fut } => fut.poll(cx),
+            RouterProj::Ready { resp } => {
+                Poll::Ready(resp.take().ok_or_else(|| {
+                    Error::new(ErrorKind::Internal, "future polled after completion")
+                }))
+            }
             RouterProj::Failed { err } => Poll::Ready(Err(err.take().unwrap_or_else(|| {
                 Error::new(ErrorKind::Internal, "future polled after completion")
             }))),
