@@ -24,7 +24,8 @@ fn tool_output_tokens(chunks: usize) -> u64 {
 async fn cross_gateway(mock: &Running) -> Running {
     let cfg = Config::from_json_str(&format!(
         r#"{{"providers": {{
-              "oai": {{"url": "http://{a}/v1/chat/completions", "auth_style": "bearer"}},
+              "oai": {{"url": "http://{a}/v1/chat/completions", "auth_style": "bearer",
+                       "capabilities": {{"stream_options": true, "reasoning": true}}}},
               "ant": {{"url": "http://{a}/v1/messages", "auth_style": "anthropic"}}}},
             "agents": {{
               "to-oai": {{"models": [{{"provider": "oai", "model": "gpt-up"}}]}},
@@ -641,7 +642,7 @@ async fn reasoning_effort_and_thinking_budgets_map_across_formats() {
 
     // Anthropic thinking → reasoning_effort for reasoning models only.
     let cfg = Config::from_json_str(&format!(
-        r#"{{"providers": {{"oai": {{"url": "http://{a}/v1/chat/completions"}}}},
+        r#"{{"providers": {{"oai": {{"url": "http://{a}/v1/chat/completions", "capabilities": {{"reasoning": true}}}}}},
             "agents": {{"o": {{"models": [{{"provider": "oai", "model": "o3-mini"}}]}},
                         "g": {{"models": [{{"provider": "oai", "model": "gpt-4o"}}]}}}}}}"#,
         a = up.addr
@@ -672,4 +673,81 @@ async fn reasoning_effort_and_thinking_budgets_map_across_formats() {
         );
         assert!(sent.get("thinking").is_none());
     }
+}
+
+#[tokio::test]
+async fn provider_capabilities_and_model_rules_shape_what_the_upstream_gets() {
+    let (mock, up) = start_mock(MockConfig::default()).await;
+    // Built-in names keep their capability rows at a custom URL; unknown ones are conservative.
+    let cfg = Config::from_json_str(&format!(
+        r#"{{"providers": {{
+              "perplexity": {{"url": "http://{a}/v1/chat/completions"}},
+              "ollama": {{"url": "http://{a}/v1/chat/completions"}},
+              "openrouter": {{"url": "http://{a}/v1/chat/completions"}},
+              "custom": {{"url": "http://{a}/v1/chat/completions"}}}}}}"#,
+        a = up.addr
+    ))
+    .unwrap();
+    let gw = start_gateway(
+        Gateway::from_config(&cfg, &Secrets::default())
+            .unwrap()
+            .build(),
+    )
+    .await;
+    let body = |model: &str| {
+        json!({"model": model, "stream": true, "stream_options": {"include_usage": true},
+               "temperature": 0.2, "max_tokens": 50, "reasoning_effort": "low", "tool_choice": "auto",
+               "tools": [{"type": "function", "function": {"name": "f", "parameters": {}}}],
+               "messages": [{"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"},
+                   {"type": "image_url", "image_url": {"url": "https://x/i.png"}}]}]})
+        .to_string()
+    };
+    let url = gw.url("/v1/chat/completions");
+    let send = |m: &str| post(&url, &[], body(m));
+
+    assert_eq!(send("perplexity/sonar").await.status, 200);
+    let got = mock.received().last().unwrap().json();
+    assert!(
+        got.get("tools").is_none() && got.get("tool_choice").is_none(),
+        "no tool calls: {got}"
+    );
+    assert!(got.get("stream_options").is_none());
+    assert!(got.get("reasoning_effort").is_none());
+
+    assert_eq!(send("ollama/qwen").await.status, 200);
+    let got = mock.received().last().unwrap().json();
+    assert!(
+        got.get("tool_choice").is_none(),
+        "ollama quirk strips tool_choice"
+    );
+    assert!(got.get("tools").is_some());
+    assert_eq!(
+        got["messages"][0]["content"], "a\nb",
+        "no vision, no content arrays: {got}"
+    );
+
+    assert_eq!(send("openrouter/o3-mini").await.status, 200);
+    let rec = mock.received().last().unwrap().clone();
+    assert_eq!(rec.headers["x-title"], "nenya");
+    assert!(rec.headers.get("http-referer").is_some());
+    let got = rec.json();
+    assert!(
+        got.get("temperature").is_none(),
+        "o-series reject temperature"
+    );
+    assert_eq!(got["max_completion_tokens"], 50);
+    assert!(got.get("max_tokens").is_none());
+    assert_eq!(got["reasoning_effort"], "low");
+    assert_eq!(got["stream_options"], json!({"include_usage": true}));
+    assert_eq!(got["messages"][0]["content"].as_array().unwrap().len(), 3);
+
+    assert_eq!(send("custom/m").await.status, 200);
+    let got = mock.received().last().unwrap().json();
+    assert!(
+        got.get("stream_options").is_none(),
+        "unknown providers are conservative"
+    );
+    assert!(got.get("reasoning_effort").is_none());
+    assert_eq!(got["temperature"], 0.2);
+    assert!(got.get("tools").is_some());
 }

@@ -26,6 +26,7 @@ use serde_json::Value;
 
 use crate::error::{Error, ErrorKind};
 use crate::model::{ApiFormat, ChatRequest, JsonMap};
+use providers::{Capabilities, Quirks};
 
 /// Parses a client body of `format` into the typed request.
 pub fn decode_request(format: ApiFormat, body: &[u8]) -> Result<ChatRequest, Error> {
@@ -50,11 +51,40 @@ pub fn decode_request(format: ApiFormat, body: &[u8]) -> Result<ChatRequest, Err
 
 /// Serialises the typed request into the `target` wire format.
 pub fn encode_request(req: ChatRequest, target: ApiFormat) -> Result<Bytes, Error> {
-    let map = match target {
+    encode_request_for(req, target, &Capabilities::ALL, &Quirks::NONE)
+}
+
+/// Serialises the typed request for a provider: the `target` wire format, then the provider's
+/// capabilities, quirks and model-family rules applied as generic rules.
+///
+/// ```
+/// use nenya::adapters::{decode_request, encode_request_for, providers::builtin_provider};
+/// use nenya::model::ApiFormat;
+/// let req = decode_request(ApiFormat::OpenAi, br#"{"model":"sonar","stream":true,
+///   "stream_options":{"include_usage":true},"messages":[{"role":"user","content":"hi"}],
+///   "tools":[{"type":"function","function":{"name":"f","parameters":{}}}]}"#).unwrap();
+/// let pplx = builtin_provider("perplexity").unwrap();
+/// let out = encode_request_for(req, ApiFormat::OpenAi, &pplx.caps, &pplx.quirks).unwrap();
+/// let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+/// assert!(v.get("tools").is_none() && v.get("stream_options").is_none());
+/// ```
+pub fn encode_request_for(
+    req: ChatRequest,
+    target: ApiFormat,
+    caps: &Capabilities,
+    quirks: &Quirks,
+) -> Result<Bytes, Error> {
+    let mut map = match target {
         ApiFormat::OpenAi => openai::encode_request(req),
         ApiFormat::Anthropic => anthropic::encode_request(req),
         ApiFormat::Gemini => gemini::encode_request(req),
     };
+    for f in quirks.strip_fields {
+        map.shift_remove(*f);
+    }
+    if target == ApiFormat::OpenAi {
+        apply_openai_rules(&mut map, caps);
+    }
     serde_json::to_vec(&Value::Object(map))
         .map(Bytes::from)
         .map_err(|e| Error::new(ErrorKind::Internal, "failed to encode request").with_source(e))
@@ -122,6 +152,73 @@ pub fn convert_error(body: &[u8], to: ApiFormat) -> Bytes {
         }
     }
     Bytes::from(out.to_string())
+}
+
+/// Capability and model-family rules for an OpenAI-format request object.
+fn apply_openai_rules(map: &mut JsonMap, caps: &Capabilities) {
+    if !caps.stream_options {
+        map.shift_remove("stream_options");
+    }
+    if !caps.reasoning {
+        map.shift_remove("reasoning_effort");
+    }
+    if !caps.tool_calls {
+        for f in ["tools", "tool_choice", "parallel_tool_calls"] {
+            map.shift_remove(f);
+        }
+    } else if !caps.auto_tool_choice
+        && map.get("tool_choice").and_then(Value::as_str) == Some("auto")
+    {
+        map.shift_remove("tool_choice");
+    }
+    if !caps.vision || !caps.content_arrays {
+        if let Some(Value::Array(messages)) = map.get_mut("messages") {
+            let mut dropped_images = 0usize;
+            for m in messages.iter_mut() {
+                let Some(Value::Array(parts)) = m.get_mut("content") else {
+                    continue;
+                };
+                if !caps.vision {
+                    let before = parts.len();
+                    parts.retain(|p| p.get("type").and_then(Value::as_str) != Some("image_url"));
+                    dropped_images += before - parts.len();
+                }
+                if !caps.content_arrays
+                    && parts
+                        .iter()
+                        .all(|p| p.get("type").and_then(Value::as_str) == Some("text"))
+                {
+                    let text: Vec<&str> = parts
+                        .iter()
+                        .filter_map(|p| p.get("text").and_then(Value::as_str))
+                        .collect();
+                    let joined = text.join("\n");
+                    m["content"] = Value::String(joined);
+                }
+            }
+            if dropped_images > 0 {
+                tracing::warn!(
+                    dropped_images,
+                    "the upstream does not accept images; they were removed"
+                );
+            }
+        }
+    }
+    let model = map
+        .get("model")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_owned();
+    if let Some(rule) = providers::param_rule(&model) {
+        for f in rule.drop {
+            map.shift_remove(*f);
+        }
+        if rule.max_completion_tokens {
+            if let Some(n) = map.shift_remove("max_tokens") {
+                map.insert("max_completion_tokens".into(), n);
+            }
+        }
+    }
 }
 
 pub(crate) fn invalid(msg: impl Into<String>) -> Error {

@@ -44,142 +44,342 @@ impl std::str::FromStr for AuthStyle {
     }
 }
 
+/// What an OpenAI-format upstream accepts (Nenya's provider reference table).
+///
+/// ```
+/// use nenya::adapters::providers::{builtin_provider, Capabilities};
+/// assert!(!builtin_provider("perplexity").unwrap().caps.tool_calls);
+/// assert!(!Capabilities::CONSERVATIVE.stream_options);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Capabilities {
+    /// `stream_options.include_usage`.
+    pub stream_options: bool,
+    /// `tool_choice: "auto"`.
+    pub auto_tool_choice: bool,
+    /// Array-shaped message content.
+    pub content_arrays: bool,
+    /// Function calling.
+    pub tool_calls: bool,
+    /// `reasoning_effort`.
+    pub reasoning: bool,
+    /// Image inputs.
+    pub vision: bool,
+}
+
+const fn caps(
+    stream_options: bool,
+    auto_tool_choice: bool,
+    content_arrays: bool,
+    tool_calls: bool,
+    reasoning: bool,
+    vision: bool,
+) -> Capabilities {
+    Capabilities {
+        stream_options,
+        auto_tool_choice,
+        content_arrays,
+        tool_calls,
+        reasoning,
+        vision,
+    }
+}
+
+impl Capabilities {
+    /// Everything supported.
+    pub const ALL: Self = caps(true, true, true, true, true, true);
+    /// For providers nenya does not know: send nothing optional that might be rejected
+    /// (`stream_options`, `reasoning_effort`); keep content and tools as the client sent them.
+    pub const CONSERVATIVE: Self = caps(false, true, true, true, false, true);
+}
+
+/// Provider differences that are not capabilities.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Quirks {
+    /// Headers always sent to this provider.
+    pub extra_headers: &'static [(&'static str, &'static str)],
+    /// Top-level fields this provider rejects.
+    pub strip_fields: &'static [&'static str],
+    /// A non-standard status meaning "overloaded, try elsewhere" (Anthropic's 529).
+    pub overloaded_status: Option<u16>,
+}
+
+impl Quirks {
+    /// No quirks.
+    pub const NONE: Self = Self {
+        extra_headers: &[],
+        strip_fields: &[],
+        overloaded_status: None,
+    };
+}
+
 /// One built-in provider.
 #[derive(Debug, Clone, Copy)]
 pub struct BuiltinProvider {
     /// Config name.
     pub name: &'static str,
-    /// Full chat endpoint URL.
+    /// Full chat endpoint URL (empty: must be configured, e.g. Azure's per-deployment URL).
     pub url: &'static str,
     /// Auth style.
     pub auth: AuthStyle,
     /// Wire format of `url`.
     pub format: ApiFormat,
+    /// Capabilities.
+    pub caps: Capabilities,
+    /// Quirks.
+    pub quirks: Quirks,
 }
 
-const fn p(name: &'static str, url: &'static str, auth: AuthStyle) -> BuiltinProvider {
+const fn p(
+    name: &'static str,
+    url: &'static str,
+    auth: AuthStyle,
+    caps: Capabilities,
+) -> BuiltinProvider {
     BuiltinProvider {
         name,
         url,
         auth,
         format: ApiFormat::OpenAi,
+        caps,
+        quirks: Quirks::NONE,
     }
 }
 
-/// The providers nenya knows without configuration (URLs as Nenya documents them).
+const fn with_quirks(mut b: BuiltinProvider, quirks: Quirks) -> BuiltinProvider {
+    b.quirks = quirks;
+    b
+}
+
+const B: AuthStyle = AuthStyle::Bearer;
+
+/// The 23 providers nenya knows without configuration (URLs, auth styles and capabilities as
+/// Nenya documents them).
 pub const BUILTIN_PROVIDERS: &[BuiltinProvider] = &[
     p(
         "openai",
         "https://api.openai.com/v1/chat/completions",
-        AuthStyle::Bearer,
+        B,
+        Capabilities::ALL,
     ),
     BuiltinProvider {
         name: "anthropic",
         url: "https://api.anthropic.com/v1/messages",
         auth: AuthStyle::Anthropic,
         format: ApiFormat::Anthropic,
+        caps: caps(false, true, false, true, true, true),
+        quirks: Quirks {
+            extra_headers: &[],
+            strip_fields: &[],
+            overloaded_status: Some(529),
+        },
     },
     p(
         "gemini",
         "https://generativelanguage.googleapis.com/v1beta/openai/chat/completions",
         AuthStyle::BearerXGoog,
-    ),
-    p(
-        "deepseek",
-        "https://api.deepseek.com/chat/completions",
-        AuthStyle::Bearer,
-    ),
-    p(
-        "moonshot",
-        "https://api.moonshot.cn/v1/chat/completions",
-        AuthStyle::Bearer,
+        caps(false, true, true, true, true, true),
     ),
     p(
         "zai",
         "https://api.z.ai/api/paas/v4/chat/completions",
-        AuthStyle::Bearer,
+        B,
+        Capabilities::ALL,
+    ),
+    with_quirks(
+        p(
+            "ollama",
+            "http://127.0.0.1:11434/v1/chat/completions",
+            AuthStyle::None,
+            caps(false, true, false, true, true, false),
+        ),
+        Quirks {
+            extra_headers: &[],
+            strip_fields: &["tool_choice"],
+            overloaded_status: None,
+        },
+    ),
+    with_quirks(
+        p(
+            "openrouter",
+            "https://openrouter.ai/api/v1/chat/completions",
+            B,
+            Capabilities::ALL,
+        ),
+        Quirks {
+            extra_headers: &[
+                ("http-referer", "https://github.com/nenya-gateway/nenya"),
+                ("x-title", "nenya"),
+            ],
+            strip_fields: &[],
+            overloaded_status: None,
+        },
     ),
     p(
-        "groq",
-        "https://api.groq.com/openai/v1/chat/completions",
-        AuthStyle::Bearer,
-    ),
-    p(
-        "together",
-        "https://api.together.xyz/v1/chat/completions",
-        AuthStyle::Bearer,
-    ),
-    p(
-        "mistral",
-        "https://api.mistral.ai/v1/chat/completions",
-        AuthStyle::Bearer,
-    ),
-    p(
-        "xai",
-        "https://api.x.ai/v1/chat/completions",
-        AuthStyle::Bearer,
+        "azure",
+        "",
+        AuthStyle::Azure,
+        caps(false, true, true, true, true, true),
     ),
     p(
         "perplexity",
         "https://api.perplexity.ai/chat/completions",
-        AuthStyle::Bearer,
+        B,
+        caps(false, false, true, false, false, true),
     ),
     p(
         "cohere",
         "https://api.cohere.com/v1/chat/completions",
-        AuthStyle::Bearer,
+        B,
+        caps(false, true, true, true, false, true),
     ),
     p(
         "deepinfra",
         "https://api.deepinfra.com/v1/chat/completions",
-        AuthStyle::Bearer,
+        B,
+        caps(false, true, true, true, false, true),
     ),
     p(
-        "openrouter",
-        "https://openrouter.ai/api/v1/chat/completions",
-        AuthStyle::Bearer,
+        "deepseek",
+        "https://api.deepseek.com/chat/completions",
+        B,
+        caps(true, true, true, true, true, false),
     ),
     p(
-        "nvidia_free",
-        "https://integrate.api.nvidia.com/v1/chat/completions",
-        AuthStyle::Bearer,
+        "mistral",
+        "https://api.mistral.ai/v1/chat/completions",
+        B,
+        caps(false, true, true, true, true, true),
     ),
     p(
-        "qwen_free",
-        "https://dashscope.aliyuncs.com/compatible-mode/v1/chat/completions",
-        AuthStyle::Bearer,
+        "xai",
+        "https://api.x.ai/v1/chat/completions",
+        B,
+        Capabilities::ALL,
     ),
     p(
-        "minimax_free",
-        "https://api.minimax.chat/v1/chat/completions",
-        AuthStyle::Bearer,
+        "groq",
+        "https://api.groq.com/openai/v1/chat/completions",
+        B,
+        Capabilities::ALL,
+    ),
+    p(
+        "together",
+        "https://api.together.xyz/v1/chat/completions",
+        B,
+        caps(false, true, true, false, true, true),
     ),
     p(
         "sambanova",
         "https://api.sambanova.ai/v1/chat/completions",
-        AuthStyle::Bearer,
+        B,
+        Capabilities::ALL,
     ),
     p(
         "cerebras",
         "https://api.cerebras.ai/v1/chat/completions",
-        AuthStyle::Bearer,
+        B,
+        caps(true, true, true, true, true, false),
+    ),
+    p(
+        "nvidia_free",
+        "https://integrate.api.nvidia.com/v1/chat/completions",
+        B,
+        caps(false, false, true, true, false, true),
     ),
     p(
         "github",
         "https://models.inference.ai.azure.com/chat/completions",
-        AuthStyle::Bearer,
+        B,
+        caps(false, true, true, true, true, true),
     ),
     p(
-        "ollama",
-        "http://127.0.0.1:11434/v1/chat/completions",
-        AuthStyle::None,
+        "qwen_free",
+        "https://dashscope.aliyuncs.com/compatible-mode/v1/chat/completions",
+        B,
+        caps(true, false, true, true, true, false),
+    ),
+    p(
+        "minimax_free",
+        "https://api.minimax.chat/v1/chat/completions",
+        B,
+        caps(true, true, true, true, true, false),
+    ),
+    p(
+        "moonshot",
+        "https://api.moonshot.cn/v1/chat/completions",
+        B,
+        Capabilities::ALL,
     ),
     p(
         "zen",
         "https://opencode.ai/zen/v1/chat/completions",
-        AuthStyle::Bearer,
+        B,
+        Capabilities::ALL,
     ),
 ];
+
+/// A model-family rule: parameters newer models reject (Nenya's `param_compat`).
+#[derive(Debug, Clone, Copy)]
+pub struct ParamRule {
+    /// Model id prefix, matched on the last path segment (`openrouter/o3` matches `o3`).
+    pub model_prefix: &'static str,
+    /// Top-level parameters removed.
+    pub drop: &'static [&'static str],
+    /// `max_tokens` is sent as `max_completion_tokens`.
+    pub max_completion_tokens: bool,
+}
+
+const REASONING_DROPS: &[&str] = &[
+    "temperature",
+    "top_p",
+    "presence_penalty",
+    "frequency_penalty",
+    "logprobs",
+    "top_logprobs",
+];
+
+/// Built-in model-family rules (first match wins).
+pub const PARAM_RULES: &[ParamRule] = &[
+    ParamRule {
+        model_prefix: "o1",
+        drop: REASONING_DROPS,
+        max_completion_tokens: true,
+    },
+    ParamRule {
+        model_prefix: "o3",
+        drop: REASONING_DROPS,
+        max_completion_tokens: true,
+    },
+    ParamRule {
+        model_prefix: "o4",
+        drop: REASONING_DROPS,
+        max_completion_tokens: true,
+    },
+    ParamRule {
+        model_prefix: "gpt-5",
+        drop: REASONING_DROPS,
+        max_completion_tokens: true,
+    },
+    ParamRule {
+        model_prefix: "gemini-3",
+        drop: &[
+            "temperature",
+            "top_p",
+            "top_k",
+            "candidate_count",
+            "presence_penalty",
+            "frequency_penalty",
+        ],
+        max_completion_tokens: false,
+    },
+];
+
+/// The rule for a model, if any.
+pub fn param_rule(model: &str) -> Option<&'static ParamRule> {
+    let m = model.rsplit('/').next().unwrap_or(model);
+    PARAM_RULES.iter().find(|r| m.starts_with(r.model_prefix))
+}
 
 /// Looks up a built-in provider by name.
 ///

@@ -160,6 +160,10 @@ pub struct ProviderConfig {
     /// TCP connect timeout.
     #[serde(default)]
     pub connect_timeout_seconds: Option<u64>,
+    /// Capability overrides (`stream_options`, `auto_tool_choice`, `content_arrays`,
+    /// `tool_calls`, `reasoning`, `vision`); unset ones keep the built-in or conservative value.
+    #[serde(default)]
+    pub capabilities: BTreeMap<String, bool>,
     /// Fields not implemented yet.
     #[serde(flatten)]
     pub other: BTreeMap<String, Value>,

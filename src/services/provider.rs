@@ -17,8 +17,8 @@ use tower::Service;
 use super::convert::TranscodeBody;
 use super::transport::{Transport, TransportFuture};
 use crate::adapters::anthropic::DEFAULT_VERSION;
-use crate::adapters::encode_request;
-use crate::adapters::providers::AuthStyle;
+use crate::adapters::encode_request_for;
+use crate::adapters::providers::{AuthStyle, Capabilities, Quirks};
 use crate::adapters::stream::StreamConverter;
 use crate::config::Secret;
 use crate::error::{Error, ErrorKind, sse_error_event};
@@ -70,6 +70,10 @@ pub struct ProviderSpec {
     pub user_agent: HeaderValue,
     /// Where requests go.
     pub transport: Transport,
+    /// What the upstream accepts.
+    pub caps: Capabilities,
+    /// Its quirks.
+    pub quirks: Quirks,
 }
 
 impl ProviderSpec {
@@ -83,6 +87,8 @@ impl ProviderSpec {
             timeouts: Timeouts::default(),
             user_agent: HeaderValue::from_static(concat!("nenya/", env!("CARGO_PKG_VERSION"))),
             transport,
+            caps: Capabilities::ALL,
+            quirks: Quirks::NONE,
         }
     }
 
@@ -227,7 +233,12 @@ fn build_upstream_request(
         );
     }
     chat.model.clone_from(&target.model);
-    let body = encode_request(chat, target.format)?;
+    let body = encode_request_for(
+        chat,
+        target.format,
+        &target.provider.caps,
+        &target.provider.quirks,
+    )?;
 
     let mut upstream = Request::new(Body::full(body));
     *upstream.method_mut() = Method::POST;
@@ -261,6 +272,9 @@ fn build_upstream_request(
         if let Some(v) = parts.headers.get(*name) {
             h.insert(HeaderName::from_static(name), v.clone());
         }
+    }
+    for (k, v) in target.provider.quirks.extra_headers {
+        h.insert(HeaderName::from_static(k), HeaderValue::from_static(v));
     }
     apply_auth(h, &target.provider, target.format)?;
     let ctx = Ctx {

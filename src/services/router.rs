@@ -13,7 +13,9 @@ use super::mock::MockProvider;
 use super::provider::{ProviderSpec, Target, Timeouts};
 use super::transport::{HttpClient, Transport};
 use crate::Body;
-use crate::adapters::providers::{AuthStyle, BUILTIN_PROVIDERS, builtin_provider, known_model};
+use crate::adapters::providers::{
+    AuthStyle, BUILTIN_PROVIDERS, Capabilities, Quirks, builtin_provider, known_model,
+};
 use crate::config::{Config, ConfigError, ModelEntry, Secrets};
 use crate::error::{Error, ErrorKind};
 use crate::model::{ApiFormat, ChatRequest, CountTokens};
@@ -93,14 +95,18 @@ impl RouteTable {
             let url_s = pc
                 .url
                 .clone()
-                .or_else(|| builtin.map(|b| b.url.to_owned()))
-                .ok_or_else(|| {
-                    ConfigError::new(
-                        None,
-                        field("url"),
-                        "is required for a provider nenya does not know",
-                    )
-                })?;
+                .or_else(|| builtin.map(|b| b.url.to_owned()).filter(|u| !u.is_empty()));
+            // A built-in without a default URL (Azure) exists only when configured.
+            if url_s.is_none() && builtin.is_some() && !cfg.providers.contains_key(name) {
+                continue;
+            }
+            let url_s = url_s.ok_or_else(|| {
+                ConfigError::new(
+                    None,
+                    field("url"),
+                    "is required for a provider nenya does not know",
+                )
+            })?;
             let url = parse_url(&url_s).map_err(|m| ConfigError::new(None, field("url"), m))?;
             let format = pc
                 .format
@@ -155,6 +161,29 @@ impl RouteTable {
                 t.idle = secs(s);
             }
             spec = spec.with_timeouts(t);
+            // Known providers keep their capabilities even at a custom URL; unknown ones are
+            // treated as conservative OpenAI-compatible upstreams.
+            spec.caps = builtin.map_or(Capabilities::CONSERVATIVE, |b| b.caps);
+            for (k, v) in &pc.capabilities {
+                let c = &mut spec.caps;
+                let slot = match k.as_str() {
+                    "stream_options" => &mut c.stream_options,
+                    "auto_tool_choice" => &mut c.auto_tool_choice,
+                    "content_arrays" => &mut c.content_arrays,
+                    "tool_calls" => &mut c.tool_calls,
+                    "reasoning" => &mut c.reasoning,
+                    "vision" => &mut c.vision,
+                    other => {
+                        return Err(ConfigError::new(
+                            None,
+                            field(&format!("capabilities.{other}")),
+                            "unknown capability (stream_options, auto_tool_choice, content_arrays, tool_calls, reasoning, vision)",
+                        ));
+                    }
+                };
+                *slot = *v;
+            }
+            spec.quirks = builtin.map_or(Quirks::NONE, |b| b.quirks);
             spec.user_agent = user_agent.clone();
             providers.insert(name.to_owned(), Arc::new(spec));
         }
