@@ -130,6 +130,7 @@ fn main() -> ExitCode {
 
 async fn run_mock(args: MockArgs, log: LogFormat) -> Result<(), String> {
     init_logging(log, None);
+    let shutdown = nenya::server::shutdown_signal();
     let addr = parse_listen(&args.listen)?;
     let listener = tokio::net::TcpListener::bind(addr)
         .await
@@ -144,7 +145,7 @@ async fn run_mock(args: MockArgs, log: LogFormat) -> Result<(), String> {
         tool_call: args.tool_call,
         thinking: args.thinking,
     });
-    mock.serve(listener, nenya::server::shutdown_signal())
+    mock.serve(listener, shutdown)
         .await
         .map_err(|e| e.to_string())
 }
@@ -197,13 +198,14 @@ async fn run_serve(args: ServeArgs, log: LogFormat) -> Result<(), String> {
     }
     let gateway = builder.build();
 
+    let shutdown = nenya::server::shutdown_signal();
     let addr = listen_addr(args.listen.as_deref(), cfg.server.listen_addr.as_deref())?;
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
     let local = listener.local_addr().map_err(|e| e.to_string())?;
     tracing::info!(%local, "nenya listening on {local}");
-    nenya::server::serve(listener, gateway, nenya::server::shutdown_signal(), GRACE)
+    nenya::server::serve(listener, gateway, shutdown, GRACE)
         .await
         .map_err(|e| e.to_string())?;
     tracing::info!("stopped");
