@@ -35,6 +35,9 @@ cargo test --doc --locked
 step "cargo doc (warnings are errors)"
 RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --locked --quiet
 
+step "fuzz targets: build and a short run of each (scripts/fuzz.sh)"
+bash scripts/fuzz.sh 15
+
 step "cargo deny"
 cargo deny --log-level error check licenses bans sources
 # The advisory database is fetched from GitHub; where that host is unreachable, say so loudly
