@@ -87,7 +87,8 @@ fn official_sdks_assemble_tool_call_fragments_across_formats() {
         &cfg,
         serde_json::json!({
             "providers": {
-                "oai": {"url": format!("http://{}/v1/chat/completions", mock.addr), "auth_style": "bearer"},
+                "oai": {"url": format!("http://{}/v1/chat/completions", mock.addr), "auth_style": "bearer",
+                        "capabilities": {"stream_options": true}},
                 "ant": {"url": format!("http://{}/v1/messages", mock.addr), "auth_style": "anthropic"}
             },
             "agents": {

@@ -101,7 +101,8 @@ pub fn config_for(mock: &Running, extra_provider: &str) -> (Config, Secrets) {
             "up": {{
               "url": "http://{addr}/v1/chat/completions",
               "format_urls": {{"anthropic": "http://{addr}/v1/messages"}},
-              "auth_style": "bearer"
+              "auth_style": "bearer",
+              "capabilities": {{"stream_options": true, "reasoning": true}}
               {extra_provider}
             }},
             "claude": {{
