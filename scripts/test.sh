@@ -26,6 +26,11 @@ cargo fmt --all -- --check
 step "cargo clippy -D warnings"
 cargo clippy --all-targets --locked -- -D warnings
 
+step "cargo build --examples (tests/examples.rs runs the real example binaries)"
+# `cargo test --all-targets` builds examples only in test mode (under deps/), so the runnable
+# example binaries are built here first; they share every dependency artifact with the tests.
+cargo build --examples --locked
+
 step "cargo test (lib, binary, integration, examples, benches in test mode)"
 cargo test --all-targets --locked
 

@@ -17,7 +17,7 @@ fn run(name: &str) -> String {
     let path = example(name);
     assert!(
         path.exists(),
-        "example binary missing: {} (cargo test builds examples)",
+        "example binary missing: {} (run `cargo build --examples` first; scripts/test.sh does)",
         path.display()
     );
     let out = Command::new(path)
