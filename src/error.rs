@@ -37,6 +37,8 @@ pub enum ErrorKind {
     Unauthorized,
     /// Credentials are valid but not allowed to do this.
     Forbidden,
+    /// A browser-context request (`Origin` / `Sec-Fetch-*`) from an origin not allowlisted.
+    ForbiddenOrigin,
     /// The requested model or agent is not configured.
     ModelNotFound,
     /// No such route.
@@ -66,6 +68,7 @@ impl ErrorKind {
             Self::BodyTooLarge => "body_too_large",
             Self::Unauthorized => "unauthorized",
             Self::Forbidden => "forbidden",
+            Self::ForbiddenOrigin => "forbidden_origin",
             Self::ModelNotFound => "model_not_found",
             Self::NotFound => "not_found",
             Self::MethodNotAllowed => "method_not_allowed",
@@ -84,7 +87,7 @@ impl ErrorKind {
             Self::InvalidJson | Self::InvalidRequest => StatusCode::BAD_REQUEST,
             Self::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::Unauthorized => StatusCode::UNAUTHORIZED,
-            Self::Forbidden => StatusCode::FORBIDDEN,
+            Self::Forbidden | Self::ForbiddenOrigin => StatusCode::FORBIDDEN,
             Self::ModelNotFound | Self::NotFound => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::UnsupportedConversion => StatusCode::NOT_IMPLEMENTED,
@@ -106,7 +109,7 @@ impl ErrorKind {
             | Self::MethodNotAllowed
             | Self::UnsupportedConversion => "invalid_request_error",
             Self::Unauthorized => "authentication_error",
-            Self::Forbidden => "permission_error",
+            Self::Forbidden | Self::ForbiddenOrigin => "permission_error",
             Self::RateLimited => "rate_limit_error",
             Self::UpstreamUnreachable
             | Self::UpstreamTimeout
@@ -124,7 +127,7 @@ impl ErrorKind {
             Self::MethodNotAllowed => "invalid_request_error",
             Self::BodyTooLarge => "request_too_large",
             Self::Unauthorized => "authentication_error",
-            Self::Forbidden => "permission_error",
+            Self::Forbidden | Self::ForbiddenOrigin => "permission_error",
             Self::ModelNotFound | Self::NotFound => "not_found_error",
             Self::RateLimited => "rate_limit_error",
             Self::UpstreamTimeout => "timeout_error",

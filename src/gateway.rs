@@ -5,11 +5,14 @@
 //! | # | layer / service | why it sits there |
 //! |---|---|---|
 //! | 1 | [`ErrorResponseLayer`] | every failure below becomes client-format JSON; hyper never sees an `Err` |
-//! | 2 | [`AuthLayer`] | refuse unauthenticated clients before reading any body |
-//! | 3 | `Dispatch` | `/healthz`, chat paths, 404/405 for the rest |
-//! | 4 | [`DecodeLayer`] | read the body once (size limit) and parse it once |
-//! | 5 | [`Router`] | model → agent chain → [`Target`](crate::services::Target) |
-//! | 6 | [`ProviderService`] | encode once, send with the provider's auth, stream back |
+//! | 2 | [`OriginGuardLayer`] | refuse browser-context requests (DNS rebinding) on every route, before anything else |
+//! | 3 | [`AuthLayer`] | refuse unauthenticated clients and forbidden endpoints before reading any body |
+//! | 4 | `Dispatch` | `/healthz`, chat paths, 404/405 for the rest |
+//! | 5 | [`DecodeLayer`] | read the body once (size limit) and parse it once |
+//! | 6 | [`RedactLayer`] | credential patterns out of every text, before anything can forward or log it |
+//! | 7 | [`EntropyLayer`] | high-entropy tokens no pattern knows (after patterns, so their labels are not re-flagged) |
+//! | 8 | [`Router`] | model → agent chain → [`Target`](crate::services::Target); refuses agents outside the caller's scope |
+//! | 9 | [`ProviderService`] | encode once, send with the provider's auth, stream back |
 //!
 //! # Request extensions
 //!
@@ -17,6 +20,7 @@
 //! |---|---|---|
 //! | [`Target`](crate::services::Target) | [`Router`] | [`ProviderService`] |
 //! | [`CountTokens`] | `Dispatch` | [`Router`] (answers locally), [`ProviderService`] (endpoint) |
+//! | [`Principal`](crate::layers::Principal) | [`AuthLayer`] | [`Router`] (`allowed_agents`) |
 //!
 //! ```
 //! use nenya::{Gateway, services::{RouteTable, MockProvider, MockConfig}};
@@ -46,7 +50,10 @@ use tower::{Service, ServiceBuilder};
 
 use crate::config::{Config, ConfigError, DEFAULT_MAX_BODY_BYTES, Secret, Secrets};
 use crate::error::{Error, ErrorKind};
-use crate::layers::{AuthLayer, DecodeLayer, ErrorResponseLayer};
+use crate::layers::{
+    ApiKey, AuthLayer, DecodeLayer, EntropyDetector, EntropyLayer, ErrorResponseLayer,
+    OriginGuardLayer, RedactLabel, RedactLayer, Redactor,
+};
 use crate::model::{ApiFormat, CountTokens};
 use crate::services::{ProviderService, RouteTable, Router, http_client};
 use crate::{Body, BoxError};
@@ -57,6 +64,10 @@ pub struct GatewayBuilder {
     table: Arc<RouteTable>,
     max_body_bytes: u64,
     tokens: Vec<Secret>,
+    api_keys: Vec<ApiKey>,
+    origins: Vec<String>,
+    redactor: Option<Redactor>,
+    entropy: Option<EntropyDetector>,
 }
 
 impl GatewayBuilder {
@@ -72,14 +83,44 @@ impl GatewayBuilder {
         self
     }
 
+    /// Also accepts these RBAC API keys.
+    pub fn api_keys(mut self, keys: impl IntoIterator<Item = ApiKey>) -> Self {
+        self.api_keys = keys.into_iter().collect();
+        self
+    }
+
+    /// Lets browser requests from these origins through (default: none).
+    pub fn allowed_browser_origins<I: IntoIterator<Item = S>, S: Into<String>>(
+        mut self,
+        origins: I,
+    ) -> Self {
+        self.origins = origins.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// The secret redactor (default [`Redactor::builtin`]); `None` turns redaction off.
+    pub fn redactor(mut self, r: Option<Redactor>) -> Self {
+        self.redactor = r;
+        self
+    }
+
+    /// The entropy detector (default on); `None` turns it off.
+    pub fn entropy(mut self, e: Option<EntropyDetector>) -> Self {
+        self.entropy = e;
+        self
+    }
+
     /// Builds the stack (see the module docs for its order).
     pub fn build(self) -> Gateway {
         let chat = ServiceBuilder::new()
             .layer(DecodeLayer::new(self.max_body_bytes))
+            .option_layer(self.redactor.map(RedactLayer::new))
+            .option_layer(self.entropy.map(EntropyLayer::new))
             .service(Router::new(self.table, ProviderService::new()));
         let svc = ServiceBuilder::new()
             .layer(ErrorResponseLayer::new())
-            .layer(AuthLayer::new(self.tokens))
+            .layer(OriginGuardLayer::new(&self.origins))
+            .layer(AuthLayer::new(self.tokens).with_api_keys(self.api_keys))
             .service(Dispatch { chat });
         Gateway {
             svc: BoxCloneSyncService::new(svc),
@@ -106,6 +147,10 @@ impl Gateway {
             table: Arc::new(table),
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             tokens: Vec::new(),
+            api_keys: Vec::new(),
+            origins: Vec::new(),
+            redactor: Some(Redactor::builtin()),
+            entropy: Some(EntropyDetector::default()),
         }
     }
 
@@ -113,9 +158,33 @@ impl Gateway {
     pub fn from_config(cfg: &Config, secrets: &Secrets) -> Result<GatewayBuilder, ConfigError> {
         let client = http_client(Duration::from_secs(10));
         let table = RouteTable::from_config(cfg, secrets, &client)?;
+        let b = &cfg.bouncer;
+        let label = match &b.redaction_label {
+            Some(l) => RedactLabel::Fixed(l.clone()),
+            None => RedactLabel::PerKind,
+        };
+        let redactor = if b.enabled {
+            let r = Redactor::new(&b.redact_patterns, label.clone()).map_err(|e| {
+                ConfigError::new(
+                    None,
+                    Some(format!("bouncer.redact_patterns[{}]", e.index)),
+                    e.message,
+                )
+            })?;
+            Some(r)
+        } else {
+            None
+        };
+        let entropy = (b.enabled && b.entropy_enabled).then(|| {
+            EntropyDetector::new(b.entropy_threshold, b.entropy_min_token).with_label(label)
+        });
         Ok(Self::builder(table)
             .max_body_bytes(cfg.server.max_body_bytes)
-            .client_tokens(secrets.client_token.clone()))
+            .client_tokens(secrets.client_token.clone())
+            .api_keys(secrets.rbac_keys()?)
+            .allowed_browser_origins(cfg.governance.allowed_browser_origins.iter().cloned())
+            .redactor(redactor)
+            .entropy(entropy))
     }
 }
 

@@ -184,6 +184,8 @@ async fn run_serve(args: ServeArgs, log: LogFormat) -> Result<(), String> {
         Gateway::builder(RouteTable::mock(MockProvider::new(MockConfig::default())))
             .max_body_bytes(cfg.server.max_body_bytes)
             .client_tokens(secrets.client_token.clone())
+            .api_keys(secrets.rbac_keys().map_err(|e| e.to_string())?)
+            .allowed_browser_origins(cfg.governance.allowed_browser_origins.iter().cloned())
     } else {
         if let Some(p) = &path {
             tracing::info!(config = %p.display(), "configuration loaded");
@@ -193,7 +195,7 @@ async fn run_serve(args: ServeArgs, log: LogFormat) -> Result<(), String> {
     for w in cfg.warnings() {
         tracing::warn!("{w}");
     }
-    if secrets.client_token.is_none() {
+    if secrets.client_token.is_none() && secrets.api_keys.is_empty() {
         tracing::warn!("no client_token in secrets: clients are not authenticated");
     }
     let gateway = builder.build();

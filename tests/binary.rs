@@ -89,7 +89,7 @@ async fn it_serves_a_config_file_with_secrets_and_json_logs() {
     );
     let log = bin.log();
     assert!(
-        log.contains("`governance` is accepted but not implemented"),
+        log.contains("`governance.ratelimit_max_rpm` is accepted but not implemented"),
         "{log}"
     );
     for line in log.lines().filter(|l| l.starts_with('{')) {

@@ -26,7 +26,7 @@ use crate::model::ApiFormat;
 pub const DEFAULT_MAX_BODY_BYTES: u64 = 10 * 1024 * 1024;
 
 /// Top-level sections nenya reads; anything else is accepted with a warning.
-const KNOWN_SECTIONS: &[&str] = &["server", "agents", "providers"];
+const KNOWN_SECTIONS: &[&str] = &["server", "agents", "providers", "bouncer", "governance"];
 
 /// The whole configuration.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -40,6 +40,12 @@ pub struct Config {
     /// Provider definitions and overrides of the built-in table.
     #[serde(default)]
     pub providers: BTreeMap<String, ProviderConfig>,
+    /// Secret redaction (`bouncer`).
+    #[serde(default)]
+    pub bouncer: BouncerConfig,
+    /// Request governance (`governance`; only the browser-origin allowlist so far).
+    #[serde(default)]
+    pub governance: GovernanceConfig,
     /// Sections nenya does not implement yet (kept so nothing fails to load).
     #[serde(flatten)]
     pub other: BTreeMap<String, Value>,
@@ -79,6 +85,87 @@ impl Default for ServerConfig {
             other: BTreeMap::new(),
         }
     }
+}
+
+/// `bouncer` section: secret redaction before a request leaves.
+///
+/// Differences from Nenya, on purpose: `redact_patterns` *adds* to the built-in patterns
+/// (a custom list never switches the built-ins off), the default label names the kind
+/// (`[REDACTED:aws_access_key_id]`; set `redaction_label` for a fixed one), and entropy
+/// detection is on by default.
+///
+/// ```
+/// let cfg = nenya::config::Config::from_json_str(
+///     r#"{"bouncer":{"redact_patterns":["ACME-[0-9]+"],"entropy_threshold":4.2}}"#).unwrap();
+/// assert!(cfg.bouncer.enabled && cfg.bouncer.entropy_enabled);
+/// assert_eq!(cfg.bouncer.redact_patterns, ["ACME-[0-9]+"]);
+/// ```
+#[derive(Debug, Clone, Deserialize)]
+pub struct BouncerConfig {
+    /// Redaction on or off (default on).
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// Extra regex patterns (kind `custom`).
+    #[serde(default)]
+    pub redact_patterns: Vec<String>,
+    /// Fixed replacement label; default `[REDACTED:<kind>]`.
+    #[serde(default)]
+    pub redaction_label: Option<String>,
+    /// High-entropy token detection (default on).
+    #[serde(default = "yes")]
+    pub entropy_enabled: bool,
+    /// Bits per character (default 4.5).
+    #[serde(default = "default_entropy_threshold")]
+    pub entropy_threshold: f64,
+    /// Minimum token length (default 20).
+    #[serde(default = "default_entropy_min_token")]
+    pub entropy_min_token: usize,
+    /// Fields not implemented yet.
+    #[serde(flatten)]
+    pub other: BTreeMap<String, Value>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn default_entropy_threshold() -> f64 {
+    crate::layers::entropy::DEFAULT_THRESHOLD
+}
+
+fn default_entropy_min_token() -> usize {
+    crate::layers::entropy::DEFAULT_MIN_TOKEN
+}
+
+impl Default for BouncerConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            redact_patterns: Vec::new(),
+            redaction_label: None,
+            entropy_enabled: true,
+            entropy_threshold: default_entropy_threshold(),
+            entropy_min_token: default_entropy_min_token(),
+            other: BTreeMap::new(),
+        }
+    }
+}
+
+/// `governance` section. Implemented: `allowed_browser_origins`.
+///
+/// ```
+/// let cfg = nenya::config::Config::from_json_str(
+///     r#"{"governance":{"allowed_browser_origins":["https://app.example.com"]}}"#).unwrap();
+/// assert_eq!(cfg.governance.allowed_browser_origins.len(), 1);
+/// ```
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct GovernanceConfig {
+    /// Origins whose browser requests are let through (default: none).
+    #[serde(default)]
+    pub allowed_browser_origins: Vec<String>,
+    /// Fields not implemented yet.
+    #[serde(flatten)]
+    pub other: BTreeMap<String, Value>,
 }
 
 /// One agent: a named chain of models.
@@ -260,10 +347,17 @@ impl Config {
                 "config section `{k}` is accepted but not implemented yet; it has no effect"
             ));
         }
-        for k in self.server.other.keys() {
-            w.push(format!(
-                "config field `server.{k}` is accepted but not implemented yet"
-            ));
+        let sections = [
+            ("server", &self.server.other),
+            ("bouncer", &self.bouncer.other),
+            ("governance", &self.governance.other),
+        ];
+        for (section, other) in sections {
+            for k in other.keys() {
+                w.push(format!(
+                    "config field `{section}.{k}` is accepted but not implemented yet"
+                ));
+            }
         }
         w
     }

@@ -61,9 +61,91 @@ pub struct Secrets {
     /// API keys per provider name.
     #[serde(default)]
     pub provider_keys: BTreeMap<String, Secret>,
-    /// Everything else (e.g. `api_keys`, not implemented yet).
+    /// RBAC API keys by id (see [`ApiKeyConfig`]).
+    #[serde(default)]
+    pub api_keys: BTreeMap<String, ApiKeyConfig>,
+    /// Everything else.
     #[serde(flatten)]
     pub other: BTreeMap<String, Value>,
+}
+
+/// One RBAC API key, as Nenya's `secrets.api_keys.<id>` lays it out.
+///
+/// ```
+/// let s = nenya::config::Secrets::from_json_str(r#"{"api_keys":{"dev":{"name":"dev",
+///   "token":"nk-0123456789abcdef","roles":["user"],"allowed_agents":["build"]}}}"#).unwrap();
+/// let keys = s.rbac_keys().unwrap();
+/// assert_eq!(keys.len(), 1);
+/// ```
+#[derive(Debug, Clone, Deserialize)]
+pub struct ApiKeyConfig {
+    /// Name for logs and metrics (defaults to the id).
+    #[serde(default)]
+    pub name: Option<String>,
+    /// The token (at least 16 characters).
+    pub token: Secret,
+    /// `admin`, `user`, `read-only` (at least one).
+    #[serde(default)]
+    pub roles: Vec<String>,
+    /// Agents this key may use (empty: all).
+    #[serde(default)]
+    pub allowed_agents: Vec<String>,
+    /// `"METHOD /path"` allowlist (empty: the role's default).
+    #[serde(default)]
+    pub allowed_endpoints: Vec<String>,
+    /// RFC 3339 expiry.
+    #[serde(default)]
+    pub expires_at: Option<String>,
+    /// Off switch (default on).
+    #[serde(default = "enabled_default")]
+    pub enabled: bool,
+    /// Other fields (`created_at`, `cache_salt`, …), accepted and ignored.
+    #[serde(flatten)]
+    pub other: BTreeMap<String, Value>,
+}
+
+fn enabled_default() -> bool {
+    true
+}
+
+impl Secrets {
+    /// The RBAC keys, validated: errors name the key and field, never the token.
+    pub fn rbac_keys(&self) -> Result<Vec<crate::layers::ApiKey>, ConfigError> {
+        use crate::layers::{ApiKey, Role};
+        let mut out = Vec::new();
+        for (id, k) in &self.api_keys {
+            let err = |field: &str, msg: String| {
+                ConfigError::new(None, Some(format!("api_keys.{id}.{field}")), msg)
+            };
+            if k.token.expose().chars().count() < 16 {
+                return Err(err("token", "must be at least 16 characters".into()));
+            }
+            if k.roles.is_empty() {
+                return Err(err("roles", "at least one role is required".into()));
+            }
+            let roles = k
+                .roles
+                .iter()
+                .map(|r| r.parse::<Role>())
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| err("roles", e))?;
+            let mut key = ApiKey::new(
+                k.name.clone().unwrap_or_else(|| id.clone()),
+                k.token.clone(),
+                roles,
+            )
+            .allowed_agents(k.allowed_agents.iter().cloned())
+            .allowed_endpoints(k.allowed_endpoints.iter().cloned())
+            .enabled(k.enabled);
+            if let Some(t) = &k.expires_at {
+                let at = crate::layers::auth::parse_rfc3339(t)
+                    .ok_or_else(|| err("expires_at", format!("`{t}` is not an RFC 3339 time")))?;
+                key = key.expires_at(at);
+            }
+            out.push(key);
+        }
+        Ok(out)
+    }
 }
 
 impl Secrets {

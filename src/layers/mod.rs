@@ -8,8 +8,17 @@
 
 pub mod auth;
 pub mod decode;
+pub mod entropy;
 pub mod error_response;
+pub mod guard;
+pub mod origin;
+pub mod redact;
+pub mod scrub;
 
-pub use auth::{Auth, AuthLayer};
+pub use auth::{ApiKey, Auth, AuthLayer, Principal, Role};
 pub use decode::{Decode, DecodeLayer};
+pub use entropy::{Entropy, EntropyDetector, EntropyLayer};
 pub use error_response::{ErrorResponse, ErrorResponseLayer};
+pub use origin::{OriginGuard, OriginGuardLayer};
+pub use redact::{Finding, PatternError, Redact, RedactLabel, RedactLayer, Redactor};
+pub use scrub::{Scrub, ScrubLayer, TextScrubber};

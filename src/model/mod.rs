@@ -406,10 +406,46 @@ impl ChatRequest {
 
     /// Like [`ChatRequest::for_each_text`], with mutable access (redaction rewrites in place).
     pub fn for_each_text_mut(&mut self, mut f: impl FnMut(&mut String)) {
+        self.for_each_text_slot_mut(true, |_, s| f(s));
+    }
+
+    /// Like [`ChatRequest::for_each_text_mut`], telling `f` what each text is. Thinking blocks
+    /// that carry a provider signature are skipped unless `signed_thinking` (the provider
+    /// rejects a request whose signed thinking was changed).
+    ///
+    /// ```
+    /// use nenya::model::{ApiFormat, TextSlot};
+    /// let mut req = nenya::adapters::decode_request(ApiFormat::OpenAi, br#"{"model":"m",
+    ///   "messages":[{"role":"assistant","content":null,"tool_calls":[{"id":"c","type":"function",
+    ///   "function":{"name":"f","arguments":"{\"a\":1}"}}]}]}"#).unwrap();
+    /// let mut seen = vec![];
+    /// req.for_each_text_slot_mut(false, |slot, s| seen.push((slot, s.clone())));
+    /// assert_eq!(seen, [(TextSlot::ToolArguments, r#"{"a":1}"#.to_string())]);
+    /// ```
+    pub fn for_each_text_slot_mut(
+        &mut self,
+        signed_thinking: bool,
+        mut f: impl FnMut(TextSlot, &mut String),
+    ) {
         for m in &mut self.messages {
-            content_texts_mut(&mut m.content, &mut f);
+            content_texts_mut(&mut m.content, signed_thinking, &mut f);
         }
     }
+}
+
+/// What a text inside a request is (see [`ChatRequest::for_each_text_slot_mut`]).
+///
+/// ```
+/// assert_ne!(nenya::model::TextSlot::Text, nenya::model::TextSlot::ToolArguments);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TextSlot {
+    /// Prose or code: system prompts, message text, tool results.
+    Text,
+    /// A tool call's arguments: JSON text.
+    ToolArguments,
+    /// Model reasoning.
+    Thinking,
 }
 
 fn content_texts(content: &Content, f: &mut impl FnMut(&str)) {
@@ -429,16 +465,30 @@ fn content_texts(content: &Content, f: &mut impl FnMut(&str)) {
     }
 }
 
-fn content_texts_mut(content: &mut Content, f: &mut impl FnMut(&mut String)) {
+fn content_texts_mut(
+    content: &mut Content,
+    signed_thinking: bool,
+    f: &mut impl FnMut(TextSlot, &mut String),
+) {
     match content {
-        Content::Text(s) => f(s),
+        Content::Text(s) => f(TextSlot::Text, s),
         Content::Parts(parts) => {
             for p in parts {
                 match p {
-                    Part::Text { text, .. } => f(text),
-                    Part::ToolUse { arguments, .. } => f(arguments),
-                    Part::ToolResult { content, .. } => content_texts_mut(content, f),
-                    Part::Thinking { thinking, .. } => f(thinking),
+                    Part::Text { text, .. } => f(TextSlot::Text, text),
+                    Part::ToolUse { arguments, .. } => f(TextSlot::ToolArguments, arguments),
+                    Part::ToolResult { content, .. } => {
+                        content_texts_mut(content, signed_thinking, f)
+                    }
+                    Part::Thinking {
+                        thinking,
+                        signature,
+                        ..
+                    } => {
+                        if signed_thinking || signature.is_none() {
+                            f(TextSlot::Thinking, thinking)
+                        }
+                    }
                     Part::Image { .. } | Part::Other(_) => {}
                 }
             }

@@ -18,6 +18,7 @@ use crate::adapters::providers::{
 };
 use crate::config::{Config, ConfigError, ModelEntry, Secrets};
 use crate::error::{Error, ErrorKind};
+use crate::layers::Principal;
 use crate::model::{ApiFormat, ChatRequest, CountTokens};
 
 /// One configured entry of an agent's chain.
@@ -399,6 +400,16 @@ where
 
     fn call(&mut self, mut req: Request<ChatRequest>) -> Self::Future {
         let chat = req.body();
+        if let Some(p) = req.extensions().get::<Principal>() {
+            if !p.may_use(&chat.model) {
+                let msg = format!("API key `{}` may not use `{}`", p.name, chat.model);
+                return RouterFuture {
+                    state: RouterState::Failed {
+                        err: Some(Error::new(ErrorKind::Forbidden, msg)),
+                    },
+                };
+            }
+        }
         match self.table.resolve(&chat.model, chat.source) {
             Ok(mut targets) => {
                 let t = targets.swap_remove(0);

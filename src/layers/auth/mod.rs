@@ -1,8 +1,11 @@
 //! Client authentication: `Authorization: Bearer <token>` (OpenAI clients) or
 //! `x-api-key: <token>` (Anthropic clients), compared in constant time.
 //!
-//! Failed auth is answered `401` in the client's format by the layer itself; the request never
-//! reaches the inner service. On success the client's credentials are removed from the request,
+//! Tokens are Nenya's `client_token` (admin) and its RBAC `api_keys` ([`ApiKey`]: roles
+//! `admin` / `user` / `read-only`, allowed agents, allowed endpoints, expiry, enabled). Failed
+//! auth is answered `401` in the client's format by the layer itself, a forbidden endpoint
+//! `403`; the request never reaches the inner service. A matched key travels on as a
+//! [`Principal`] extension (the router refuses agents outside its `allowed_agents` with 403). On success the client's credentials are removed from the request,
 //! so nothing further down the stack can forward them. `/healthz`, `/statsz` and `/metrics`
 //! stay open. With no tokens configured the layer lets everything through.
 //!
@@ -29,4 +32,5 @@
 
 mod service;
 
-pub use service::{Auth, AuthLayer, ResponseFuture};
+pub(crate) use service::parse_rfc3339;
+pub use service::{ApiKey, Auth, AuthLayer, Principal, Role};

@@ -1,0 +1,565 @@
+//! The redaction engine: keyword prefilter, candidate windows, one multi-pattern regex.
+
+use std::fmt;
+use std::ops::Range;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use aho_corasick::{AhoCorasick, AhoCorasickBuilder, AhoCorasickKind, MatchKind};
+use regex_automata::meta::{self, Regex};
+use regex_automata::util::syntax;
+use regex_automata::{Anchored, Input, PatternID};
+
+use super::rules::{Check, RULES};
+
+/// How far before a keyword a match may start (the longest token whose keyword sits inside
+/// it, an OpenAI key before `T3BlbkFJ`, is under 200 bytes).
+const LOOK_BEHIND: usize = 256;
+/// How far after a keyword a match may end (single-line formats).
+const LOOK_AHEAD: usize = 1024;
+/// How far a PEM block may run before its END line.
+const PEM_MAX: usize = 64 * 1024;
+const PREFILTER: bool = false;
+
+/// One secret found in a text.
+///
+/// ```
+/// let r = nenya::layers::Redactor::builtin();
+/// let f = r.find("key: AKIAZ7TESTKEY0000001");
+/// assert_eq!(f[0].kind, "aws_access_key_id");
+/// assert_eq!(&"key: AKIAZ7TESTKEY0000001"[f[0].range.clone()], "AKIAZ7TESTKEY0000001");
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Finding {
+    /// Byte range of the secret in the text.
+    pub range: Range<usize>,
+    /// The credential kind (`aws_access_key_id`, `jwt`, `password_assignment`, …).
+    pub kind: &'static str,
+}
+
+/// What a redacted secret is replaced with.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum RedactLabel {
+    /// `[REDACTED:<kind>]` (the default): the model still knows what kind of value was there.
+    #[default]
+    PerKind,
+    /// A fixed string, e.g. Nenya's `[REDACTED]`.
+    Fixed(String),
+}
+
+/// Error building a [`Redactor`] from user patterns.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PatternError {
+    /// Index of the offending pattern in the list given.
+    pub index: usize,
+    /// Why it does not compile.
+    pub message: String,
+}
+
+impl fmt::Display for PatternError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "redact pattern #{} does not compile: {}",
+            self.index, self.message
+        )
+    }
+}
+
+impl std::error::Error for PatternError {}
+
+/// Secret redaction over plain text: 60+ built-in credential formats (see
+/// [`Redactor::kinds`]) plus user patterns, compiled once.
+///
+/// A keyword pass (one Aho-Corasick automaton) finds the few places a credential could be;
+/// only the lines around those are searched with the multi-pattern regex, so text without
+/// secrets streams at memory speed. Counts per kind are kept for metrics (never the secret).
+/// Cheap to clone (shared).
+///
+/// ```
+/// use nenya::layers::Redactor;
+/// let r = Redactor::builtin();
+/// let out = r.redact("export GITHUB_TOKEN=ghp_R8mWq2ZpX4cV7bN1kL9sD3fG6hJ0aQ5eT2yU").unwrap();
+/// assert_eq!(out, "export GITHUB_TOKEN=[REDACTED:github_pat]");
+/// assert!(r.redact("nothing to see here").is_none());
+/// ```
+#[derive(Clone)]
+pub struct Redactor {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    regex: Regex,
+    /// Per pattern: index into `kinds`, its check, its `secret` group.
+    rule_kind: Vec<usize>,
+    checks: Vec<Check>,
+    secret_group: Vec<Option<usize>>,
+    /// Every keyword, matched regardless of ASCII case in one DFA pass.
+    keywords: AhoCorasick,
+    /// Per keyword: the literal, whether its case must match (`SK`, `eyJ`), whether it opens a
+    /// PEM block.
+    kw: Vec<(&'static str, bool, bool)>,
+    custom: Option<Regex>,
+    custom_kind: usize,
+    kinds: Vec<&'static str>,
+    counts: Vec<AtomicU64>,
+    failures: AtomicU64,
+    label: RedactLabel,
+}
+
+impl fmt::Debug for Redactor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Redactor")
+            .field("rules", &self.inner.rule_kind.len())
+            .field(
+                "custom",
+                &self.inner.custom.as_ref().map(|r| r.pattern_len()),
+            )
+            .field("label", &self.inner.label)
+            .finish()
+    }
+}
+
+impl Redactor {
+    /// The built-in rules, `[REDACTED:<kind>]` labels.
+    pub fn builtin() -> Self {
+        Self::new(&[] as &[&str], RedactLabel::PerKind).expect("built-in patterns compile")
+    }
+
+    /// The built-in rules plus `custom` patterns (regex syntax; kind `custom`; a `secret`
+    /// named group redacts only that group).
+    ///
+    /// ```
+    /// use nenya::layers::{Redactor, RedactLabel};
+    /// let r = Redactor::new(&[r"ACME-[0-9]{6}"], RedactLabel::Fixed("[REDACTED]".into())).unwrap();
+    /// assert_eq!(r.redact("id ACME-123456").unwrap(), "id [REDACTED]");
+    /// assert_eq!(Redactor::new(&["("], RedactLabel::PerKind).unwrap_err().index, 0);
+    /// ```
+    pub fn new<P: AsRef<str>>(custom: &[P], label: RedactLabel) -> Result<Self, PatternError> {
+        let mut kinds: Vec<&'static str> = Vec::new();
+        let kind_index = |k: &'static str, kinds: &mut Vec<&'static str>| {
+            kinds.iter().position(|x| *x == k).unwrap_or_else(|| {
+                kinds.push(k);
+                kinds.len() - 1
+            })
+        };
+        let rule_kind: Vec<usize> = RULES
+            .iter()
+            .map(|r| kind_index(r.kind, &mut kinds))
+            .collect();
+        let custom_kind = kind_index("custom", &mut kinds);
+
+        let patterns: Vec<&str> = RULES.iter().map(|r| r.pattern).collect();
+        let regex = Regex::builder()
+            .syntax(syntax::Config::new().unicode(false).utf8(false))
+            .configure(meta::Config::new().utf8_empty(false))
+            .build_many(&patterns)
+            .map_err(|e| PatternError {
+                index: usize::MAX,
+                message: e.to_string(),
+            })?;
+        let secret_group = (0..RULES.len())
+            .map(|i| regex.group_info().to_index(PatternID::must(i), "secret"))
+            .collect();
+
+        let mut kw: Vec<(&'static str, bool)> = Vec::new();
+        for rule in RULES {
+            for k in rule.keywords {
+                match kw.iter_mut().find(|(x, _)| x.eq_ignore_ascii_case(k)) {
+                    // Shared keyword: case-insensitive if any rule wants it so.
+                    Some(e) => e.1 &= rule.case_sensitive && e.0 == *k,
+                    None => kw.push((k, rule.case_sensitive)),
+                }
+            }
+        }
+        // One DFA (no prefilter: with this many short keywords none pays off) runs at a
+        // steady ~1 GB/s; exact-case keywords are checked on the few hits.
+        let keywords = AhoCorasickBuilder::new()
+            .ascii_case_insensitive(true)
+            .match_kind(MatchKind::LeftmostLongest)
+            .kind(Some(AhoCorasickKind::DFA))
+            .prefilter(PREFILTER)
+            .build(kw.iter().map(|k| k.0))
+            .map_err(|e| PatternError {
+                index: usize::MAX,
+                message: e.to_string(),
+            })?;
+        let kw = kw
+            .into_iter()
+            .map(|(k, cs)| (k, cs, k == "-----BEGIN"))
+            .collect();
+
+        let custom = if custom.is_empty() {
+            None
+        } else {
+            for (index, p) in custom.iter().enumerate() {
+                Regex::new(p.as_ref()).map_err(|e| PatternError {
+                    index,
+                    message: e.to_string(),
+                })?;
+            }
+            let ps: Vec<&str> = custom.iter().map(AsRef::as_ref).collect();
+            Some(Regex::new_many(&ps).map_err(|e| PatternError {
+                index: 0,
+                message: e.to_string(),
+            })?)
+        };
+
+        let counts = kinds.iter().map(|_| AtomicU64::new(0)).collect();
+        Ok(Self {
+            inner: Arc::new(Inner {
+                regex,
+                rule_kind,
+                checks: RULES.iter().map(|r| r.check).collect(),
+                secret_group,
+                keywords,
+                kw,
+                custom,
+                custom_kind,
+                kinds,
+                counts,
+                failures: AtomicU64::new(0),
+                label,
+            }),
+        })
+    }
+
+    /// Every kind this redactor can report.
+    pub fn kinds(&self) -> &[&'static str] {
+        &self.inner.kinds
+    }
+
+    /// Secrets redacted so far, per kind (kinds never seen are included with 0).
+    pub fn counts(&self) -> Vec<(&'static str, u64)> {
+        self.inner
+            .kinds
+            .iter()
+            .zip(&self.inner.counts)
+            .map(|(k, c)| (*k, c.load(Ordering::Relaxed)))
+            .collect()
+    }
+
+    /// Times the redactor failed internally and let a text through unchanged.
+    pub fn failures(&self) -> u64 {
+        self.inner.failures.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn record_failure(&self) {
+        self.inner.failures.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The secrets in `text`, in order, not overlapping.
+    pub fn find(&self, text: &str) -> Vec<Finding> {
+        let inner = &*self.inner;
+        let bytes = text.as_bytes();
+        let mut windows: Vec<(usize, usize)> = Vec::new();
+        let hits = inner.keywords.find_iter(bytes).filter_map(|m| {
+            let (lit, case_sensitive, pem) = inner.kw[m.pattern().as_usize()];
+            (!case_sensitive || &bytes[m.start()..m.end()] == lit.as_bytes()).then_some((m, pem))
+        });
+        for (m, pem) in hits {
+            let covered = windows.last().is_some_and(|last: &(usize, usize)| {
+                !pem && m.start() >= last.0
+                    && m.end() <= last.1
+                    && (last.1 == bytes.len() || bytes[last.1] == b'\n')
+            });
+            if covered {
+                continue; // the previous window already runs to the end of this line
+            }
+            windows.push(window(bytes, m.start(), m.end(), pem));
+        }
+        let mut found = Vec::new();
+        if !windows.is_empty() {
+            windows.sort_unstable();
+            let mut merged: Vec<(usize, usize)> = Vec::with_capacity(windows.len());
+            for w in windows {
+                match merged.last_mut() {
+                    Some(last) if w.0 <= last.1 => last.1 = last.1.max(w.1),
+                    _ => merged.push(w),
+                }
+            }
+            let mut caps = inner.regex.create_captures();
+            for (start, end) in merged {
+                let mut input = Input::new(bytes).span(start..end);
+                loop {
+                    inner.regex.search_captures(&input, &mut caps);
+                    let Some(m) = caps.get_match() else { break };
+                    let pid = m.pattern().as_usize();
+                    let span = inner.secret_group[pid]
+                        .and_then(|g| caps.get_group(g))
+                        .unwrap_or(m.span());
+                    let ok = check(inner.checks[pid], bytes, span.range());
+                    if ok {
+                        found.push(Finding {
+                            range: char_aligned(text, span.range()),
+                            kind: inner.kinds[inner.rule_kind[inner.refine(bytes, pid, span)]],
+                        });
+                    }
+                    // A rejected candidate may hide a real one that starts inside it.
+                    let next = if ok && m.end() > m.start() {
+                        m.end()
+                    } else {
+                        m.start() + 1
+                    };
+                    if next >= end {
+                        break;
+                    }
+                    input.set_start(next);
+                }
+            }
+        }
+        if let Some(custom) = &inner.custom {
+            for m in custom.find_iter(text) {
+                if m.is_empty() {
+                    continue;
+                }
+                found.push(Finding {
+                    range: m.range(),
+                    kind: inner.kinds[inner.custom_kind],
+                });
+            }
+            found.sort_by_key(|f| (f.range.start, std::cmp::Reverse(f.range.end)));
+            found.dedup_by(|b, a| {
+                // `b` follows `a`: fold an overlap into the earlier finding.
+                if b.range.start < a.range.end {
+                    a.range.end = a.range.end.max(b.range.end);
+                    true
+                } else {
+                    false
+                }
+            });
+        }
+        found
+    }
+
+    /// `text` with every secret replaced by its label, or `None` when there is none (no
+    /// allocation). Counts each finding.
+    pub fn redact(&self, text: &str) -> Option<String> {
+        let found = self.find(text);
+        if found.is_empty() {
+            return None;
+        }
+        for f in &found {
+            if let Some(i) = self.inner.kinds.iter().position(|k| *k == f.kind) {
+                self.inner.counts[i].fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        Some(apply(text, &found, &self.inner.label))
+    }
+}
+
+impl Inner {
+    /// An assignment whose value is itself a known format (`TOKEN=ghp_…`) reports that format.
+    fn refine(&self, bytes: &[u8], pid: usize, span: regex_automata::Span) -> usize {
+        if !matches!(self.checks[pid], Check::Assignment { .. }) {
+            return pid;
+        }
+        let input = Input::new(bytes)
+            .range(span.range())
+            .anchored(Anchored::Yes);
+        match self.regex.search(&input) {
+            Some(m)
+                if !matches!(
+                    self.checks[m.pattern().as_usize()],
+                    Check::Assignment { .. }
+                ) =>
+            {
+                m.pattern().as_usize()
+            }
+            _ => pid,
+        }
+    }
+}
+
+/// Replaces each finding's range with its label.
+pub(crate) fn apply(text: &str, found: &[Finding], label: &RedactLabel) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut at = 0;
+    for f in found {
+        if f.range.start < at {
+            continue;
+        }
+        out.push_str(&text[at..f.range.start]);
+        match label {
+            RedactLabel::PerKind => {
+                out.push_str("[REDACTED:");
+                out.push_str(f.kind);
+                out.push(']');
+            }
+            RedactLabel::Fixed(s) => out.push_str(s),
+        }
+        at = f.range.end;
+    }
+    out.push_str(&text[at..]);
+    out
+}
+
+/// Widens a byte range to char boundaries (patterns match bytes).
+fn char_aligned(text: &str, mut r: Range<usize>) -> Range<usize> {
+    while !text.is_char_boundary(r.start) {
+        r.start -= 1;
+    }
+    while !text.is_char_boundary(r.end) {
+        r.end += 1;
+    }
+    r
+}
+
+/// The stretch of text around a keyword hit that a match containing it can occupy: its line,
+/// bounded on both sides; a PEM block runs to its END line.
+fn window(bytes: &[u8], start: usize, end: usize, pem: bool) -> (usize, usize) {
+    let lo = start.saturating_sub(LOOK_BEHIND);
+    let from = bytes[lo..start]
+        .iter()
+        .rposition(|&b| b == b'\n')
+        .map_or(lo, |i| lo + i + 1);
+    if pem {
+        let hi = (end + PEM_MAX).min(bytes.len());
+        let to = find(&bytes[end..hi], b"-----END").map_or(hi, |i| (end + i + 80).min(bytes.len()));
+        return (from, to);
+    }
+    let hi = (end + LOOK_AHEAD).min(bytes.len());
+    let to = bytes[end..hi]
+        .iter()
+        .position(|&b| b == b'\n')
+        .map_or(hi, |i| end + i);
+    (from, to)
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+fn check(c: Check, bytes: &[u8], r: Range<usize>) -> bool {
+    let v = &bytes[r.clone()];
+    match c {
+        Check::None => true,
+        Check::Mixed => v.iter().any(u8::is_ascii_alphabetic) && v.iter().any(u8::is_ascii_digit),
+        Check::UrlPassword => !is_placeholder(v),
+        Check::Assignment { min_len } => {
+            let quoted = r.start > 0 && matches!(bytes[r.start - 1], b'"' | b'\'' | b'`');
+            let next = bytes.get(r.end).copied();
+            plausible_assigned_secret(v, quoted, next, min_len)
+        }
+    }
+}
+
+const PLACEHOLDERS: &[&str] = &[
+    "changeme",
+    "change_me",
+    "change-me",
+    "placeholder",
+    "example",
+    "your",
+    "xxxx",
+    "****",
+    "....",
+    "redacted",
+    "dummy",
+    "sample",
+    "fixme",
+    "todo",
+    "notasecret",
+    "not-a-secret",
+    "not_a_secret",
+    "replace",
+    "insert",
+];
+
+fn is_placeholder(v: &[u8]) -> bool {
+    if v.is_empty() || v.iter().all(|&b| b == v[0]) {
+        return true;
+    }
+    if matches!(v[0], b'$' | b'<' | b'{' | b'%' | b'*' | b'[' | b'(') {
+        return true;
+    }
+    let lower = v.to_ascii_lowercase();
+    if matches!(
+        lower.as_slice(),
+        b"password" | b"pass" | b"passwd" | b"secret" | b"token" | b"null" | b"none"
+    ) {
+        return true;
+    }
+    PLACEHOLDERS
+        .iter()
+        .any(|p| lower.windows(p.len()).any(|w| w == p.as_bytes()))
+}
+
+/// Whether an assigned value (`password = v`) looks like a literal credential rather than a
+/// placeholder, a reference to one (`os.environ[...]`, `settings.API_KEY`, `${VAR}`), an
+/// identifier, a number, a path or a URL.
+fn plausible_assigned_secret(v: &[u8], quoted: bool, next: Option<u8>, min_len: usize) -> bool {
+    if v.len() < min_len || is_placeholder(v) {
+        return false;
+    }
+    if v.windows(3).any(|w| w == b"://")
+        || v.starts_with(b"/")
+        || v.starts_with(b"./")
+        || v.starts_with(b"../")
+        || v.starts_with(b"~/")
+    {
+        return false;
+    }
+    if !quoted
+        && (matches!(next, Some(b'(' | b'[' | b'{' | b'<'))
+            || matches!(v[0], b'&' | b'*' | b'!' | b'@')
+            || v.windows(2).any(|w| w == b"::"))
+    {
+        return false; // a call, an index, a reference, a path: code, not a value
+    }
+    let alpha = v.iter().any(u8::is_ascii_alphabetic);
+    let digit = v.iter().any(u8::is_ascii_digit);
+    let upper = v.iter().any(u8::is_ascii_uppercase);
+    let sym = v
+        .iter()
+        .any(|b| !b.is_ascii_alphanumeric() && !matches!(b, b'_' | b'-' | b'.'));
+    if !alpha || !(digit || sym) || (!quoted && !digit) {
+        return false; // numbers, identifiers made of words, bare words in code
+    }
+    let separated = v.iter().any(|b| matches!(b, b'_' | b'-' | b'.'));
+    if !upper && !sym && separated {
+        return false; // `gpt-4o-mini`, `token_v2`, `tok12.json`, `v1.2.3`
+    }
+    if !quoted && !sym && v.contains(&b'.') {
+        // `settings.API_KEY2`, `self.token1`: a dotted path of identifiers.
+        let ident = |seg: &[u8]| {
+            seg.first()
+                .is_some_and(|b| b.is_ascii_alphabetic() || *b == b'_')
+        };
+        if v.split(|b| *b == b'.').all(ident) {
+            return false;
+        }
+    }
+    true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_rule_compiles_and_names_a_kind() {
+        let r = Redactor::builtin();
+        assert!(r.kinds().len() >= 40, "{}", r.kinds().len());
+    }
+
+    #[test]
+    fn windows_clip_to_lines() {
+        let t = b"aaa\nbb token cc\ndd";
+        let (s, e) = window(t, 7, 12, false);
+        assert_eq!(&t[s..e], b"bb token cc");
+    }
+
+    #[test]
+    fn assignment_values() {
+        let ok = |v: &str, q: bool| plausible_assigned_secret(v.as_bytes(), q, None, 6);
+        assert!(ok("Xk9#mQ2!pL", false));
+        assert!(ok("a8k2m9x0q1zz", true));
+        assert!(!ok("changeme", false));
+        assert!(!ok("settings.API_KEY", false));
+        assert!(!ok("gpt-4o-mini", true));
+        assert!(!ok("1234567890", true));
+        assert!(!ok("${DB_PASSWORD}", true));
+        assert!(!ok("https://x.example/a1", true));
+    }
+}

@@ -1,0 +1,152 @@
+//! The generic text-rewriting layer behind [`RedactLayer`](crate::layers::RedactLayer) and
+//! [`EntropyLayer`](crate::layers::EntropyLayer): any [`TextScrubber`] becomes a layer over
+//! `Request<ChatRequest>` that rewrites every text the upstream will read, in place, and
+//! returns the inner future untouched (no boxing, no allocation when nothing matches).
+//!
+//! ```
+//! use nenya::layers::{ScrubLayer, TextScrubber};
+//! #[derive(Clone)]
+//! struct Shout;
+//! impl TextScrubber for Shout {
+//!     const NAME: &'static str = "shout";
+//!     fn scrub(&self, text: &str) -> Option<String> {
+//!         text.contains("psst").then(|| text.replace("psst", "PSST"))
+//!     }
+//! }
+//! let layer = ScrubLayer::new(Shout);
+//! # let _ = layer;
+//! ```
+
+use std::panic::AssertUnwindSafe;
+use std::task::{Context, Poll};
+
+use http::Request;
+use serde_json::Value;
+use tower::Service;
+use tower_layer::Layer;
+
+use crate::model::{ChatRequest, TextSlot};
+
+/// Something that rewrites a text, or leaves it (`None`).
+pub trait TextScrubber: Clone {
+    /// Name for logs.
+    const NAME: &'static str;
+    /// The rewritten text, or `None` when nothing changes.
+    fn scrub(&self, text: &str) -> Option<String>;
+    /// Called when `scrub` failed internally (the request went on unchanged).
+    fn record_failure(&self) {}
+}
+
+/// Layer that applies a [`TextScrubber`] to every request text (see the module docs).
+#[derive(Debug, Clone)]
+pub struct ScrubLayer<T> {
+    scrubber: T,
+}
+
+impl<T> ScrubLayer<T> {
+    /// Scrubs with `scrubber`.
+    pub fn new(scrubber: T) -> Self {
+        Self { scrubber }
+    }
+}
+
+impl<S, T: Clone> Layer<S> for ScrubLayer<T> {
+    type Service = Scrub<S, T>;
+    fn layer(&self, inner: S) -> Scrub<S, T> {
+        Scrub {
+            inner,
+            scrubber: self.scrubber.clone(),
+        }
+    }
+}
+
+/// Rewrites a typed chat request's texts, then calls the inner service. Fails open: should the
+/// scrubber fail internally, the request goes on, with a warning and
+/// [`TextScrubber::record_failure`].
+#[derive(Debug, Clone)]
+pub struct Scrub<S, T> {
+    inner: S,
+    scrubber: T,
+}
+
+impl<S, T> Service<Request<ChatRequest>> for Scrub<S, T>
+where
+    S: Service<Request<ChatRequest>>,
+    T: TextScrubber,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = S::Future;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request<ChatRequest>) -> S::Future {
+        let t = &self.scrubber;
+        match rewrite_texts(T::NAME, req.body_mut(), |s| t.scrub(s)) {
+            Ok(0) => {}
+            Ok(n) => tracing::debug!(
+                layer = T::NAME,
+                texts = n,
+                "rewrote texts before forwarding"
+            ),
+            Err(()) => t.record_failure(),
+        }
+        self.inner.call(req)
+    }
+}
+
+/// Runs `f` over every redactable text, replacing those it returns a new text for. Tool-call
+/// arguments are JSON: when they hold escapes, `f` sees each decoded string in them (a secret
+/// after `\n` is still found) and the arguments are re-serialised only if one changed.
+/// Returns how many texts changed, or `Err` when `f` panicked (the request is then left as it
+/// was at that point, and the caller fails open).
+pub(crate) fn rewrite_texts(
+    layer: &'static str,
+    req: &mut ChatRequest,
+    mut f: impl FnMut(&str) -> Option<String>,
+) -> Result<usize, ()> {
+    let mut changed = 0usize;
+    let run = std::panic::catch_unwind(AssertUnwindSafe(|| {
+        req.for_each_text_slot_mut(false, |slot, s| {
+            let new = match slot {
+                TextSlot::ToolArguments if s.contains('\\') => rewrite_json(s, &mut f),
+                _ => f(s),
+            };
+            if let Some(new) = new {
+                *s = new;
+                changed += 1;
+            }
+        });
+    }));
+    match run {
+        Ok(()) => Ok(changed),
+        Err(_) => {
+            tracing::warn!(
+                layer,
+                "internal error while scanning the request; forwarding it unchanged"
+            );
+            Err(())
+        }
+    }
+}
+
+fn rewrite_json(s: &str, f: &mut impl FnMut(&str) -> Option<String>) -> Option<String> {
+    let Ok(mut v) = serde_json::from_str::<Value>(s) else {
+        return f(s); // not (yet) JSON: scan it as text
+    };
+    fn walk(v: &mut Value, f: &mut impl FnMut(&str) -> Option<String>) -> bool {
+        match v {
+            Value::String(s) => f(s).map(|new| *s = new).is_some(),
+            Value::Array(a) => a.iter_mut().fold(false, |c, x| walk(x, f) | c),
+            Value::Object(o) => o.values_mut().fold(false, |c, x| walk(x, f) | c),
+            _ => false,
+        }
+    }
+    if walk(&mut v, f) {
+        serde_json::to_string(&v).ok()
+    } else {
+        None
+    }
+}
