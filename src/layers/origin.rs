@@ -109,7 +109,7 @@ impl<S> OriginGuard<S> {
         h.get(header::ORIGIN)
             .and_then(|v| v.to_str().ok())
             .and_then(canonical_origin)
-            .is_some_and(|o| self.allowed.iter().any(|a| *a == o))
+            .is_some_and(|o| self.allowed.contains(&o))
     }
 }
 
