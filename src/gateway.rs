@@ -48,7 +48,7 @@ use pin_project_lite::pin_project;
 use tower::util::BoxCloneSyncService;
 use tower::{Service, ServiceBuilder};
 
-use crate::config::{Config, ConfigError, DEFAULT_MAX_BODY_BYTES, Secret, Secrets};
+use crate::config::{BouncerConfig, Config, ConfigError, DEFAULT_MAX_BODY_BYTES, Secret, Secrets};
 use crate::error::{Error, ErrorKind};
 use crate::layers::{
     ApiKey, AuthLayer, DecodeLayer, EntropyDetector, EntropyLayer, ErrorResponseLayer,
@@ -110,6 +110,31 @@ impl GatewayBuilder {
         self
     }
 
+    /// Redaction and entropy detection as the `bouncer` config section sets them; a user
+    /// pattern that does not compile is an error naming it.
+    pub fn bouncer(self, b: &BouncerConfig) -> Result<Self, ConfigError> {
+        let label = match &b.redaction_label {
+            Some(l) => RedactLabel::Fixed(l.clone()),
+            None => RedactLabel::PerKind,
+        };
+        let redactor = if b.enabled {
+            let r = Redactor::new(&b.redact_patterns, label.clone()).map_err(|e| {
+                ConfigError::new(
+                    None,
+                    Some(format!("bouncer.redact_patterns[{}]", e.index)),
+                    e.message,
+                )
+            })?;
+            Some(r)
+        } else {
+            None
+        };
+        let entropy = (b.enabled && b.entropy_enabled).then(|| {
+            EntropyDetector::new(b.entropy_threshold, b.entropy_min_token).with_label(label)
+        });
+        Ok(self.redactor(redactor).entropy(entropy))
+    }
+
     /// Builds the stack (see the module docs for its order).
     pub fn build(self) -> Gateway {
         let chat = ServiceBuilder::new()
@@ -158,33 +183,12 @@ impl Gateway {
     pub fn from_config(cfg: &Config, secrets: &Secrets) -> Result<GatewayBuilder, ConfigError> {
         let client = http_client(Duration::from_secs(10));
         let table = RouteTable::from_config(cfg, secrets, &client)?;
-        let b = &cfg.bouncer;
-        let label = match &b.redaction_label {
-            Some(l) => RedactLabel::Fixed(l.clone()),
-            None => RedactLabel::PerKind,
-        };
-        let redactor = if b.enabled {
-            let r = Redactor::new(&b.redact_patterns, label.clone()).map_err(|e| {
-                ConfigError::new(
-                    None,
-                    Some(format!("bouncer.redact_patterns[{}]", e.index)),
-                    e.message,
-                )
-            })?;
-            Some(r)
-        } else {
-            None
-        };
-        let entropy = (b.enabled && b.entropy_enabled).then(|| {
-            EntropyDetector::new(b.entropy_threshold, b.entropy_min_token).with_label(label)
-        });
         Ok(Self::builder(table)
             .max_body_bytes(cfg.server.max_body_bytes)
             .client_tokens(secrets.client_token.clone())
             .api_keys(secrets.rbac_keys()?)
             .allowed_browser_origins(cfg.governance.allowed_browser_origins.iter().cloned())
-            .redactor(redactor)
-            .entropy(entropy))
+            .bouncer(&cfg.bouncer)?)
     }
 }
 

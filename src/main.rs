@@ -186,6 +186,8 @@ async fn run_serve(args: ServeArgs, log: LogFormat) -> Result<(), String> {
             .client_tokens(secrets.client_token.clone())
             .api_keys(secrets.rbac_keys().map_err(|e| e.to_string())?)
             .allowed_browser_origins(cfg.governance.allowed_browser_origins.iter().cloned())
+            .bouncer(&cfg.bouncer)
+            .map_err(|e| e.to_string())?
     } else {
         if let Some(p) = &path {
             tracing::info!(config = %p.display(), "configuration loaded");

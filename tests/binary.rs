@@ -78,10 +78,17 @@ async fn it_serves_a_config_file_with_secrets_and_json_logs() {
     let r = post(
         &bin.url("/v1/chat/completions"),
         &[(k, &v)],
-        json!({"model": "build", "messages": [{"role": "user", "content": "hi"}]}).to_string(),
+        json!({"model": "build", "messages": [{"role": "user",
+            "content": "hi, my key is AKIAQ3EXAMPLE7Z9K2LP"}]})
+        .to_string(),
     )
     .await;
     assert_eq!(r.status, 200, "{}", r.text());
+    let body = String::from_utf8_lossy(&mock.received()[0].body).into_owned();
+    assert!(
+        body.contains("[REDACTED:aws_access_key_id]") && !body.contains("AKIAQ3EXAMPLE7Z9K2LP"),
+        "the binary redacts by default: {body}"
+    );
     assert_eq!(
         mock.received()[0].headers["api-key"],
         PROVIDER_KEY,

@@ -3,8 +3,12 @@
 //! | layer | request type | does |
 //! |---|---|---|
 //! | [`ErrorResponseLayer`] | any `Request<B>` | turns errors into client-format JSON; makes the stack `Infallible` |
-//! | [`AuthLayer`] | any `Request<B>` | client token check (constant time), strips client credentials |
+//! | [`OriginGuardLayer`] | any `Request<B>` | refuses browser-context requests (DNS rebinding) unless the origin is allowlisted |
+//! | [`AuthLayer`] | any `Request<B>` | client token and RBAC keys (constant time), endpoint scopes, strips client credentials, inserts [`Principal`] |
 //! | [`DecodeLayer`] | `Request<B>` → `Request<ChatRequest>` | reads the body once (size-limited) and parses it once |
+//! | [`RedactLayer`] | `Request<ChatRequest>` | replaces credentials (60+ formats, user patterns) in every text the upstream reads |
+//! | [`EntropyLayer`] | `Request<ChatRequest>` | replaces high-entropy tokens no pattern knows |
+//! | [`ScrubLayer`] | `Request<ChatRequest>` | any [`TextScrubber`] of your own, with the same fail-open handling |
 
 pub mod auth;
 pub mod decode;
