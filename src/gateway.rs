@@ -183,12 +183,12 @@ impl Gateway {
     pub fn from_config(cfg: &Config, secrets: &Secrets) -> Result<GatewayBuilder, ConfigError> {
         let client = http_client(Duration::from_secs(10));
         let table = RouteTable::from_config(cfg, secrets, &client)?;
-        Ok(Self::builder(table)
+        Self::builder(table)
             .max_body_bytes(cfg.server.max_body_bytes)
             .client_tokens(secrets.client_token.clone())
             .api_keys(secrets.rbac_keys()?)
             .allowed_browser_origins(cfg.governance.allowed_browser_origins.iter().cloned())
-            .bouncer(&cfg.bouncer)?)
+            .bouncer(&cfg.bouncer)
     }
 }
 
