@@ -20,7 +20,7 @@
 //! |---|---|---|
 //! | [`Target`](crate::services::Target) | [`Router`] | [`ProviderService`] |
 //! | [`CountTokens`] | `Dispatch` | [`Router`] (answers locally), [`ProviderService`] (endpoint) |
-//! | [`Principal`](crate::layers::Principal) | [`AuthLayer`] | [`Router`] (`allowed_agents`) |
+//! | [`Principal`](crate::model::Principal) | [`AuthLayer`] | [`Router`] (`allowed_agents`) |
 //!
 //! ```
 //! use nenya::{Gateway, services::{RouteTable, MockProvider, MockConfig}};

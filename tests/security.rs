@@ -324,7 +324,7 @@ async fn rbac_roles_agents_endpoints_expiry() {
     };
     let call = |token: &'static str, path: &'static str, model: &'static str| {
         let url = gw.url(path);
-        let body = if path == "/v1/messages" {
+        let body = if path.starts_with("/v1/messages") {
             json!({"model": model, "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]})
                 .to_string()
         } else {
@@ -346,6 +346,20 @@ async fn rbac_roles_agents_endpoints_expiry() {
     assert_eq!(r.status, 403);
     assert_eq!(r.json()["error"]["error_kind"], "forbidden");
     assert!(!r.text().contains("nk-dev"), "the token never echoes");
+
+    // Agent scoping holds on every ingress, count_tokens included.
+    let r = call("nk-dev-0123456789abcdef", "/v1/messages", "claude-agent").await;
+    assert_eq!(r.status, 403);
+    assert_eq!(r.json()["type"], "error", "Anthropic shape: {}", r.text());
+    let r = call(
+        "nk-dev-0123456789abcdef",
+        "/v1/messages/count_tokens",
+        "claude-agent",
+    )
+    .await;
+    assert_eq!(r.status, 403, "{}", r.text());
+    let r = call("nk-dev-0123456789abcdef", "/v1/messages", "coder").await;
+    assert_eq!(r.status, 200, "{}", r.text());
 
     let r = call("nk-ro-0123456789abcdef", "/v1/chat/completions", "coder").await;
     assert_eq!(r.status, 403, "read-only may not POST");

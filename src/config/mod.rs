@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use serde_json::Value;
 
-pub use secret::{Secret, Secrets};
+pub use secret::{ApiKeyConfig, Secret, Secrets};
 
 use crate::model::ApiFormat;
 

@@ -1,4 +1,7 @@
 //! Gateway features as `tower` layers. Each works alone in any tower/hyper/axum server.
+//! Layers never import one another; they share only the typed request, the response, and two
+//! building blocks: [`scrub`] (the text-rewriting layer behind redaction and entropy) and
+//! [`guard`] (the pass-or-refuse future of auth and the origin guard).
 //!
 //! | layer | request type | does |
 //! |---|---|---|
@@ -24,5 +27,5 @@ pub use decode::{Decode, DecodeLayer};
 pub use entropy::{Entropy, EntropyDetector, EntropyLayer};
 pub use error_response::{ErrorResponse, ErrorResponseLayer};
 pub use origin::{OriginGuard, OriginGuardLayer};
-pub use redact::{Finding, PatternError, Redact, RedactLabel, RedactLayer, Redactor};
-pub use scrub::{Scrub, ScrubLayer, TextScrubber};
+pub use redact::{PatternError, Redact, RedactLayer, Redactor};
+pub use scrub::{Finding, RedactLabel, Scrub, ScrubLayer, TextScrubber};

@@ -17,6 +17,7 @@
 //! # let _ = layer;
 //! ```
 
+use std::ops::Range;
 use std::panic::AssertUnwindSafe;
 use std::task::{Context, Poll};
 
@@ -26,6 +27,56 @@ use tower::Service;
 use tower_layer::Layer;
 
 use crate::model::{ChatRequest, TextSlot};
+
+/// One secret found in a text (by [`Redactor::find`](crate::layers::Redactor::find) or
+/// [`EntropyDetector::find`](crate::layers::EntropyDetector::find)).
+///
+/// ```
+/// let r = nenya::layers::Redactor::builtin();
+/// let f = r.find("key: AKIAZ7TESTKEY0000001");
+/// assert_eq!(f[0].kind, "aws_access_key_id");
+/// assert_eq!(&"key: AKIAZ7TESTKEY0000001"[f[0].range.clone()], "AKIAZ7TESTKEY0000001");
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Finding {
+    /// Byte range of the secret in the text.
+    pub range: Range<usize>,
+    /// The credential kind (`aws_access_key_id`, `jwt`, `password_assignment`, …).
+    pub kind: &'static str,
+}
+
+/// What a redacted secret is replaced with.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum RedactLabel {
+    /// `[REDACTED:<kind>]` (the default): the model still knows what kind of value was there.
+    #[default]
+    PerKind,
+    /// A fixed string, e.g. Nenya's `[REDACTED]`.
+    Fixed(String),
+}
+
+/// Replaces each finding's range with its label.
+pub(crate) fn apply(text: &str, found: &[Finding], label: &RedactLabel) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut at = 0;
+    for f in found {
+        if f.range.start < at {
+            continue;
+        }
+        out.push_str(&text[at..f.range.start]);
+        match label {
+            RedactLabel::PerKind => {
+                out.push_str("[REDACTED:");
+                out.push_str(f.kind);
+                out.push(']');
+            }
+            RedactLabel::Fixed(s) => out.push_str(s),
+        }
+        at = f.range.end;
+    }
+    out.push_str(&text[at..]);
+    out
+}
 
 /// Something that rewrites a text, or leaves it (`None`).
 pub trait TextScrubber: Clone {

@@ -433,6 +433,34 @@ impl ChatRequest {
     }
 }
 
+/// Who is calling, as far as routing cares: a request extension inserted by the auth layer
+/// ([`AuthLayer`](crate::layers::AuthLayer)) and read where the model is resolved (the
+/// router answers 403 for an agent outside `allowed_agents`).
+///
+/// ```
+/// use nenya::model::Principal;
+/// let p = Principal { name: "dev".into(), unrestricted: false, allowed_agents: vec!["build".to_string()].into() };
+/// assert!(p.may_use("build") && !p.may_use("plan"));
+/// ```
+#[derive(Debug, Clone)]
+pub struct Principal {
+    /// The key's name (for logs and metrics; never the token).
+    pub name: std::sync::Arc<str>,
+    /// Admin: no agent scoping.
+    pub unrestricted: bool,
+    /// Agents (model names) this caller may use; empty means all.
+    pub allowed_agents: std::sync::Arc<[String]>,
+}
+
+impl Principal {
+    /// Whether this caller may use the agent or model `name`.
+    pub fn may_use(&self, name: &str) -> bool {
+        self.unrestricted
+            || self.allowed_agents.is_empty()
+            || self.allowed_agents.iter().any(|a| a == name)
+    }
+}
+
 /// What a text inside a request is (see [`ChatRequest::for_each_text_slot_mut`]).
 ///
 /// ```

@@ -18,8 +18,7 @@ use crate::adapters::providers::{
 };
 use crate::config::{Config, ConfigError, ModelEntry, Secrets};
 use crate::error::{Error, ErrorKind};
-use crate::layers::Principal;
-use crate::model::{ApiFormat, ChatRequest, CountTokens};
+use crate::model::{ApiFormat, ChatRequest, CountTokens, Principal};
 
 /// One configured entry of an agent's chain.
 #[derive(Debug, Clone)]

@@ -32,5 +32,6 @@
 
 mod service;
 
+pub use crate::model::Principal;
 pub(crate) use service::parse_rfc3339;
-pub use service::{ApiKey, Auth, AuthLayer, Principal, Role};
+pub use service::{ApiKey, Auth, AuthLayer, Role};

@@ -11,7 +11,7 @@ use tower_layer::Layer;
 use crate::config::Secret;
 use crate::error::{ErrorKind, error_response_with};
 use crate::layers::guard::GuardFuture;
-use crate::model::ApiFormat;
+use crate::model::{ApiFormat, Principal};
 
 /// Paths that never require a token.
 const OPEN_PATHS: &[&str] = &["/healthz", "/statsz", "/metrics"];
@@ -138,37 +138,11 @@ impl ApiKey {
     }
 }
 
-/// Who is calling: inserted as a request extension by [`Auth`] when a key matched. The router
-/// enforces `allowed_agents` with it.
-///
-/// ```
-/// use nenya::layers::{ApiKey, Principal, Role};
-/// use nenya::config::Secret;
-/// let p = Principal::from(&ApiKey::new("dev", Secret::new("t"), [Role::User]).allowed_agents(["build"]));
-/// assert!(p.may_use("build") && !p.may_use("plan"));
-/// ```
-#[derive(Debug, Clone)]
-pub struct Principal {
-    /// The key's name.
-    pub name: Arc<str>,
-    admin: bool,
-    allowed_agents: Arc<[String]>,
-}
-
-impl Principal {
-    /// Whether this caller may use the agent or model `name`.
-    pub fn may_use(&self, name: &str) -> bool {
-        self.admin
-            || self.allowed_agents.is_empty()
-            || self.allowed_agents.iter().any(|a| a == name)
-    }
-}
-
 impl From<&ApiKey> for Principal {
     fn from(k: &ApiKey) -> Self {
-        Self {
+        Principal {
             name: k.name.clone(),
-            admin: k.is_admin(),
+            unrestricted: k.is_admin(),
             allowed_agents: k.allowed_agents.clone(),
         }
     }

@@ -23,8 +23,7 @@
 //! assert!(e.redact("id 123e4567-e89b-12d3-a456-426614174000").is_none());
 //! ```
 
-use crate::layers::redact::{Finding, RedactLabel, apply};
-use crate::layers::scrub::{Scrub, ScrubLayer, TextScrubber};
+use crate::layers::scrub::{Finding, RedactLabel, Scrub, ScrubLayer, TextScrubber, apply};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 

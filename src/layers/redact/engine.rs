@@ -11,6 +11,7 @@ use regex_automata::util::syntax;
 use regex_automata::{Anchored, Input, PatternID};
 
 use super::rules::{Check, RULES};
+use crate::layers::scrub::{Finding, RedactLabel, apply};
 
 /// How far before a keyword a match may start (the longest token whose keyword sits inside
 /// it, an OpenAI key before `T3BlbkFJ`, is under 200 bytes).
@@ -20,32 +21,6 @@ const LOOK_AHEAD: usize = 1024;
 /// How far a PEM block may run before its END line.
 const PEM_MAX: usize = 64 * 1024;
 const PREFILTER: bool = false;
-
-/// One secret found in a text.
-///
-/// ```
-/// let r = nenya::layers::Redactor::builtin();
-/// let f = r.find("key: AKIAZ7TESTKEY0000001");
-/// assert_eq!(f[0].kind, "aws_access_key_id");
-/// assert_eq!(&"key: AKIAZ7TESTKEY0000001"[f[0].range.clone()], "AKIAZ7TESTKEY0000001");
-/// ```
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Finding {
-    /// Byte range of the secret in the text.
-    pub range: Range<usize>,
-    /// The credential kind (`aws_access_key_id`, `jwt`, `password_assignment`, …).
-    pub kind: &'static str,
-}
-
-/// What a redacted secret is replaced with.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub enum RedactLabel {
-    /// `[REDACTED:<kind>]` (the default): the model still knows what kind of value was there.
-    #[default]
-    PerKind,
-    /// A fixed string, e.g. Nenya's `[REDACTED]`.
-    Fixed(String),
-}
 
 /// Error building a [`Redactor`] from user patterns.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -369,29 +344,6 @@ impl Inner {
             _ => pid,
         }
     }
-}
-
-/// Replaces each finding's range with its label.
-pub(crate) fn apply(text: &str, found: &[Finding], label: &RedactLabel) -> String {
-    let mut out = String::with_capacity(text.len());
-    let mut at = 0;
-    for f in found {
-        if f.range.start < at {
-            continue;
-        }
-        out.push_str(&text[at..f.range.start]);
-        match label {
-            RedactLabel::PerKind => {
-                out.push_str("[REDACTED:");
-                out.push_str(f.kind);
-                out.push(']');
-            }
-            RedactLabel::Fixed(s) => out.push_str(s),
-        }
-        at = f.range.end;
-    }
-    out.push_str(&text[at..]);
-    out
 }
 
 /// Widens a byte range to char boundaries (patterns match bytes).

@@ -38,8 +38,7 @@ mod rules;
 
 use crate::layers::scrub::{Scrub, ScrubLayer, TextScrubber};
 
-pub(crate) use engine::apply;
-pub use engine::{Finding, PatternError, RedactLabel, Redactor};
+pub use engine::{PatternError, Redactor};
 
 /// Layer that redacts secrets from every request text: `RedactLayer::new(Redactor::builtin())`.
 pub type RedactLayer = ScrubLayer<Redactor>;
