@@ -55,6 +55,8 @@ pub enum ErrorKind {
     UpstreamProtocol,
     /// Too many requests.
     RateLimited,
+    /// Every target's circuit breaker is open: the upstreams failed recently and are resting.
+    CircuitOpen,
     /// A bug or an unexpected internal state.
     Internal,
 }
@@ -77,6 +79,7 @@ impl ErrorKind {
             Self::UpstreamTimeout => "upstream_timeout",
             Self::UpstreamProtocol => "upstream_protocol_error",
             Self::RateLimited => "rate_limited",
+            Self::CircuitOpen => "circuit_open",
             Self::Internal => "internal_error",
         }
     }
@@ -94,6 +97,7 @@ impl ErrorKind {
             Self::UpstreamUnreachable | Self::UpstreamProtocol => StatusCode::BAD_GATEWAY,
             Self::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             Self::RateLimited => StatusCode::TOO_MANY_REQUESTS,
+            Self::CircuitOpen => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -114,6 +118,7 @@ impl ErrorKind {
             Self::UpstreamUnreachable
             | Self::UpstreamTimeout
             | Self::UpstreamProtocol
+            | Self::CircuitOpen
             | Self::Internal => "server_error",
         }
     }
@@ -131,6 +136,7 @@ impl ErrorKind {
             Self::ModelNotFound | Self::NotFound => "not_found_error",
             Self::RateLimited => "rate_limit_error",
             Self::UpstreamTimeout => "timeout_error",
+            Self::CircuitOpen => "overloaded_error",
             Self::UpstreamUnreachable | Self::UpstreamProtocol | Self::Internal => "api_error",
         }
     }

@@ -2,7 +2,9 @@
 //! upstream targets and hands the request to the provider service.
 
 use std::collections::HashMap;
+use std::collections::VecDeque;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -19,6 +21,15 @@ use crate::adapters::providers::{
 use crate::config::{Config, ConfigError, ModelEntry, Secrets};
 use crate::error::{Error, ErrorKind};
 use crate::model::{ApiFormat, ChatRequest, CountTokens, Principal};
+
+/// An agent: its chain and how to walk it.
+#[derive(Debug)]
+struct Agent {
+    chain: Vec<TargetSpec>,
+    round_robin: bool,
+    /// Where the next round-robin walk starts.
+    next: AtomicUsize,
+}
 
 /// One configured entry of an agent's chain.
 #[derive(Debug, Clone)]
@@ -39,7 +50,7 @@ struct TargetSpec {
 /// ```
 #[derive(Debug, Clone, Default)]
 pub struct RouteTable {
-    agents: HashMap<String, Vec<TargetSpec>>,
+    agents: HashMap<String, Arc<Agent>>,
     providers: HashMap<String, Arc<ProviderSpec>>,
     /// Serves every model no other rule matched (the mock, when nothing is configured).
     catch_all: Option<Arc<ProviderSpec>>,
@@ -263,7 +274,25 @@ impl RouteTable {
                     "must list at least one model",
                 ));
             }
-            agents.insert(agent.clone(), chain);
+            let round_robin = match ac.strategy.as_deref() {
+                None | Some("fallback") => false,
+                Some("round-robin" | "round_robin") => true,
+                Some(other) => {
+                    return Err(ConfigError::new(
+                        None,
+                        Some(format!("agents.{agent}.strategy")),
+                        format!("unknown strategy `{other}` (expected fallback or round-robin)"),
+                    ));
+                }
+            };
+            agents.insert(
+                agent.clone(),
+                Arc::new(Agent {
+                    chain,
+                    round_robin,
+                    next: AtomicUsize::new(0),
+                }),
+            );
         }
         Ok(Self {
             agents,
@@ -274,8 +303,18 @@ impl RouteTable {
 
     /// The targets for `model`, in order, for a client speaking `client`.
     pub fn resolve(&self, model: &str, client: ApiFormat) -> Result<Vec<Target>, Error> {
-        if let Some(chain) = self.agents.get(model) {
-            return chain.iter().map(|t| target(t, client)).collect();
+        if let Some(agent) = self.agents.get(model) {
+            let n = agent.chain.len();
+            // Round-robin rotates where the walk starts; the rest of the chain stays the
+            // fallback order.
+            let start = if agent.round_robin && n > 1 {
+                agent.next.fetch_add(1, Ordering::Relaxed) % n
+            } else {
+                0
+            };
+            return (0..n)
+                .map(|i| target(&agent.chain[(start + i) % n], client))
+                .collect();
         }
         if let Some((p, m)) = model.split_once('/') {
             if let Some(provider) = self.providers.get(p) {
@@ -367,11 +406,14 @@ fn infer_format(u: &Uri) -> ApiFormat {
     }
 }
 
-/// Resolves the request's model and calls the inner (provider) service with the chosen
-/// [`Target`] in the request extensions.
+/// Resolves the request's model and calls the inner (provider) service with each
+/// [`Target`] of the chain in turn, in the request extensions.
 ///
-/// Only the first target is tried for now; fallback across the chain comes with the
-/// resilience layers.
+/// Failover: while nothing has reached the client, a connect error, a time-to-first-byte
+/// timeout, an open circuit or a retryable status (429, 500, 502, 503, 504, 529) moves on to the
+/// next target; a client error (400, 401, 403, 404, 422, …) never does. The last target's
+/// answer, whatever it is, goes to the client. Every answer carries `x-nenya-attempts`.
+/// The request is cloned for a retry only when the chain has another target.
 #[derive(Debug, Clone)]
 pub struct Router<S> {
     inner: S,
@@ -387,11 +429,11 @@ impl<S> Router<S> {
 
 impl<S> Service<Request<ChatRequest>> for Router<S>
 where
-    S: Service<Request<ChatRequest>, Response = Response<Body>, Error = Error>,
+    S: Service<Request<ChatRequest>, Response = Response<Body>, Error = Error> + Clone,
 {
     type Response = Response<Body>;
     type Error = Error;
-    type Future = RouterFuture<S::Future>;
+    type Future = RouterFuture<S, S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
         self.inner.poll_ready(cx)
@@ -402,79 +444,184 @@ where
         if let Some(p) = req.extensions().get::<Principal>() {
             if !p.may_use(&chat.model) {
                 let msg = format!("API key `{}` may not use `{}`", p.name, chat.model);
-                return RouterFuture {
-                    state: RouterState::Failed {
-                        err: Some(Error::new(ErrorKind::Forbidden, msg)),
-                    },
-                };
+                return RouterFuture::failed(Error::new(ErrorKind::Forbidden, msg));
             }
         }
-        match self.table.resolve(&chat.model, chat.source) {
-            Ok(mut targets) => {
-                let t = targets.swap_remove(0);
-                if req.extensions().get::<CountTokens>().is_some()
-                    && t.format != ApiFormat::Anthropic
-                {
-                    // Only Anthropic upstreams count tokens; answer with nenya's estimate (never
-                    // zero: Claude Code reads zero as "compaction unavailable").
-                    let n = req.body().estimate_tokens().max(1);
-                    let mut resp = Response::new(Body::from(format!(r#"{{"input_tokens":{n}}}"#)));
-                    resp.headers_mut().insert(
-                        http::header::CONTENT_TYPE,
-                        HeaderValue::from_static("application/json"),
-                    );
-                    return RouterFuture {
-                        state: RouterState::Ready { resp: Some(resp) },
-                    };
-                }
-                tracing::debug!(provider = %t.provider.name, model = %t.model, format = %t.format, "routed");
-                req.extensions_mut().insert(t);
-                RouterFuture {
-                    state: RouterState::Inner {
-                        fut: self.inner.call(req),
-                    },
-                }
-            }
-            Err(e) => RouterFuture {
-                state: RouterState::Failed { err: Some(e) },
+        let targets = match self.table.resolve(&chat.model, chat.source) {
+            Ok(t) => t,
+            Err(e) => return RouterFuture::failed(e),
+        };
+        let mut targets = VecDeque::from(targets);
+        let Some(first) = targets.pop_front() else {
+            return RouterFuture::failed(Error::new(ErrorKind::ModelNotFound, "empty chain"));
+        };
+        if req.extensions().get::<CountTokens>().is_some() && first.format != ApiFormat::Anthropic {
+            // Only Anthropic upstreams count tokens; answer with nenya's estimate (never
+            // zero: Claude Code reads zero as "compaction unavailable").
+            let n = req.body().estimate_tokens().max(1);
+            let mut resp = Response::new(Body::from(format!(r#"{{"input_tokens":{n}}}"#)));
+            resp.headers_mut().insert(
+                http::header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+            return RouterFuture {
+                state: RouterState::Ready { resp: Some(resp) },
+                retry: None,
+                attempts: 0,
+            };
+        }
+        // A template for the next attempts, only when there can be one.
+        let retry = (!targets.is_empty()).then(|| {
+            Box::new(Retry {
+                svc: self.inner.clone(),
+                next: targets,
+                method: req.method().clone(),
+                uri: req.uri().clone(),
+                headers: req.headers().clone(),
+                extensions: req.extensions().clone(),
+                body: req.body().clone(),
+            })
+        });
+        tracing::debug!(provider = %first.provider.name, model = %first.model, format = %first.format, "routed");
+        req.extensions_mut().insert(first);
+        RouterFuture {
+            state: RouterState::Calling {
+                fut: self.inner.call(req),
             },
+            retry,
+            attempts: 0,
         }
+    }
+}
+
+/// What a retry needs: a service of its own and the request to rebuild.
+struct Retry<S> {
+    svc: S,
+    next: VecDeque<Target>,
+    method: http::Method,
+    uri: Uri,
+    headers: http::HeaderMap,
+    extensions: http::Extensions,
+    body: ChatRequest,
+}
+
+impl<S> Retry<S> {
+    fn request(&self, target: Target) -> Request<ChatRequest> {
+        let mut req = Request::new(self.body.clone());
+        *req.method_mut() = self.method.clone();
+        *req.uri_mut() = self.uri.clone();
+        *req.headers_mut() = self.headers.clone();
+        *req.extensions_mut() = self.extensions.clone();
+        req.extensions_mut().insert(target);
+        req
+    }
+}
+
+/// Upstream statuses that move on to the next target.
+const RETRYABLE_STATUS: &[u16] = &[429, 500, 502, 503, 504, 529];
+
+/// Whether an attempt's outcome should fail over (when there is a next target).
+fn should_fail_over(out: &Result<Response<Body>, Error>) -> Option<String> {
+    match out {
+        Ok(r) if RETRYABLE_STATUS.contains(&r.status().as_u16()) => {
+            Some(format!("upstream status {}", r.status().as_u16()))
+        }
+        Ok(_) => None,
+        Err(e) => matches!(
+            e.kind(),
+            ErrorKind::UpstreamUnreachable | ErrorKind::UpstreamTimeout | ErrorKind::CircuitOpen
+        )
+        .then(|| e.kind().as_str().to_owned()),
     }
 }
 
 pin_project_lite::pin_project! {
     /// Response future of [`Router`].
-    pub struct RouterFuture<F> {
+    pub struct RouterFuture<S, F> {
         #[pin]
         state: RouterState<F>,
+        retry: Option<Box<Retry<S>>>,
+        attempts: u32,
     }
 }
 
 pin_project_lite::pin_project! {
     #[project = RouterProj]
     enum RouterState<F> {
-        Inner { #[pin] fut: F },
+        Calling { #[pin] fut: F },
+        Retrying,
         Ready { resp: Option<Response<Body>> },
         Failed { err: Option<Error> },
     }
 }
 
-impl<F> std::future::Future for RouterFuture<F>
+impl<S, F> RouterFuture<S, F> {
+    fn failed(e: Error) -> Self {
+        Self {
+            state: RouterState::Failed { err: Some(e) },
+            retry: None,
+            attempts: 0,
+        }
+    }
+}
+
+impl<S, F> std::future::Future for RouterFuture<S, F>
 where
+    S: Service<Request<ChatRequest>, Response = Response<Body>, Error = Error, Future = F>,
     F: std::future::Future<Output = Result<Response<Body>, Error>>,
 {
     type Output = F::Output;
     fn poll(self: std::pin::Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        match self.project().state.project() {
-            RouterProj::Inner { fut } => fut.poll(cx),
-            RouterProj::Ready { resp } => {
-                Poll::Ready(resp.take().ok_or_else(|| {
-                    Error::new(ErrorKind::Internal, "future polled after completion")
-                }))
+        let mut this = self.project();
+        loop {
+            match this.state.as_mut().project() {
+                RouterProj::Calling { fut } => {
+                    let out = std::task::ready!(fut.poll(cx));
+                    *this.attempts += 1;
+                    let more = this.retry.as_ref().is_some_and(|r| !r.next.is_empty());
+                    if more {
+                        if let Some(why) = should_fail_over(&out) {
+                            tracing::warn!(attempt = *this.attempts, reason = %why, "failing over to the next target");
+                            drop(out); // closes the failed upstream response
+                            this.state.set(RouterState::Retrying);
+                            continue;
+                        }
+                    }
+                    return Poll::Ready(out.map(|mut r| {
+                        r.headers_mut()
+                            .insert("x-nenya-attempts", HeaderValue::from(*this.attempts));
+                        r
+                    }));
+                }
+                RouterProj::Retrying => {
+                    let Some(retry) = this.retry.as_mut() else {
+                        return Poll::Ready(Err(Error::new(
+                            ErrorKind::Internal,
+                            "retry without a plan",
+                        )));
+                    };
+                    if let Err(e) = std::task::ready!(retry.svc.poll_ready(cx)) {
+                        return Poll::Ready(Err(e));
+                    }
+                    let Some(t) = retry.next.pop_front() else {
+                        return Poll::Ready(Err(Error::new(ErrorKind::Internal, "no target left")));
+                    };
+                    tracing::debug!(provider = %t.provider.name, model = %t.model, "routed (failover)");
+                    let req = retry.request(t);
+                    let fut = retry.svc.call(req);
+                    this.state.set(RouterState::Calling { fut });
+                }
+                RouterProj::Ready { resp } => {
+                    return Poll::Ready(resp.take().ok_or_else(|| {
+                        Error::new(ErrorKind::Internal, "future polled after completion")
+                    }));
+                }
+                RouterProj::Failed { err } => {
+                    return Poll::Ready(Err(err.take().unwrap_or_else(|| {
+                        Error::new(ErrorKind::Internal, "future polled after completion")
+                    })));
+                }
             }
-            RouterProj::Failed { err } => Poll::Ready(Err(err.take().unwrap_or_else(|| {
-                Error::new(ErrorKind::Internal, "future polled after completion")
-            }))),
         }
     }
 }

@@ -24,6 +24,15 @@ pub struct Running {
 }
 
 impl Running {
+    /// An address only (nothing to stop): for pointing a config at a dead port.
+    pub fn at(addr: SocketAddr) -> Self {
+        Running {
+            addr,
+            stop: None,
+            task: tokio::spawn(async { Ok(()) }),
+        }
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{}", self.addr, path)
     }

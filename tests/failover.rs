@@ -1,0 +1,147 @@
+//! Fallback chains over real loopback HTTP: a failing first target is skipped before anything
+//! reaches the client; client errors never fail over; round-robin spreads the load.
+
+mod common;
+
+use common::*;
+use nenya::Gateway;
+use nenya::config::{Config, Secrets};
+use nenya::services::{Fault, MockConfig};
+use serde_json::json;
+
+fn faulty(f: Fault) -> MockConfig {
+    MockConfig {
+        fault: Some(f),
+        ..MockConfig::default()
+    }
+}
+
+/// An agent `chain` over `a` then `b` (both OpenAI format), with `strategy`.
+async fn two_target_gateway(a: &Running, b: &Running, strategy: &str) -> Running {
+    let cfg = Config::from_json_str(&format!(
+        r#"{{
+          "providers": {{
+            "a": {{"url": "http://{a}/v1/chat/completions", "auth_style": "bearer", "response_header_timeout_seconds": 1}},
+            "b": {{"url": "http://{b}/v1/chat/completions", "auth_style": "bearer"}}
+          }},
+          "agents": {{"chain": {{"strategy": "{strategy}", "models": [
+              {{"provider": "a", "model": "m-a"}}, {{"provider": "b", "model": "m-b"}}]}}}}
+        }}"#,
+        a = a.addr,
+        b = b.addr
+    ))
+    .unwrap();
+    let secrets = Secrets::from_json_str(&format!(
+        r#"{{"client_token": "{CLIENT_TOKEN}", "provider_keys": {{"a": "ka", "b": "kb"}}}}"#
+    ))
+    .unwrap();
+    start_gateway(Gateway::from_config(&cfg, &secrets).unwrap().build()).await
+}
+
+async fn ask(gw: &Running, stream: bool) -> Reply {
+    let (k, v) = bearer();
+    post(
+        &gw.url("/v1/chat/completions"),
+        &[(k, &v)],
+        json!({"model": "chain", "stream": stream, "messages": [{"role": "user", "content": "hi"}]})
+            .to_string(),
+    )
+    .await
+}
+
+#[tokio::test]
+async fn retryable_statuses_fail_over_to_the_next_target() {
+    for status in [429u16, 500, 502, 503, 504, 529] {
+        let (ma, a) = start_mock(faulty(Fault::Status(status))).await;
+        let (mb, b) = start_mock(MockConfig::default()).await;
+        let gw = two_target_gateway(&a, &b, "fallback").await;
+        for stream in [false, true] {
+            let r = ask(&gw, stream).await;
+            assert_eq!(r.status, 200, "{status}: {}", r.text());
+            assert_eq!(r.headers["x-nenya-attempts"], "2");
+        }
+        assert_eq!(ma.received().len(), 2, "{status}");
+        assert_eq!(mb.received().len(), 2);
+        assert_eq!(
+            mb.received()[0].json()["model"],
+            "m-b",
+            "the second target's model"
+        );
+    }
+}
+
+#[tokio::test]
+async fn client_errors_never_fail_over() {
+    for status in [400u16, 401, 403, 404, 422] {
+        let (_ma, a) = start_mock(faulty(Fault::Status(status))).await;
+        let (mb, b) = start_mock(MockConfig::default()).await;
+        let gw = two_target_gateway(&a, &b, "fallback").await;
+        let r = ask(&gw, false).await;
+        assert_eq!(r.status.as_u16(), status, "the upstream's own answer");
+        assert_eq!(r.headers["x-nenya-attempts"], "1");
+        assert!(
+            mb.received().is_empty(),
+            "{status} must not reach the second target"
+        );
+    }
+}
+
+#[tokio::test]
+async fn an_unreachable_or_stalled_target_fails_over() {
+    // Unreachable: a port nothing listens on.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dead_addr = dead.local_addr().unwrap();
+    drop(dead);
+    let (mb, b) = start_mock(MockConfig::default()).await;
+    let (_ms, stalled) = start_mock(faulty(Fault::StallBeforeHeaders)).await;
+    for a_addr in [dead_addr, stalled.addr] {
+        let a = Running::at(a_addr);
+        let gw = two_target_gateway(&a, &b, "fallback").await;
+        let started = std::time::Instant::now();
+        let r = ask(&gw, true).await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert!(r.text().contains("data: [DONE]"));
+        assert_eq!(r.headers["x-nenya-attempts"], "2");
+        assert!(started.elapsed() < std::time::Duration::from_secs(5));
+    }
+    assert_eq!(mb.received().len(), 2);
+}
+
+#[tokio::test]
+async fn the_last_targets_failure_reaches_the_client_in_its_format() {
+    let (_ma, a) = start_mock(faulty(Fault::Status(503))).await;
+    let (_mb, b) = start_mock(faulty(Fault::Status(502))).await;
+    let gw = two_target_gateway(&a, &b, "fallback").await;
+    let r = ask(&gw, false).await;
+    assert_eq!(r.status, 502);
+    assert_eq!(r.headers["x-nenya-attempts"], "2");
+    assert!(r.json()["error"].is_object(), "{}", r.text());
+}
+
+#[tokio::test]
+async fn round_robin_alternates_the_first_target() {
+    let (ma, a) = start_mock(MockConfig::default()).await;
+    let (mb, b) = start_mock(MockConfig::default()).await;
+    let gw = two_target_gateway(&a, &b, "round-robin").await;
+    for _ in 0..6 {
+        assert_eq!(ask(&gw, false).await.status, 200);
+    }
+    assert_eq!(ma.received().len(), 3);
+    assert_eq!(mb.received().len(), 3);
+}
+
+#[test]
+fn an_unknown_strategy_is_a_config_error() {
+    let cfg = Config::from_json_str(
+        r#"{"providers": {"a": {"url": "http://127.0.0.1:9/v1/chat/completions"}},
+            "agents": {"x": {"strategy": "random", "models": [{"provider": "a", "model": "m"}]}}}"#,
+    )
+    .unwrap();
+    let err = Gateway::from_config(&cfg, &Secrets::default())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("agents.x.strategy") && err.contains("random"),
+        "{err}"
+    );
+}
