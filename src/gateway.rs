@@ -11,14 +11,15 @@
 //! | 5 | [`DecodeLayer`] | read the body once (size limit) and parse it once |
 //! | 6 | [`RedactLayer`] | credential patterns out of every text, before anything can forward or log it |
 //! | 7 | [`EntropyLayer`] | high-entropy tokens no pattern knows (after patterns, so their labels are not re-flagged) |
-//! | 8 | [`Router`] | model → agent chain → [`Target`](crate::services::Target); refuses agents outside the caller's scope |
-//! | 9 | [`ProviderService`] | encode once, send with the provider's auth, stream back |
+//! | 8 | [`Router`] | model → agent chain → [`Target`](crate::services::Target); refuses agents outside the caller's scope; fails over along the chain before the first byte |
+//! | 9 | [`CircuitBreakerLayer`] | per provider+model, next to the provider so it sees raw upstream outcomes; an open circuit fails fast and the router moves on |
+//! | 10 | [`ProviderService`] | encode once, send with the provider's auth, stream back |
 //!
 //! # Request extensions
 //!
 //! | extension | inserted by | read by |
 //! |---|---|---|
-//! | [`Target`](crate::services::Target) | [`Router`] | [`ProviderService`] |
+//! | [`Target`](crate::services::Target) | [`Router`] | [`CircuitBreakerLayer`] (its key), [`ProviderService`] |
 //! | [`CountTokens`] | `Dispatch` | [`Router`] (answers locally), [`ProviderService`] (endpoint) |
 //! | [`Principal`](crate::model::Principal) | [`AuthLayer`] | [`Router`] (`allowed_agents`) |
 //!
@@ -46,16 +47,16 @@ use bytes::Bytes;
 use http::{HeaderValue, Method, Request, Response, header};
 use pin_project_lite::pin_project;
 use tower::util::BoxCloneSyncService;
-use tower::{Service, ServiceBuilder};
+use tower::{Layer, Service, ServiceBuilder};
 
 use crate::config::{BouncerConfig, Config, ConfigError, DEFAULT_MAX_BODY_BYTES, Secret, Secrets};
 use crate::error::{Error, ErrorKind};
 use crate::layers::{
-    ApiKey, AuthLayer, DecodeLayer, EntropyDetector, EntropyLayer, ErrorResponseLayer,
-    OriginGuardLayer, RedactLabel, RedactLayer, Redactor,
+    ApiKey, AuthLayer, BreakerConfig, CircuitBreakerLayer, DecodeLayer, EntropyDetector,
+    EntropyLayer, ErrorResponseLayer, OriginGuardLayer, RedactLabel, RedactLayer, Redactor,
 };
-use crate::model::{ApiFormat, CountTokens};
-use crate::services::{ProviderService, RouteTable, Router, http_client};
+use crate::model::{ApiFormat, ChatRequest, CountTokens};
+use crate::services::{ProviderService, RouteTable, Router, Target, http_client};
 use crate::{Body, BoxError};
 
 /// Assembles a [`Gateway`].
@@ -68,6 +69,7 @@ pub struct GatewayBuilder {
     origins: Vec<String>,
     redactor: Option<Redactor>,
     entropy: Option<EntropyDetector>,
+    breaker: BreakerConfig,
 }
 
 impl GatewayBuilder {
@@ -135,13 +137,23 @@ impl GatewayBuilder {
         Ok(self.redactor(redactor).entropy(entropy))
     }
 
+    /// Circuit-breaker settings for every upstream target.
+    pub fn circuit_breaker(mut self, cfg: BreakerConfig) -> Self {
+        self.breaker = cfg;
+        self
+    }
+
     /// Builds the stack (see the module docs for its order).
     pub fn build(self) -> Gateway {
         let chat = ServiceBuilder::new()
             .layer(DecodeLayer::new(self.max_body_bytes))
             .option_layer(self.redactor.map(RedactLayer::new))
             .option_layer(self.entropy.map(EntropyLayer::new))
-            .service(Router::new(self.table, ProviderService::new()));
+            .service(Router::new(
+                self.table,
+                CircuitBreakerLayer::new(self.breaker, target_key as KeyFn)
+                    .layer(ProviderService::new()),
+            ));
         let svc = ServiceBuilder::new()
             .layer(ErrorResponseLayer::new())
             .layer(OriginGuardLayer::new(&self.origins))
@@ -151,6 +163,15 @@ impl GatewayBuilder {
             svc: BoxCloneSyncService::new(svc),
         }
     }
+}
+
+type KeyFn = fn(&Request<ChatRequest>) -> Option<Arc<str>>;
+
+/// A circuit per upstream provider and model.
+fn target_key(req: &Request<ChatRequest>) -> Option<Arc<str>> {
+    req.extensions()
+        .get::<Target>()
+        .map(|t| Arc::from(format!("{}/{}", t.provider.name, t.model)))
 }
 
 /// The assembled gateway service. Cheap to clone; never fails (errors are responses).
@@ -176,6 +197,7 @@ impl Gateway {
             origins: Vec::new(),
             redactor: Some(Redactor::builtin()),
             entropy: Some(EntropyDetector::default()),
+            breaker: BreakerConfig::default(),
         }
     }
 

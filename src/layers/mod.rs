@@ -11,9 +11,11 @@
 //! | [`DecodeLayer`] | `Request<B>` → `Request<ChatRequest>` | reads the body once (size-limited) and parses it once |
 //! | [`RedactLayer`] | `Request<ChatRequest>` | replaces credentials (60+ formats, user patterns) in every text the upstream reads |
 //! | [`EntropyLayer`] | `Request<ChatRequest>` | replaces high-entropy tokens no pattern knows |
+//! | [`CircuitBreakerLayer`] | any `Request<B>` → `Response<R>` | per-target circuit: fail fast while an upstream keeps failing, probe, close |
 //! | [`ScrubLayer`] | `Request<ChatRequest>` | any [`TextScrubber`] of your own, with the same fail-open handling |
 
 pub mod auth;
+pub mod circuit_breaker;
 pub mod decode;
 pub mod entropy;
 pub mod error_response;
@@ -23,6 +25,7 @@ pub mod redact;
 pub mod scrub;
 
 pub use auth::{ApiKey, Auth, AuthLayer, Principal, Role};
+pub use circuit_breaker::{BreakerConfig, CircuitBreaker, CircuitBreakerLayer, CircuitOpen};
 pub use decode::{Decode, DecodeLayer};
 pub use entropy::{Entropy, EntropyDetector, EntropyLayer};
 pub use error_response::{ErrorResponse, ErrorResponseLayer};
