@@ -161,6 +161,7 @@ pub struct Error {
     kind: ErrorKind,
     message: Cow<'static, str>,
     source: Option<BoxError>,
+    retry_after: Option<std::time::Duration>,
 }
 
 impl Error {
@@ -170,7 +171,19 @@ impl Error {
             kind,
             message: message.into(),
             source: None,
+            retry_after: None,
         }
+    }
+
+    /// Tells the client when to try again (`Retry-After`, whole seconds, rounded up).
+    pub fn with_retry_after(mut self, after: std::time::Duration) -> Self {
+        self.retry_after = Some(after);
+        self
+    }
+
+    /// When the client may try again, if known.
+    pub fn retry_after(&self) -> Option<std::time::Duration> {
+        self.retry_after
     }
 
     /// Attaches the underlying cause (logged, never shown to clients).
@@ -194,7 +207,15 @@ impl Error {
         if let Some(src) = &self.source {
             tracing::debug!(error_kind = self.kind.as_str(), cause = %src, "request failed");
         }
-        error_response(format, self.kind, &self.message)
+        let mut resp = error_response(format, self.kind, &self.message);
+        if let Some(after) = self.retry_after {
+            let secs = after.as_secs() + u64::from(after.subsec_nanos() > 0);
+            resp.headers_mut().insert(
+                http::header::RETRY_AFTER,
+                http::HeaderValue::from(secs.max(1)),
+            );
+        }
+        resp
     }
 
     /// Finds a nenya [`Error`] inside a boxed error, or wraps an unknown one as `internal_error`.

@@ -13,7 +13,8 @@
 //! | 7 | [`EntropyLayer`] | high-entropy tokens no pattern knows (after patterns, so their labels are not re-flagged) |
 //! | 8 | [`Router`] | model → agent chain → [`Target`](crate::services::Target); refuses agents outside the caller's scope; fails over along the chain before the first byte |
 //! | 9 | [`CircuitBreakerLayer`] | per provider+model, next to the provider so it sees raw upstream outcomes; an open circuit fails fast and the router moves on |
-//! | 10 | [`ProviderService`] | encode once, send with the provider's auth, stream back |
+//! | 10 | [`RateLimitLayer`] | per provider RPM/TPM, inside the breaker (a refusal is not an upstream failure, and an open circuit spends no budget) |
+//! | 11 | [`ProviderService`] | encode once, send with the provider's auth, stream back |
 //!
 //! # Request extensions
 //!
@@ -53,7 +54,8 @@ use crate::config::{BouncerConfig, Config, ConfigError, DEFAULT_MAX_BODY_BYTES, 
 use crate::error::{Error, ErrorKind};
 use crate::layers::{
     ApiKey, AuthLayer, BreakerConfig, CircuitBreakerLayer, DecodeLayer, EntropyDetector,
-    EntropyLayer, ErrorResponseLayer, OriginGuardLayer, RedactLabel, RedactLayer, Redactor,
+    EntropyLayer, ErrorResponseLayer, OriginGuardLayer, RateLimitConfig, RateLimitLayer,
+    RedactLabel, RedactLayer, Redactor,
 };
 use crate::model::{ApiFormat, ChatRequest, CountTokens};
 use crate::services::{ProviderService, RouteTable, Router, Target, http_client};
@@ -70,6 +72,7 @@ pub struct GatewayBuilder {
     redactor: Option<Redactor>,
     entropy: Option<EntropyDetector>,
     breaker: BreakerConfig,
+    limits: RateLimitConfig,
 }
 
 impl GatewayBuilder {
@@ -143,6 +146,12 @@ impl GatewayBuilder {
         self
     }
 
+    /// Requests and tokens per minute for each upstream provider (default: no limits).
+    pub fn rate_limits(mut self, limits: RateLimitConfig) -> Self {
+        self.limits = limits;
+        self
+    }
+
     /// Builds the stack (see the module docs for its order).
     pub fn build(self) -> Gateway {
         let chat = ServiceBuilder::new()
@@ -151,8 +160,10 @@ impl GatewayBuilder {
             .option_layer(self.entropy.map(EntropyLayer::new))
             .service(Router::new(
                 self.table,
-                CircuitBreakerLayer::new(self.breaker, target_key as KeyFn)
-                    .layer(ProviderService::new()),
+                CircuitBreakerLayer::new(self.breaker, target_key as KeyFn).layer(
+                    RateLimitLayer::new(self.limits, provider_key as KeyFn)
+                        .layer(ProviderService::new()),
+                ),
             ));
         let svc = ServiceBuilder::new()
             .layer(ErrorResponseLayer::new())
@@ -172,6 +183,13 @@ fn target_key(req: &Request<ChatRequest>) -> Option<Arc<str>> {
     req.extensions()
         .get::<Target>()
         .map(|t| Arc::from(format!("{}/{}", t.provider.name, t.model)))
+}
+
+/// One rate-limit bucket per upstream provider.
+fn provider_key(req: &Request<ChatRequest>) -> Option<Arc<str>> {
+    req.extensions()
+        .get::<Target>()
+        .map(|t| Arc::from(t.provider.name.as_str()))
 }
 
 /// The assembled gateway service. Cheap to clone; never fails (errors are responses).
@@ -198,6 +216,7 @@ impl Gateway {
             redactor: Some(Redactor::builtin()),
             entropy: Some(EntropyDetector::default()),
             breaker: BreakerConfig::default(),
+            limits: RateLimitConfig::default(),
         }
     }
 
@@ -210,6 +229,10 @@ impl Gateway {
             .client_tokens(secrets.client_token.clone())
             .api_keys(secrets.rbac_keys()?)
             .allowed_browser_origins(cfg.governance.allowed_browser_origins.iter().cloned())
+            .rate_limits(RateLimitConfig {
+                rpm: cfg.governance.ratelimit_max_rpm,
+                tpm: cfg.governance.ratelimit_max_tpm,
+            })
             .bouncer(&cfg.bouncer)
     }
 }

@@ -119,7 +119,7 @@ fn unknown_provider_and_unknown_model_name_the_field() {
 #[test]
 fn unimplemented_sections_are_accepted_with_one_warning_each() {
     let cfg = Config::from_json_str(
-        r#"{"governance": {"ratelimit_max_rpm": 5}, "bouncer": {"enabled": true},
+        r#"{"governance": {"routing_strategy": "balanced"}, "bouncer": {"enabled": true},
             "response_cache": {}, "agents": {}, "server": {"secure_memory_required": false}}"#,
     )
     .unwrap();
@@ -128,7 +128,7 @@ fn unimplemented_sections_are_accepted_with_one_warning_each() {
     assert_eq!(w.len(), 3, "{w:?}");
     assert!(
         w.iter()
-            .any(|s| s.contains("`governance.ratelimit_max_rpm`"))
+            .any(|s| s.contains("`governance.routing_strategy`"))
     );
     assert!(w.iter().any(|s| s.contains("`response_cache`")));
     assert!(

@@ -151,7 +151,11 @@ impl Default for BouncerConfig {
     }
 }
 
-/// `governance` section. Implemented: `allowed_browser_origins`.
+/// `governance` section. Implemented: `allowed_browser_origins`, `ratelimit_max_rpm`,
+/// `ratelimit_max_tpm` (per upstream provider).
+///
+/// Unlike Nenya (15 rpm / 250,000 tpm unless set), limits are off unless configured: a copied
+/// config that never mentions them should not start refusing a coding session at 15 requests.
 ///
 /// ```
 /// let cfg = nenya::config::Config::from_json_str(
@@ -163,6 +167,12 @@ pub struct GovernanceConfig {
     /// Origins whose browser requests are let through (default: none).
     #[serde(default)]
     pub allowed_browser_origins: Vec<String>,
+    /// Requests per minute per upstream provider (0 or absent: no limit).
+    #[serde(default)]
+    pub ratelimit_max_rpm: u32,
+    /// Estimated input tokens per minute per upstream provider (0 or absent: no limit).
+    #[serde(default)]
+    pub ratelimit_max_tpm: u32,
     /// Fields not implemented yet.
     #[serde(flatten)]
     pub other: BTreeMap<String, Value>,

@@ -72,3 +72,60 @@ where
         }
     }
 }
+
+pin_project! {
+    /// Either the inner service's future or a ready [`Error`](crate::Error), for layers on the
+    /// typed request whose refusals travel as errors (the router may fail over on them).
+    ///
+    /// ```
+    /// use nenya::layers::guard::ErrOr;
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let f: ErrOr<std::future::Ready<Result<(), nenya::Error>>> =
+    ///     ErrOr::err(nenya::Error::new(nenya::ErrorKind::RateLimited, "slow down"));
+    /// assert!(f.await.is_err());
+    /// # }
+    /// ```
+    pub struct ErrOr<F> {
+        #[pin]
+        state: ErrState<F>,
+    }
+}
+
+pin_project! {
+    #[project = ErrProj]
+    enum ErrState<F> {
+        Inner { #[pin] fut: F },
+        Err { err: Option<crate::Error> },
+    }
+}
+
+impl<F> ErrOr<F> {
+    /// Passes the request on.
+    pub fn inner(fut: F) -> Self {
+        Self {
+            state: ErrState::Inner { fut },
+        }
+    }
+
+    /// Fails with `err`.
+    pub fn err(err: crate::Error) -> Self {
+        Self {
+            state: ErrState::Err { err: Some(err) },
+        }
+    }
+}
+
+impl<F, T> Future for ErrOr<F>
+where
+    F: Future<Output = Result<T, crate::Error>>,
+{
+    type Output = Result<T, crate::Error>;
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project().state.project() {
+            ErrProj::Inner { fut } => fut.poll(cx),
+            ErrProj::Err { err } => Poll::Ready(Err(err.take().unwrap_or_else(|| {
+                crate::Error::new(ErrorKind::Internal, "future polled after completion")
+            }))),
+        }
+    }
+}

@@ -1,7 +1,7 @@
 //! Gateway features as `tower` layers. Each works alone in any tower/hyper/axum server.
 //! Layers never import one another; they share only the typed request, the response, and two
 //! building blocks: [`scrub`] (the text-rewriting layer behind redaction and entropy) and
-//! [`guard`] (the pass-or-refuse future of auth and the origin guard).
+//! [`guard`] (the pass-or-refuse futures of auth, the origin guard and the rate limiter).
 //!
 //! | layer | request type | does |
 //! |---|---|---|
@@ -12,6 +12,7 @@
 //! | [`RedactLayer`] | `Request<ChatRequest>` | replaces credentials (60+ formats, user patterns) in every text the upstream reads |
 //! | [`EntropyLayer`] | `Request<ChatRequest>` | replaces high-entropy tokens no pattern knows |
 //! | [`CircuitBreakerLayer`] | any `Request<B>` → `Response<R>` | per-target circuit: fail fast while an upstream keeps failing, probe, close |
+//! | [`RateLimitLayer`] | `Request<ChatRequest>` | RPM / TPM per upstream (governor); over the limit → `rate_limited` + `Retry-After` |
 //! | [`ScrubLayer`] | `Request<ChatRequest>` | any [`TextScrubber`] of your own, with the same fail-open handling |
 
 pub mod auth;
@@ -21,6 +22,7 @@ pub mod entropy;
 pub mod error_response;
 pub mod guard;
 pub mod origin;
+pub mod rate_limit;
 pub mod redact;
 pub mod scrub;
 
@@ -30,5 +32,6 @@ pub use decode::{Decode, DecodeLayer};
 pub use entropy::{Entropy, EntropyDetector, EntropyLayer};
 pub use error_response::{ErrorResponse, ErrorResponseLayer};
 pub use origin::{OriginGuard, OriginGuardLayer};
+pub use rate_limit::{RateLimit, RateLimitConfig, RateLimitLayer};
 pub use redact::{PatternError, Redact, RedactLayer, Redactor};
 pub use scrub::{Finding, RedactLabel, Scrub, ScrubLayer, TextScrubber};

@@ -410,8 +410,9 @@ fn infer_format(u: &Uri) -> ApiFormat {
 /// [`Target`] of the chain in turn, in the request extensions.
 ///
 /// Failover: while nothing has reached the client, a connect error, a time-to-first-byte
-/// timeout, an open circuit or a retryable status (429, 500, 502, 503, 504, 529) moves on to the
-/// next target; a client error (400, 401, 403, 404, 422, …) never does. The last target's
+/// timeout, an open circuit, a local rate limit or a retryable status (429, 500, 502, 503,
+/// 504, 529) moves on to the next target; a client error (400, 401, 403, 404, 422, …) never
+/// does. The last target's
 /// answer, whatever it is, goes to the client. Every answer carries `x-nenya-attempts`.
 /// The request is cloned for a retry only when the chain has another target.
 #[derive(Debug, Clone)]
@@ -529,7 +530,10 @@ fn should_fail_over(out: &Result<Response<Body>, Error>) -> Option<String> {
         Ok(_) => None,
         Err(e) => matches!(
             e.kind(),
-            ErrorKind::UpstreamUnreachable | ErrorKind::UpstreamTimeout | ErrorKind::CircuitOpen
+            ErrorKind::UpstreamUnreachable
+                | ErrorKind::UpstreamTimeout
+                | ErrorKind::CircuitOpen
+                | ErrorKind::RateLimited
         )
         .then(|| e.kind().as_str().to_owned()),
     }

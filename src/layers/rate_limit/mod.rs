@@ -1,0 +1,220 @@
+//! Requests-per-minute and tokens-per-minute limits per upstream, so a coding session does not
+//! burn a provider's quota and then sit in its penalty box.
+//!
+//! [`RateLimitLayer`] wraps a service of `Request<ChatRequest>`; a key function names the
+//! bucket a request draws from (the gateway keys by provider). Each bucket is a `governor`
+//! GCRA limiter: `rpm` requests and `tpm` estimated input tokens per minute, both allowed as
+//! a burst. A request estimated at or above the whole token budget is admitted and drains it
+//! (it could never fit otherwise; Nenya does the same). Over a limit the request is refused
+//! with `rate_limited` and a `Retry-After`; the router then tries the chain's next target, and
+//! the client sees the 429 only when every target is limited. `0` disables a limit.
+//!
+//! ```
+//! use nenya::layers::{RateLimitConfig, RateLimitLayer};
+//! use nenya::model::{ApiFormat, ChatRequest};
+//! use nenya::{Body, Error};
+//! use tower::{Service, ServiceBuilder, ServiceExt, service_fn};
+//! # #[tokio::main(flavor = "current_thread")] async fn main() {
+//! let mut svc = ServiceBuilder::new()
+//!     .layer(RateLimitLayer::new(RateLimitConfig { rpm: 2, tpm: 0 }, |_: &http::Request<ChatRequest>| Some("up".into())))
+//!     .service(service_fn(|_req: http::Request<ChatRequest>| async {
+//!         Ok::<_, Error>(http::Response::new(Body::empty()))
+//!     }));
+//! let req = || http::Request::new(nenya::adapters::decode_request(ApiFormat::OpenAi,
+//!     br#"{"model":"m","messages":[]}"#).unwrap());
+//! assert!(svc.ready().await.unwrap().call(req()).await.is_ok());
+//! assert!(svc.ready().await.unwrap().call(req()).await.is_ok());
+//! let err = svc.ready().await.unwrap().call(req()).await.unwrap_err();
+//! assert_eq!(err.kind().as_str(), "rate_limited");
+//! assert!(err.retry_after().is_some());
+//! # }
+//! ```
+
+use std::collections::HashMap;
+use std::fmt;
+use std::num::NonZeroU32;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+
+use governor::clock::{Clock, DefaultClock};
+use governor::state::{InMemoryState, NotKeyed};
+use governor::{Quota, RateLimiter};
+use http::Request;
+use tower::Service;
+use tower_layer::Layer;
+
+use crate::error::{Error, ErrorKind};
+use crate::model::ChatRequest;
+
+/// Limits per bucket; `0` turns one off.
+///
+/// ```
+/// assert_eq!(nenya::layers::RateLimitConfig::default().rpm, 0);
+/// ```
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RateLimitConfig {
+    /// Requests per minute.
+    pub rpm: u32,
+    /// Estimated input tokens per minute.
+    pub tpm: u32,
+}
+
+type Limiter = RateLimiter<NotKeyed, InMemoryState, DefaultClock>;
+
+struct Bucket {
+    rpm: Option<Limiter>,
+    tpm: Option<(Limiter, NonZeroU32)>,
+}
+
+struct Shared {
+    cfg: RateLimitConfig,
+    buckets: Mutex<HashMap<Arc<str>, Arc<Bucket>>>,
+    clock: DefaultClock,
+}
+
+impl Shared {
+    fn bucket(&self, key: &Arc<str>) -> Arc<Bucket> {
+        let mut map = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
+        map.entry(key.clone())
+            .or_insert_with(|| {
+                let per_minute = |n: u32| NonZeroU32::new(n).map(|n| (Quota::per_minute(n), n));
+                Arc::new(Bucket {
+                    rpm: per_minute(self.cfg.rpm).map(|(q, _)| RateLimiter::direct(q)),
+                    tpm: per_minute(self.cfg.tpm).map(|(q, n)| (RateLimiter::direct(q), n)),
+                })
+            })
+            .clone()
+    }
+
+    /// `Err(wait)` when the request must not go now.
+    fn admit(&self, key: &Arc<str>, tokens: u64) -> Result<(), std::time::Duration> {
+        let b = self.bucket(key);
+        if let Some((tpm, budget)) = &b.tpm {
+            let want = u32::try_from(tokens).unwrap_or(u32::MAX).max(1);
+            match NonZeroU32::new(want).map(|n| tpm.check_n(n)) {
+                Some(Ok(Ok(()))) | None => {}
+                Some(Ok(Err(not_until))) => {
+                    return Err(not_until.wait_time_from(self.clock.now()));
+                }
+                Some(Err(_too_big)) => {
+                    // Larger than the whole budget: admit it and drain the bucket, if full.
+                    if let Ok(Err(not_until)) = tpm.check_n(*budget) {
+                        return Err(not_until.wait_time_from(self.clock.now()));
+                    }
+                }
+            }
+        }
+        if let Some(rpm) = &b.rpm {
+            if let Err(not_until) = rpm.check() {
+                return Err(not_until.wait_time_from(self.clock.now()));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Layer that applies [`RateLimit`].
+pub struct RateLimitLayer<K> {
+    shared: Arc<Shared>,
+    key: Arc<K>,
+}
+
+impl<K> Clone for RateLimitLayer<K> {
+    fn clone(&self) -> Self {
+        Self {
+            shared: self.shared.clone(),
+            key: self.key.clone(),
+        }
+    }
+}
+
+impl<K> fmt::Debug for RateLimitLayer<K> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RateLimitLayer")
+            .field("cfg", &self.shared.cfg)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<K> RateLimitLayer<K> {
+    /// Limits of `cfg` for each bucket `key` names (`None`: not limited).
+    pub fn new(cfg: RateLimitConfig, key: K) -> Self {
+        Self {
+            shared: Arc::new(Shared {
+                cfg,
+                buckets: Mutex::new(HashMap::new()),
+                clock: DefaultClock::default(),
+            }),
+            key: Arc::new(key),
+        }
+    }
+}
+
+impl<S, K> Layer<S> for RateLimitLayer<K> {
+    type Service = RateLimit<S, K>;
+    fn layer(&self, inner: S) -> RateLimit<S, K> {
+        RateLimit {
+            inner,
+            shared: self.shared.clone(),
+            key: self.key.clone(),
+        }
+    }
+}
+
+/// Refuses requests over their bucket's limits; passes the rest on.
+pub struct RateLimit<S, K> {
+    inner: S,
+    shared: Arc<Shared>,
+    key: Arc<K>,
+}
+
+impl<S: Clone, K> Clone for RateLimit<S, K> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+            shared: self.shared.clone(),
+            key: self.key.clone(),
+        }
+    }
+}
+
+impl<S: fmt::Debug, K> fmt::Debug for RateLimit<S, K> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RateLimit")
+            .field("inner", &self.inner)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S, K> Service<Request<ChatRequest>> for RateLimit<S, K>
+where
+    S: Service<Request<ChatRequest>, Error = Error>,
+    K: Fn(&Request<ChatRequest>) -> Option<Arc<str>>,
+{
+    type Response = S::Response;
+    type Error = Error;
+    type Future = crate::layers::guard::ErrOr<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<ChatRequest>) -> Self::Future {
+        if let Some(key) = (self.key)(&req) {
+            let limited = (self.shared.cfg.rpm > 0 || self.shared.cfg.tpm > 0)
+                .then(|| self.shared.admit(&key, req.body().estimate_tokens()))
+                .and_then(Result::err);
+            if let Some(wait) = limited {
+                tracing::info!(bucket = %key, wait_ms = wait.as_millis() as u64, "rate limited");
+                let msg = format!(
+                    "rate limit for `{key}` reached; retry in {} s",
+                    wait.as_secs() + 1
+                );
+                return crate::layers::guard::ErrOr::err(
+                    Error::new(ErrorKind::RateLimited, msg).with_retry_after(wait),
+                );
+            }
+        }
+        crate::layers::guard::ErrOr::inner(self.inner.call(req))
+    }
+}
