@@ -1,5 +1,5 @@
 //! The routing hot path with healthy targets: resolve the agent, pick the target, pass the
-//! circuit breaker, reach the provider service (here a ready no-op), answer. Separately, the
+//! circuit breaker and the RPM/TPM limiter, reach the provider service (here a ready no-op), answer. Separately, the
 //! request layers that touch every text (redact + entropy) on a typical small request.
 //!
 //! `cargo bench --bench router`
@@ -10,7 +10,10 @@ use std::time::Duration;
 
 use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
 use nenya::config::{Config, Secrets};
-use nenya::layers::{BreakerConfig, CircuitBreakerLayer, EntropyDetector, Redactor, TextScrubber};
+use nenya::layers::{
+    BreakerConfig, CircuitBreakerLayer, EntropyDetector, RateLimitConfig, RateLimitLayer, Redactor,
+    TextScrubber,
+};
 use nenya::model::{ApiFormat, ChatRequest};
 use nenya::services::{RouteTable, Router, Target, http_client};
 use nenya::{Body, Error};
@@ -47,13 +50,24 @@ fn bench(c: &mut Criterion) {
     let provider = service_fn(|_r: http::Request<ChatRequest>| async {
         Ok::<_, Error>(http::Response::new(Body::empty()))
     });
+    let provider_key = |r: &http::Request<ChatRequest>| {
+        r.extensions()
+            .get::<Target>()
+            .map(|t| Arc::from(t.provider.name.as_str()))
+    };
+    // Limits high enough never to refuse, so the limiter's full check is on the path.
+    let limits = RateLimitConfig {
+        rpm: 1_000_000_000,
+        tpm: 1_000_000_000,
+    };
     let svc = Router::new(
         Arc::new(table),
-        CircuitBreakerLayer::new(BreakerConfig::default(), key).layer(provider),
+        CircuitBreakerLayer::new(BreakerConfig::default(), key)
+            .layer(RateLimitLayer::new(limits, provider_key).layer(provider)),
     );
     let template = request();
 
-    c.bench_function("router+breaker/healthy_two_target_chain", |b| {
+    c.bench_function("router+breaker+limiter/healthy_two_target_chain", |b| {
         b.iter_batched(
             || http::Request::new(template.clone()),
             |req| {
