@@ -9,7 +9,6 @@ use std::sync::atomic::{AtomicU16, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use common::*;
-use nenya::config::{Config, Secrets};
 use nenya::layers::{BreakerConfig, CircuitBreakerLayer};
 use nenya::services::{Fault, MockConfig};
 use nenya::{Body, Error, Gateway};
@@ -160,18 +159,13 @@ async fn in_the_gateway_a_failing_target_stops_receiving_requests() {
     })
     .await;
     let (mb, b) = start_mock(MockConfig::default()).await;
-    let cfg = Config::from_json_str(&format!(
-        r#"{{"providers": {{
-              "a": {{"url": "http://{}/v1/chat/completions", "auth_style": "bearer"}},
-              "b": {{"url": "http://{}/v1/chat/completions", "auth_style": "bearer"}}}},
-            "agents": {{"chain": {{"models": [{{"provider": "a", "model": "m"}}, {{"provider": "b", "model": "m"}}]}}}}}}"#,
-        a.addr, b.addr
-    ))
-    .unwrap();
-    let secrets = Secrets::from_json_str(&format!(
-        r#"{{"client_token": "{CLIENT_TOKEN}", "provider_keys": {{"a": "ka", "b": "kb"}}}}"#
-    ))
-    .unwrap();
+    let (cfg, secrets) = chain_config(
+        &a.url("/v1/chat/completions"),
+        &b.url("/v1/chat/completions"),
+        "bearer",
+        "fallback",
+        "",
+    );
     let gw = start_gateway(
         Gateway::from_config(&cfg, &secrets)
             .unwrap()

@@ -16,25 +16,16 @@ fn faulty(f: Fault) -> MockConfig {
     }
 }
 
-/// An agent `chain` over `a` then `b` (both OpenAI format), with `strategy`.
+/// An agent `chain` over `a` then `b` (both OpenAI format), with `strategy`; `a` gives up on
+/// headers after 1 s and on a silent stream after 1 s.
 async fn two_target_gateway(a: &Running, b: &Running, strategy: &str) -> Running {
-    let cfg = Config::from_json_str(&format!(
-        r#"{{
-          "providers": {{
-            "a": {{"url": "http://{a}/v1/chat/completions", "auth_style": "bearer", "response_header_timeout_seconds": 1}},
-            "b": {{"url": "http://{b}/v1/chat/completions", "auth_style": "bearer"}}
-          }},
-          "agents": {{"chain": {{"strategy": "{strategy}", "models": [
-              {{"provider": "a", "model": "m-a"}}, {{"provider": "b", "model": "m-b"}}]}}}}
-        }}"#,
-        a = a.addr,
-        b = b.addr
-    ))
-    .unwrap();
-    let secrets = Secrets::from_json_str(&format!(
-        r#"{{"client_token": "{CLIENT_TOKEN}", "provider_keys": {{"a": "ka", "b": "kb"}}}}"#
-    ))
-    .unwrap();
+    let (cfg, secrets) = chain_config(
+        &a.url("/v1/chat/completions"),
+        &b.url("/v1/chat/completions"),
+        "bearer",
+        strategy,
+        r#", "response_header_timeout_seconds": 1, "stream_idle_timeout_seconds": 1"#,
+    );
     start_gateway(Gateway::from_config(&cfg, &secrets).unwrap().build()).await
 }
 
@@ -144,4 +135,86 @@ fn an_unknown_strategy_is_a_config_error() {
         err.contains("agents.x.strategy") && err.contains("random"),
         "{err}"
     );
+}
+
+#[tokio::test]
+async fn a_stream_that_fails_before_its_first_event_fails_over() {
+    for fault in [Fault::ErrorEvent, Fault::DropAfter(0), Fault::StallAfter(0)] {
+        let (ma, a) = start_mock(faulty(fault.clone())).await;
+        let (mb, b) = start_mock(MockConfig {
+            chunks: 4,
+            ..MockConfig::default()
+        })
+        .await;
+        let gw = two_target_gateway(&a, &b, "fallback").await;
+        let r = ask(&gw, true).await;
+        assert_eq!(r.status, 200, "{fault:?}");
+        assert_eq!(r.headers["x-nenya-attempts"], "2", "{fault:?}");
+        let events = sse_events(&r.text());
+        assert!(
+            events.iter().all(|(_, d)| !d.contains("\"error\"")),
+            "{fault:?}: no trace of the first target's failure: {}",
+            r.text()
+        );
+        assert_eq!(events.last().unwrap().1, "[DONE]", "{fault:?}");
+        assert_eq!(
+            (ma.received().len(), mb.received().len()),
+            (1, 1),
+            "{fault:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn an_anthropic_error_event_first_fails_over_for_anthropic_clients() {
+    let (_ma, a) = start_mock(faulty(Fault::ErrorEvent)).await;
+    let (mb, b) = start_mock(MockConfig::default()).await;
+    let (cfg, secrets) = chain_config(
+        &a.url("/v1/messages"),
+        &b.url("/v1/messages"),
+        "anthropic",
+        "fallback",
+        "",
+    );
+    let gw = start_gateway(Gateway::from_config(&cfg, &secrets).unwrap().build()).await;
+    let (k, v) = bearer();
+    let r = post(
+        &gw.url("/v1/messages"),
+        &[(k, &v)],
+        json!({"model": "chain", "max_tokens": 16, "stream": true,
+               "messages": [{"role": "user", "content": "hi"}]})
+        .to_string(),
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.headers["x-nenya-attempts"], "2");
+    let events = sse_events(&r.text());
+    assert_eq!(events[0].0.as_deref(), Some("message_start"));
+    assert!(events.iter().all(|(e, _)| e.as_deref() != Some("error")));
+    assert_eq!(mb.received().len(), 1);
+}
+
+#[tokio::test]
+async fn after_content_has_started_there_is_no_failover() {
+    // Paced, so the first events are on the wire before the drop.
+    let (_ma, a) = start_mock(MockConfig {
+        chunks: 6,
+        delay: std::time::Duration::from_millis(20),
+        fault: Some(Fault::DropAfter(3)),
+        ..MockConfig::default()
+    })
+    .await;
+    let (mb, b) = start_mock(MockConfig::default()).await;
+    let gw = two_target_gateway(&a, &b, "fallback").await;
+    let r = ask(&gw, true).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.headers["x-nenya-attempts"], "1", "{}", r.text());
+    let events = sse_events(&r.text());
+    assert!(events.len() >= 3, "the partial stream reached the client");
+    assert!(
+        events.last().unwrap().1.contains("\"error\""),
+        "ends with a well-formed error event: {}",
+        r.text()
+    );
+    assert!(mb.received().is_empty());
 }

@@ -55,6 +55,9 @@ pub enum Fault {
     DropAfter(usize),
     /// Send one event, then a malformed one, then end.
     MalformedSse,
+    /// Answer `200` and a stream whose first event is an error (an overloaded upstream that
+    /// committed its headers first).
+    ErrorEvent,
 }
 
 impl FromStr for Fault {
@@ -74,9 +77,10 @@ impl FromStr for Fault {
             "stall-after" => Self::StallAfter(n()?),
             "drop-after" => Self::DropAfter(n()?),
             "malformed" => Self::MalformedSse,
+            "error-event" => Self::ErrorEvent,
             _ => {
                 return Err(format!(
-                    "unknown fault `{s}` (status:N, stall, stall-after:N, drop-after:N, malformed)"
+                    "unknown fault `{s}` (status:N, stall, stall-after:N, drop-after:N, malformed, error-event)"
                 ));
             }
         })
@@ -338,6 +342,7 @@ impl MockProvider {
             .and_then(Value::as_bool)
             .unwrap_or(false);
         let events = match format {
+            _ if self.inner.cfg.fault == Some(Fault::ErrorEvent) => vec![error_event(format)],
             ApiFormat::Gemini => gemini_events(&model, &script, prompt_tokens),
             ApiFormat::Anthropic => anthropic_events(&model, &script, prompt_tokens),
             _ => openai_events(&model, &script, include_usage, prompt_tokens),
@@ -646,6 +651,20 @@ fn anthropic_events(model: &str, script: &Script, prompt: u64) -> Vec<Bytes> {
     ));
     out.push(sse(Some("message_stop"), &json!({"type": "message_stop"})));
     out
+}
+
+/// An upstream's in-stream error, in its format.
+fn error_event(format: ApiFormat) -> Bytes {
+    match format {
+        ApiFormat::Anthropic => sse(
+            Some("error"),
+            &json!({"type": "error", "error": {"type": "overloaded_error", "message": "mock: overloaded"}}),
+        ),
+        _ => sse(
+            None,
+            &json!({"error": {"type": "server_error", "message": "mock: overloaded", "code": 503}}),
+        ),
+    }
 }
 
 /// The mock's streamed body: one event per frame, with an optional delay and fault.

@@ -3,12 +3,15 @@
 
 use std::collections::HashMap;
 use std::collections::VecDeque;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use bytes::Bytes;
 use http::{HeaderValue, Request, Response, Uri};
+use http_body::Body as _;
 use tower::Service;
 
 use super::mock::MockProvider;
@@ -518,6 +521,101 @@ impl<S> Retry<S> {
     }
 }
 
+/// How much of a stream may be held while deciding whether it starts with an error.
+const PEEK_LIMIT: usize = 64 * 1024;
+
+fn with_attempts(mut r: Response<Body>, attempts: u32) -> Response<Body> {
+    r.headers_mut()
+        .insert("x-nenya-attempts", HeaderValue::from(attempts));
+    r
+}
+
+fn is_event_stream(r: &Response<Body>) -> bool {
+    r.status().is_success()
+        && r.headers()
+            .get(http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("text/event-stream"))
+}
+
+/// What the start of a stream says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Peek {
+    /// A real event: commit the stream to the client.
+    Content,
+    /// An error event (OpenAI `data: {"error": …}`, Anthropic `event: error`) or a broken body.
+    Error,
+    /// The stream ended without any event.
+    Empty,
+}
+
+/// Judges the first complete, meaningful SSE event in `frames` (comments, `ping` events and
+/// `[DONE]` are not meaningful); `None` while there is none yet.
+fn first_event(frames: &[Bytes]) -> Option<Peek> {
+    let joined;
+    let buf: &[u8] = if frames.len() == 1 {
+        &frames[0]
+    } else {
+        joined = frames.concat();
+        &joined
+    };
+    let text = String::from_utf8_lossy(buf);
+    let text = text.replace("\r\n", "\n");
+    let mut events = text.split("\n\n").collect::<Vec<_>>();
+    events.pop(); // the part after the last blank line is not complete yet
+    for ev in events {
+        let mut name = None;
+        let mut data = String::new();
+        for line in ev.lines() {
+            if let Some(v) = line.strip_prefix("event:") {
+                name = Some(v.trim().to_owned());
+            } else if let Some(v) = line.strip_prefix("data:") {
+                data.push_str(v.trim_start());
+            }
+        }
+        match name.as_deref() {
+            Some("error") => return Some(Peek::Error),
+            Some("ping") => continue,
+            _ => {}
+        }
+        let data = data.trim();
+        if data.is_empty() || data == "[DONE]" {
+            continue;
+        }
+        let is_error = serde_json::from_str::<serde_json::Value>(data).is_ok_and(|v| {
+            v.get("error").is_some_and(|e| !e.is_null())
+                || v.get("type").and_then(|t| t.as_str()) == Some("error")
+        });
+        return Some(if is_error { Peek::Error } else { Peek::Content });
+    }
+    None
+}
+
+/// The held start of a stream, then the rest of it.
+struct Replay {
+    prefix: VecDeque<Bytes>,
+    rest: Body,
+}
+
+impl http_body::Body for Replay {
+    type Data = Bytes;
+    type Error = crate::BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+        if let Some(b) = self.prefix.pop_front() {
+            return Poll::Ready(Some(Ok(http_body::Frame::data(b))));
+        }
+        Pin::new(&mut self.rest).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.prefix.is_empty() && self.rest.is_end_stream()
+    }
+}
+
 /// Upstream statuses that move on to the next target.
 const RETRYABLE_STATUS: &[u16] = &[429, 500, 502, 503, 504, 529];
 
@@ -553,6 +651,8 @@ pin_project_lite::pin_project! {
     #[project = RouterProj]
     enum RouterState<F> {
         Calling { #[pin] fut: F },
+        // A 200 stream held until its first event shows it is not an error.
+        Peeking { head: Option<http::response::Parts>, body: Option<Body>, seen: Vec<Bytes>, len: usize },
         Retrying,
         Ready { resp: Option<Response<Body>> },
         Failed { err: Option<Error> },
@@ -575,7 +675,7 @@ where
     F: std::future::Future<Output = Result<Response<Body>, Error>>,
 {
     type Output = F::Output;
-    fn poll(self: std::pin::Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut this = self.project();
         loop {
             match this.state.as_mut().project() {
@@ -590,12 +690,64 @@ where
                             this.state.set(RouterState::Retrying);
                             continue;
                         }
+                        if let Ok(resp) = out {
+                            if !is_event_stream(&resp) {
+                                return Poll::Ready(Ok(with_attempts(resp, *this.attempts)));
+                            }
+                            let (head, body) = resp.into_parts();
+                            this.state.set(RouterState::Peeking {
+                                head: Some(head),
+                                body: Some(body),
+                                seen: Vec::new(),
+                                len: 0,
+                            });
+                            continue;
+                        }
                     }
-                    return Poll::Ready(out.map(|mut r| {
-                        r.headers_mut()
-                            .insert("x-nenya-attempts", HeaderValue::from(*this.attempts));
-                        r
-                    }));
+                    return Poll::Ready(out.map(|r| with_attempts(r, *this.attempts)));
+                }
+                RouterProj::Peeking {
+                    head,
+                    body,
+                    seen,
+                    len,
+                } => {
+                    let Some(b) = body.as_mut() else {
+                        return Poll::Ready(Err(Error::new(
+                            ErrorKind::Internal,
+                            "peek without a body",
+                        )));
+                    };
+                    let verdict = match std::task::ready!(Pin::new(b).poll_frame(cx)) {
+                        Some(Ok(frame)) => match frame.into_data() {
+                            Ok(data) => {
+                                *len += data.len();
+                                seen.push(data);
+                                match first_event(seen) {
+                                    Some(v) => v,
+                                    // Undecided: keep reading, within a bound.
+                                    None if *len > PEEK_LIMIT => Peek::Content,
+                                    None => continue,
+                                }
+                            }
+                            Err(_trailers) => Peek::Content,
+                        },
+                        Some(Err(_)) => Peek::Error,
+                        None => Peek::Empty,
+                    };
+                    if verdict == Peek::Content {
+                        let (Some(h), Some(b)) = (head.take(), body.take()) else {
+                            return Poll::Ready(Err(Error::new(ErrorKind::Internal, "peek state")));
+                        };
+                        let replay = Replay {
+                            prefix: std::mem::take(seen).into(),
+                            rest: b,
+                        };
+                        let resp = Response::from_parts(h, Body::new(replay));
+                        return Poll::Ready(Ok(with_attempts(resp, *this.attempts)));
+                    }
+                    tracing::warn!(attempt = *this.attempts, reason = ?verdict, "stream failed before its first content; failing over");
+                    this.state.set(RouterState::Retrying);
                 }
                 RouterProj::Retrying => {
                     let Some(retry) = this.retry.as_mut() else {

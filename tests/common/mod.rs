@@ -293,3 +293,30 @@ pub fn temp_dir(name: &str) -> std::path::PathBuf {
     std::fs::create_dir_all(&d).unwrap();
     d
 }
+
+/// An agent `chain` over provider `a` then `b` (model `m-a`, `m-b`) at these endpoint URLs,
+/// with `auth` for both, the agent `strategy`, and extra JSON fields for provider `a`.
+pub fn chain_config(
+    a_url: &str,
+    b_url: &str,
+    auth: &str,
+    strategy: &str,
+    a_extra: &str,
+) -> (Config, Secrets) {
+    let cfg = Config::from_json_str(&format!(
+        r#"{{
+          "providers": {{
+            "a": {{"url": "{a_url}", "auth_style": "{auth}" {a_extra}}},
+            "b": {{"url": "{b_url}", "auth_style": "{auth}"}}
+          }},
+          "agents": {{"chain": {{"strategy": "{strategy}", "models": [
+              {{"provider": "a", "model": "m-a"}}, {{"provider": "b", "model": "m-b"}}]}}}}
+        }}"#
+    ))
+    .unwrap();
+    let secrets = Secrets::from_json_str(&format!(
+        r#"{{"client_token": "{CLIENT_TOKEN}", "provider_keys": {{"a": "ka", "b": "kb"}}}}"#
+    ))
+    .unwrap();
+    (cfg, secrets)
+}
