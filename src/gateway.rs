@@ -4,10 +4,11 @@
 //!
 //! | # | layer / service | why it sits there |
 //! |---|---|---|
+//! | 0 | [`MetricsLayer`] | outermost, so it counts every answer, refusals and errors included |
 //! | 1 | [`ErrorResponseLayer`] | every failure below becomes client-format JSON; hyper never sees an `Err` |
 //! | 2 | [`OriginGuardLayer`] | refuse browser-context requests (DNS rebinding) on every route, before anything else |
 //! | 3 | [`AuthLayer`] | refuse unauthenticated clients and forbidden endpoints before reading any body |
-//! | 4 | `Dispatch` | `/healthz`, chat paths, 404/405 for the rest |
+//! | 4 | `Dispatch` | `/healthz`, `/metrics`, chat paths, 404/405 for the rest |
 //! | 5 | [`DecodeLayer`] | read the body once (size limit) and parse it once |
 //! | 6 | [`RedactLayer`] | credential patterns out of every text, before anything can forward or log it |
 //! | 7 | [`EntropyLayer`] | high-entropy tokens no pattern knows (after patterns, so their labels are not re-flagged) |
@@ -54,8 +55,8 @@ use crate::config::{BouncerConfig, Config, ConfigError, DEFAULT_MAX_BODY_BYTES, 
 use crate::error::{Error, ErrorKind};
 use crate::layers::{
     ApiKey, AuthLayer, BreakerConfig, CircuitBreakerLayer, DecodeLayer, EntropyDetector,
-    EntropyLayer, ErrorResponseLayer, OriginGuardLayer, RateLimitConfig, RateLimitLayer,
-    RedactLabel, RedactLayer, Redactor,
+    EntropyLayer, ErrorResponseLayer, Metrics, MetricsLayer, OriginGuardLayer, RateLimitConfig,
+    RateLimitLayer, RedactLabel, RedactLayer, Redactor,
 };
 use crate::model::{ApiFormat, ChatRequest, CountTokens};
 use crate::services::{ProviderService, RouteTable, Router, Target, http_client};
@@ -73,6 +74,7 @@ pub struct GatewayBuilder {
     entropy: Option<EntropyDetector>,
     breaker: BreakerConfig,
     limits: RateLimitConfig,
+    metrics: Metrics,
 }
 
 impl GatewayBuilder {
@@ -154,24 +156,36 @@ impl GatewayBuilder {
 
     /// Builds the stack (see the module docs for its order).
     pub fn build(self) -> Gateway {
+        let breaker = CircuitBreakerLayer::new(self.breaker, target_key as KeyFn);
+        register_collectors(
+            &self.metrics,
+            self.redactor.as_ref(),
+            self.entropy.as_ref(),
+            &breaker,
+        );
         let chat = ServiceBuilder::new()
             .layer(DecodeLayer::new(self.max_body_bytes))
             .option_layer(self.redactor.map(RedactLayer::new))
             .option_layer(self.entropy.map(EntropyLayer::new))
             .service(Router::new(
                 self.table,
-                CircuitBreakerLayer::new(self.breaker, target_key as KeyFn).layer(
+                breaker.layer(
                     RateLimitLayer::new(self.limits, provider_key as KeyFn)
                         .layer(ProviderService::new()),
                 ),
             ));
         let svc = ServiceBuilder::new()
+            .layer(MetricsLayer::new(self.metrics.clone()))
             .layer(ErrorResponseLayer::new())
             .layer(OriginGuardLayer::new(&self.origins))
             .layer(AuthLayer::new(self.tokens).with_api_keys(self.api_keys))
-            .service(Dispatch { chat });
+            .service(Dispatch {
+                chat,
+                metrics: self.metrics.clone(),
+            });
         Gateway {
             svc: BoxCloneSyncService::new(svc),
+            metrics: self.metrics,
         }
     }
 }
@@ -192,10 +206,65 @@ fn provider_key(req: &Request<ChatRequest>) -> Option<Arc<str>> {
         .map(|t| Arc::from(t.provider.name.as_str()))
 }
 
+/// The stack's own counters, rendered with the request metrics.
+fn register_collectors(
+    metrics: &Metrics,
+    redactor: Option<&Redactor>,
+    entropy: Option<&EntropyDetector>,
+    breaker: &CircuitBreakerLayer<KeyFn>,
+) {
+    use crate::layers::metrics::{escape, family};
+    use std::fmt::Write as _;
+    if let Some(r) = redactor.cloned() {
+        metrics.register(move |out| {
+            family(
+                out,
+                "nenya_redactions_total",
+                "counter",
+                "Secrets redacted before forwarding, by kind.",
+            );
+            for (kind, n) in r.counts() {
+                let _ = writeln!(out, "nenya_redactions_total{{kind=\"{kind}\"}} {n}");
+            }
+            family(
+                out,
+                "nenya_redact_failures_total",
+                "counter",
+                "Texts forwarded unscanned after an internal redaction error.",
+            );
+            let _ = writeln!(out, "nenya_redact_failures_total {}", r.failures());
+        });
+    }
+    if let Some(e) = entropy.cloned() {
+        metrics.register(move |out| {
+            family(
+                out,
+                "nenya_entropy_redactions_total",
+                "counter",
+                "High-entropy tokens redacted before forwarding.",
+            );
+            let _ = writeln!(out, "nenya_entropy_redactions_total {}", e.redacted());
+        });
+    }
+    let b = breaker.clone();
+    metrics.register(move |out| {
+        family(
+            out,
+            "nenya_circuit_open",
+            "gauge",
+            "1 for each provider/model circuit that is open or half-open.",
+        );
+        for key in b.open_circuits() {
+            let _ = writeln!(out, "nenya_circuit_open{{circuit=\"{}\"}} 1", escape(&key));
+        }
+    });
+}
+
 /// The assembled gateway service. Cheap to clone; never fails (errors are responses).
 #[derive(Clone)]
 pub struct Gateway {
     svc: BoxCloneSyncService<Request<Body>, Response<Body>, Infallible>,
+    metrics: Metrics,
 }
 
 impl std::fmt::Debug for Gateway {
@@ -205,6 +274,12 @@ impl std::fmt::Debug for Gateway {
 }
 
 impl Gateway {
+    /// The gateway's metrics (what `GET /metrics` renders), for embedders that serve them
+    /// elsewhere.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
     /// A builder over a route table.
     pub fn builder(table: RouteTable) -> GatewayBuilder {
         GatewayBuilder {
@@ -217,6 +292,7 @@ impl Gateway {
             entropy: Some(EntropyDetector::default()),
             breaker: BreakerConfig::default(),
             limits: RateLimitConfig::default(),
+            metrics: Metrics::new(),
         }
     }
 
@@ -261,6 +337,7 @@ where
 #[derive(Debug, Clone)]
 struct Dispatch<C> {
     chat: C,
+    metrics: Metrics,
 }
 
 impl<C> Service<Request<Body>> for Dispatch<C>
@@ -280,6 +357,14 @@ where
         let ready = |r: Result<Response<Body>, Error>| DispatchFuture::Ready { res: Some(r) };
         if path == "/healthz" {
             return ready(Ok(json_ok(r#"{"status":"ok"}"#)));
+        }
+        if path == "/metrics" && req.method() == Method::GET {
+            let mut r = Response::new(Body::from(self.metrics.render()));
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+            );
+            return ready(Ok(r));
         }
         if ApiFormat::from_path(path).is_some() {
             if req.method() != Method::POST {

@@ -10,7 +10,6 @@ use std::time::Duration;
 
 use common::*;
 use nenya::layers::{BreakerConfig, CircuitBreakerLayer};
-use nenya::services::{Fault, MockConfig};
 use nenya::{Body, Error, Gateway};
 use serde_json::json;
 use tower::{Layer, Service, ServiceExt, service_fn};
@@ -153,19 +152,7 @@ async fn a_probe_whose_caller_hung_up_frees_the_slot() {
 
 #[tokio::test]
 async fn in_the_gateway_a_failing_target_stops_receiving_requests() {
-    let (ma, a) = start_mock(MockConfig {
-        fault: Some(Fault::Status(503)),
-        ..MockConfig::default()
-    })
-    .await;
-    let (mb, b) = start_mock(MockConfig::default()).await;
-    let (cfg, secrets) = chain_config(
-        &a.url("/v1/chat/completions"),
-        &b.url("/v1/chat/completions"),
-        "bearer",
-        "fallback",
-        "",
-    );
+    let (ma, _a, mb, _b, cfg, secrets) = failing_first_chain(503).await;
     let gw = start_gateway(
         Gateway::from_config(&cfg, &secrets)
             .unwrap()

@@ -6,6 +6,7 @@
 //! | layer | request type | does |
 //! |---|---|---|
 //! | [`ErrorResponseLayer`] | any `Request<B>` | turns errors into client-format JSON; makes the stack `Infallible` |
+//! | [`MetricsLayer`] | any `Request<B>` → `Response<R>` | requests, errors by `error_kind`, failovers, latency; [`Metrics::render`] is `GET /metrics` |
 //! | [`OriginGuardLayer`] | any `Request<B>` | refuses browser-context requests (DNS rebinding) unless the origin is allowlisted |
 //! | [`AuthLayer`] | any `Request<B>` | client token and RBAC keys (constant time), endpoint scopes, strips client credentials, inserts [`Principal`] |
 //! | [`DecodeLayer`] | `Request<B>` → `Request<ChatRequest>` | reads the body once (size-limited) and parses it once |
@@ -21,6 +22,7 @@ pub mod decode;
 pub mod entropy;
 pub mod error_response;
 pub mod guard;
+pub mod metrics;
 pub mod origin;
 pub mod rate_limit;
 pub mod redact;
@@ -31,6 +33,7 @@ pub use circuit_breaker::{BreakerConfig, CircuitBreaker, CircuitBreakerLayer, Ci
 pub use decode::{Decode, DecodeLayer};
 pub use entropy::{Entropy, EntropyDetector, EntropyLayer};
 pub use error_response::{ErrorResponse, ErrorResponseLayer};
+pub use metrics::{Metrics, MetricsLayer, MetricsService};
 pub use origin::{OriginGuard, OriginGuardLayer};
 pub use rate_limit::{RateLimit, RateLimitConfig, RateLimitLayer};
 pub use redact::{PatternError, Redact, RedactLayer, Redactor};

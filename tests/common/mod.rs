@@ -320,3 +320,31 @@ pub fn chain_config(
     .unwrap();
     (cfg, secrets)
 }
+
+/// Two mocks — `a` answering `status` to everything, `b` healthy — and the config of an agent
+/// `chain` over them (OpenAI format).
+pub async fn failing_first_chain(
+    status: u16,
+) -> (
+    MockProvider,
+    Running,
+    MockProvider,
+    Running,
+    Config,
+    Secrets,
+) {
+    let (ma, a) = start_mock(MockConfig {
+        fault: Some(nenya::services::Fault::Status(status)),
+        ..MockConfig::default()
+    })
+    .await;
+    let (mb, b) = start_mock(MockConfig::default()).await;
+    let (cfg, secrets) = chain_config(
+        &a.url("/v1/chat/completions"),
+        &b.url("/v1/chat/completions"),
+        "bearer",
+        "fallback",
+        "",
+    );
+    (ma, a, mb, b, cfg, secrets)
+}
