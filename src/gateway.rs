@@ -4,7 +4,8 @@
 //!
 //! | # | layer / service | why it sits there |
 //! |---|---|---|
-//! | 0 | [`MetricsLayer`] | outermost, so it counts every answer, refusals and errors included |
+//! | 0 | [`RequestIdLayer`] | outermost: every log line of the request, refusals included, carries its id |
+//! | 0 | [`MetricsLayer`] | so it counts every answer, refusals and errors included |
 //! | 1 | [`ErrorResponseLayer`] | every failure below becomes client-format JSON; hyper never sees an `Err` |
 //! | 2 | [`OriginGuardLayer`] | refuse browser-context requests (DNS rebinding) on every route, before anything else |
 //! | 3 | [`AuthLayer`] | refuse unauthenticated clients and forbidden endpoints before reading any body |
@@ -56,7 +57,7 @@ use crate::error::{Error, ErrorKind};
 use crate::layers::{
     ApiKey, AuthLayer, BreakerConfig, CircuitBreakerLayer, DecodeLayer, EntropyDetector,
     EntropyLayer, ErrorResponseLayer, Metrics, MetricsLayer, OriginGuardLayer, RateLimitConfig,
-    RateLimitLayer, RedactLabel, RedactLayer, Redactor,
+    RateLimitLayer, RedactLabel, RedactLayer, Redactor, RequestIdLayer,
 };
 use crate::model::{ApiFormat, ChatRequest, CountTokens};
 use crate::services::{ProviderService, RouteTable, Router, Target, http_client};
@@ -157,6 +158,7 @@ impl GatewayBuilder {
     /// Builds the stack (see the module docs for its order).
     pub fn build(self) -> Gateway {
         let breaker = CircuitBreakerLayer::new(self.breaker, target_key as KeyFn);
+        let statsz = statsz(&self.metrics, self.redactor.clone(), &breaker);
         register_collectors(
             &self.metrics,
             self.redactor.as_ref(),
@@ -175,6 +177,7 @@ impl GatewayBuilder {
                 ),
             ));
         let svc = ServiceBuilder::new()
+            .layer(RequestIdLayer::new())
             .layer(MetricsLayer::new(self.metrics.clone()))
             .layer(ErrorResponseLayer::new())
             .layer(OriginGuardLayer::new(&self.origins))
@@ -182,6 +185,7 @@ impl GatewayBuilder {
             .service(Dispatch {
                 chat,
                 metrics: self.metrics.clone(),
+                statsz,
             });
         Gateway {
             svc: BoxCloneSyncService::new(svc),
@@ -204,6 +208,43 @@ fn provider_key(req: &Request<ChatRequest>) -> Option<Arc<str>> {
     req.extensions()
         .get::<Target>()
         .map(|t| Arc::from(t.provider.name.as_str()))
+}
+
+/// `GET /statsz`: a JSON summary for humans and health checks.
+fn statsz(
+    metrics: &Metrics,
+    redactor: Option<Redactor>,
+    breaker: &CircuitBreakerLayer<KeyFn>,
+) -> Arc<dyn Fn() -> String + Send + Sync> {
+    let started = std::time::Instant::now();
+    let (metrics, breaker) = (metrics.clone(), breaker.clone());
+    Arc::new(move || {
+        let m = metrics.snapshot();
+        let redactions: serde_json::Map<String, serde_json::Value> = redactor
+            .as_ref()
+            .map(|r| r.counts())
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|(_, n)| *n > 0)
+            .map(|(k, n)| (k.to_owned(), n.into()))
+            .collect();
+        let mut open: Vec<String> = breaker
+            .open_circuits()
+            .iter()
+            .map(|k| k.to_string())
+            .collect();
+        open.sort();
+        serde_json::json!({
+            "status": "ok",
+            "uptime_seconds": started.elapsed().as_secs(),
+            "requests": m.requests,
+            "errors": m.errors,
+            "failovers": m.failovers,
+            "redactions": redactions,
+            "open_circuits": open,
+        })
+        .to_string()
+    })
 }
 
 /// The stack's own counters, rendered with the request metrics.
@@ -333,11 +374,20 @@ where
     }
 }
 
-/// Routes paths: health, chat endpoints, and 404/405 for everything else.
-#[derive(Debug, Clone)]
+/// Routes paths: health, stats, metrics, chat endpoints, and 404/405 for everything else.
+#[derive(Clone)]
 struct Dispatch<C> {
     chat: C,
     metrics: Metrics,
+    statsz: Arc<dyn Fn() -> String + Send + Sync>,
+}
+
+impl<C: std::fmt::Debug> std::fmt::Debug for Dispatch<C> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Dispatch")
+            .field("chat", &self.chat)
+            .finish_non_exhaustive()
+    }
 }
 
 impl<C> Service<Request<Body>> for Dispatch<C>
@@ -357,6 +407,14 @@ where
         let ready = |r: Result<Response<Body>, Error>| DispatchFuture::Ready { res: Some(r) };
         if path == "/healthz" {
             return ready(Ok(json_ok(r#"{"status":"ok"}"#)));
+        }
+        if path == "/statsz" && req.method() == Method::GET {
+            let mut r = Response::new(Body::from((self.statsz)()));
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+            return ready(Ok(r));
         }
         if path == "/metrics" && req.method() == Method::GET {
             let mut r = Response::new(Body::from(self.metrics.render()));

@@ -187,3 +187,54 @@ async fn failovers_and_open_circuits_are_counted() {
         "5 failures opened it"
     );
 }
+
+#[tokio::test]
+async fn request_ids_are_kept_or_made_and_statsz_summarises() {
+    let (mock, up) = start_mock(MockConfig {
+        echo: true,
+        ..MockConfig::default()
+    })
+    .await;
+    let gw = gateway_for_mock(&up, "").await;
+    let (k, v) = bearer();
+    let chat = gw.url("/v1/chat/completions");
+    let body = json!({"model": "coder", "messages": [{"role": "user", "content": "token ghp_R8mWq2ZpX4cV7bN1kL9sD3fG6hJ0aQ5eT2yU"}]}).to_string();
+    let r = post(
+        &chat,
+        &[(k, &v), ("x-request-id", "trace-123")],
+        body.clone(),
+    )
+    .await;
+    assert_eq!(r.headers["x-request-id"], "trace-123");
+    let r = post(&chat, &[(k, &v)], body.clone()).await;
+    let made = r.headers["x-request-id"].to_str().unwrap().to_string();
+    assert_eq!(made.len(), 32);
+    let r2 = post(&chat, &[(k, &v)], body.clone()).await;
+    assert_ne!(r2.headers["x-request-id"].to_str().unwrap(), made, "unique");
+    // A hostile id (too long) is replaced, and errors carry an id too.
+    let long = "x".repeat(500);
+    let r = post(&chat, &[(k, &v), ("x-request-id", &long)], "{").await;
+    assert_eq!(r.status, 400);
+    assert_eq!(r.headers["x-request-id"].len(), 32);
+    // The id is not sent upstream.
+    assert!(
+        mock.received()
+            .iter()
+            .all(|rec| !rec.headers.contains_key("x-request-id"))
+    );
+
+    let s = send(
+        http::Request::get(gw.url("/statsz"))
+            .body(nenya::Body::empty())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(s.status, 200);
+    let j = s.json();
+    assert_eq!(j["status"], "ok");
+    assert_eq!(j["requests"], 4);
+    assert_eq!(j["errors"]["invalid_json"], 1);
+    assert_eq!(j["redactions"]["github_pat"], 3);
+    assert_eq!(j["open_circuits"], json!([]));
+    assert!(!s.text().contains("ghp_"), "never the secret");
+}

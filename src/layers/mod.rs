@@ -6,6 +6,7 @@
 //! | layer | request type | does |
 //! |---|---|---|
 //! | [`ErrorResponseLayer`] | any `Request<B>` | turns errors into client-format JSON; makes the stack `Infallible` |
+//! | [`RequestIdLayer`] | any `Request<B>` → `Response<R>` | keeps or makes an `x-request-id`, echoes it, one `tracing` span per request |
 //! | [`MetricsLayer`] | any `Request<B>` → `Response<R>` | requests, errors by `error_kind`, failovers, latency; [`Metrics::render`] is `GET /metrics` |
 //! | [`OriginGuardLayer`] | any `Request<B>` | refuses browser-context requests (DNS rebinding) unless the origin is allowlisted |
 //! | [`AuthLayer`] | any `Request<B>` | client token and RBAC keys (constant time), endpoint scopes, strips client credentials, inserts [`Principal`] |
@@ -26,6 +27,7 @@ pub mod metrics;
 pub mod origin;
 pub mod rate_limit;
 pub mod redact;
+pub mod request_id;
 pub mod scrub;
 
 pub use auth::{ApiKey, Auth, AuthLayer, Principal, Role};
@@ -33,8 +35,9 @@ pub use circuit_breaker::{BreakerConfig, CircuitBreaker, CircuitBreakerLayer, Ci
 pub use decode::{Decode, DecodeLayer};
 pub use entropy::{Entropy, EntropyDetector, EntropyLayer};
 pub use error_response::{ErrorResponse, ErrorResponseLayer};
-pub use metrics::{Metrics, MetricsLayer, MetricsService};
+pub use metrics::{Metrics, MetricsLayer, MetricsService, MetricsSnapshot};
 pub use origin::{OriginGuard, OriginGuardLayer};
 pub use rate_limit::{RateLimit, RateLimitConfig, RateLimitLayer};
 pub use redact::{PatternError, Redact, RedactLayer, Redactor};
+pub use request_id::{RequestId, RequestIdLayer, RequestIdService};
 pub use scrub::{Finding, RedactLabel, Scrub, ScrubLayer, TextScrubber};

@@ -131,6 +131,16 @@ impl Metrics {
             .fetch_add((took * 1e6) as u64, Ordering::Relaxed);
     }
 
+    /// Totals so far (for `/statsz`).
+    pub fn snapshot(&self) -> MetricsSnapshot {
+        let i = &self.inner;
+        MetricsSnapshot {
+            requests: i.count.load(Ordering::Relaxed),
+            errors: i.errors.lock().unwrap_or_else(|p| p.into_inner()).clone(),
+            failovers: i.failovers.load(Ordering::Relaxed),
+        }
+    }
+
     /// Everything, in Prometheus text exposition format 0.0.4.
     pub fn render(&self) -> String {
         let mut out = String::with_capacity(4096);
@@ -205,6 +215,21 @@ impl Metrics {
         }
         out
     }
+}
+
+/// Totals from [`Metrics::snapshot`].
+///
+/// ```
+/// assert_eq!(nenya::layers::Metrics::new().snapshot().requests, 0);
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MetricsSnapshot {
+    /// Requests answered.
+    pub requests: u64,
+    /// Error answers by `error_kind`.
+    pub errors: BTreeMap<String, u64>,
+    /// Moves to a next target.
+    pub failovers: u64,
 }
 
 /// Writes a family's HELP and TYPE lines.
