@@ -76,6 +76,20 @@ pub struct GatewayBuilder {
     breaker: BreakerConfig,
     limits: RateLimitConfig,
     metrics: Metrics,
+    carried: Option<Carried>,
+}
+
+/// What a reloaded gateway keeps from the one it replaces.
+#[derive(Clone)]
+struct Carried {
+    breaker: (BreakerConfig, CircuitBreakerLayer<KeyFn>),
+    limiter: (RateLimitConfig, RateLimitLayer<KeyFn>),
+}
+
+impl std::fmt::Debug for Carried {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Carried").finish_non_exhaustive()
+    }
 }
 
 impl GatewayBuilder {
@@ -155,9 +169,25 @@ impl GatewayBuilder {
         self
     }
 
+    /// Keeps `previous`'s metrics, circuit states and limiter budgets (where their settings did
+    /// not change), for a configuration reload.
+    pub fn carry_state_from(mut self, previous: &Gateway) -> Self {
+        self.metrics = previous.metrics.clone();
+        self.carried = Some(previous.carried.clone());
+        self
+    }
+
     /// Builds the stack (see the module docs for its order).
     pub fn build(self) -> Gateway {
-        let breaker = CircuitBreakerLayer::new(self.breaker, target_key as KeyFn);
+        let carried = self.carried.as_ref();
+        let breaker = match carried {
+            Some(c) if c.breaker.0 == self.breaker => c.breaker.1.clone(),
+            _ => CircuitBreakerLayer::new(self.breaker, target_key as KeyFn),
+        };
+        let limiter = match carried {
+            Some(c) if c.limiter.0 == self.limits => c.limiter.1.clone(),
+            _ => RateLimitLayer::new(self.limits, provider_key as KeyFn),
+        };
         let statsz = statsz(&self.metrics, self.redactor.clone(), &breaker);
         register_collectors(
             &self.metrics,
@@ -171,10 +201,7 @@ impl GatewayBuilder {
             .option_layer(self.entropy.map(EntropyLayer::new))
             .service(Router::new(
                 self.table,
-                breaker.layer(
-                    RateLimitLayer::new(self.limits, provider_key as KeyFn)
-                        .layer(ProviderService::new()),
-                ),
+                breaker.layer(limiter.layer(ProviderService::new())),
             ));
         let svc = ServiceBuilder::new()
             .layer(RequestIdLayer::new())
@@ -190,6 +217,10 @@ impl GatewayBuilder {
         Gateway {
             svc: BoxCloneSyncService::new(svc),
             metrics: self.metrics,
+            carried: Carried {
+                breaker: (self.breaker, breaker),
+                limiter: (self.limits, limiter),
+            },
         }
     }
 }
@@ -257,7 +288,7 @@ fn register_collectors(
     use crate::layers::metrics::{escape, family};
     use std::fmt::Write as _;
     if let Some(r) = redactor.cloned() {
-        metrics.register(move |out| {
+        metrics.register("redact", move |out| {
             family(
                 out,
                 "nenya_redactions_total",
@@ -277,7 +308,7 @@ fn register_collectors(
         });
     }
     if let Some(e) = entropy.cloned() {
-        metrics.register(move |out| {
+        metrics.register("entropy", move |out| {
             family(
                 out,
                 "nenya_entropy_redactions_total",
@@ -288,7 +319,7 @@ fn register_collectors(
         });
     }
     let b = breaker.clone();
-    metrics.register(move |out| {
+    metrics.register("circuit_breaker", move |out| {
         family(
             out,
             "nenya_circuit_open",
@@ -306,6 +337,7 @@ fn register_collectors(
 pub struct Gateway {
     svc: BoxCloneSyncService<Request<Body>, Response<Body>, Infallible>,
     metrics: Metrics,
+    carried: Carried,
 }
 
 impl std::fmt::Debug for Gateway {
@@ -334,6 +366,7 @@ impl Gateway {
             breaker: BreakerConfig::default(),
             limits: RateLimitConfig::default(),
             metrics: Metrics::new(),
+            carried: None,
         }
     }
 
@@ -479,5 +512,73 @@ where
                 ))
             })),
         }
+    }
+}
+
+/// A [`Gateway`] that can be replaced while it serves: each request runs on the gateway
+/// current when it arrived, so in-flight requests (streams included) finish on the old one.
+/// The binary swaps in a new one on `SIGHUP`.
+///
+/// ```
+/// use nenya::{Gateway, ReloadableGateway, services::{RouteTable, MockProvider, MockConfig}};
+/// use tower::ServiceExt;
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// let first = Gateway::builder(RouteTable::mock(MockProvider::new(MockConfig::default()))).build();
+/// let gw = ReloadableGateway::new(first);
+/// let next = Gateway::builder(RouteTable::mock(MockProvider::new(MockConfig::default())))
+///     .carry_state_from(&gw.current())
+///     .build();
+/// gw.replace(next);
+/// let req = http::Request::get("/healthz").body(nenya::Body::empty()).unwrap();
+/// assert_eq!(gw.oneshot(req).await.unwrap().status(), 200);
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct ReloadableGateway {
+    current: Arc<arc_swap::ArcSwap<Gateway>>,
+}
+
+impl std::fmt::Debug for ReloadableGateway {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReloadableGateway").finish_non_exhaustive()
+    }
+}
+
+impl ReloadableGateway {
+    /// Starts serving `gateway`.
+    pub fn new(gateway: Gateway) -> Self {
+        Self {
+            current: Arc::new(arc_swap::ArcSwap::from_pointee(gateway)),
+        }
+    }
+
+    /// The gateway serving new requests now.
+    pub fn current(&self) -> Arc<Gateway> {
+        self.current.load_full()
+    }
+
+    /// Serves new requests with `gateway` from now on.
+    pub fn replace(&self, gateway: Gateway) {
+        self.current.store(Arc::new(gateway));
+    }
+}
+
+impl<B> Service<Request<B>> for ReloadableGateway
+where
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    type Response = Response<Body>;
+    type Error = Infallible;
+    type Future = tower::util::Oneshot<Gateway, Request<B>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        // Readiness is the serving gateway's, checked in the oneshot.
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        use tower::ServiceExt;
+        Gateway::clone(&self.current.load()).oneshot(req)
     }
 }

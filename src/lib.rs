@@ -32,7 +32,7 @@ pub mod sse;
 
 pub use body::Body;
 pub use error::{Error, ErrorKind};
-pub use gateway::{Gateway, GatewayBuilder};
+pub use gateway::{Gateway, GatewayBuilder, ReloadableGateway};
 
 /// A boxed, thread-safe error, used only at boundaries with other crates.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;

@@ -7,9 +7,9 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use nenya::Gateway;
 use nenya::config::{Config, Secrets};
 use nenya::services::{Fault, MockConfig, MockProvider, RouteTable};
+use nenya::{Gateway, GatewayBuilder, ReloadableGateway};
 use tracing_subscriber::EnvFilter;
 
 /// Drain time for in-flight requests after a shutdown signal.
@@ -164,9 +164,9 @@ fn config_path(flag: Option<PathBuf>) -> Option<PathBuf> {
         })
 }
 
-async fn run_serve(args: ServeArgs, log: LogFormat) -> Result<(), String> {
-    let path = config_path(args.config);
-    let cfg = match &path {
+/// Reads config and secrets and assembles a gateway builder (the same for start-up and reload).
+fn load(path: Option<&std::path::Path>) -> Result<(Config, Secrets, GatewayBuilder), String> {
+    let cfg = match path {
         Some(p) => Config::load(p).map_err(|e| e.to_string())?,
         None => Config::default(),
     };
@@ -174,13 +174,8 @@ async fn run_serve(args: ServeArgs, log: LogFormat) -> Result<(), String> {
         Some(d) => Secrets::load_dir(std::path::Path::new(&d)).map_err(|e| e.to_string())?,
         None => Secrets::default(),
     };
-    init_logging(log, cfg.server.log_level.as_deref());
-
     let mock_mode = path.is_none() && secrets.provider_keys.is_empty();
     let builder = if mock_mode {
-        tracing::info!(
-            "no config and no provider keys found: every model is served by the built-in mock provider"
-        );
         Gateway::builder(RouteTable::mock(MockProvider::new(MockConfig::default())))
             .max_body_bytes(cfg.server.max_body_bytes)
             .client_tokens(secrets.client_token.clone())
@@ -189,18 +184,30 @@ async fn run_serve(args: ServeArgs, log: LogFormat) -> Result<(), String> {
             .bouncer(&cfg.bouncer)
             .map_err(|e| e.to_string())?
     } else {
-        if let Some(p) = &path {
-            tracing::info!(config = %p.display(), "configuration loaded");
-        }
         Gateway::from_config(&cfg, &secrets).map_err(|e| e.to_string())?
     };
+    Ok((cfg, secrets, builder))
+}
+
+async fn run_serve(args: ServeArgs, log: LogFormat) -> Result<(), String> {
+    let path = config_path(args.config);
+    let (cfg, secrets, builder) = load(path.as_deref())?;
+    init_logging(log, cfg.server.log_level.as_deref());
+    match &path {
+        None if secrets.provider_keys.is_empty() => tracing::info!(
+            "no config and no provider keys found: every model is served by the built-in mock provider"
+        ),
+        Some(p) => tracing::info!(config = %p.display(), "configuration loaded"),
+        None => {}
+    }
     for w in cfg.warnings() {
         tracing::warn!("{w}");
     }
     if secrets.client_token.is_none() && secrets.api_keys.is_empty() {
         tracing::warn!("no client_token in secrets: clients are not authenticated");
     }
-    let gateway = builder.build();
+    let gateway = ReloadableGateway::new(builder.build());
+    spawn_reloader(path.clone(), gateway.clone());
 
     let shutdown = nenya::server::shutdown_signal();
     let addr = listen_addr(args.listen.as_deref(), cfg.server.listen_addr.as_deref())?;
@@ -214,6 +221,43 @@ async fn run_serve(args: ServeArgs, log: LogFormat) -> Result<(), String> {
         .map_err(|e| e.to_string())?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// On `SIGHUP`: re-read config and secrets, validate, and swap the gateway in; circuit and
+/// limiter state and metrics carry over. A config that fails to load is logged and the running
+/// one keeps serving. (The listen address is not changed by a reload.)
+fn spawn_reloader(path: Option<PathBuf>, gateway: ReloadableGateway) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut hup = match signal(SignalKind::hangup()) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!("no SIGHUP handler, hot reload disabled: {e}");
+                return;
+            }
+        };
+        tokio::spawn(async move {
+            while hup.recv().await.is_some() {
+                match load(path.as_deref()) {
+                    Ok((cfg, _, builder)) => {
+                        gateway.replace(builder.carry_state_from(&gateway.current()).build());
+                        for w in cfg.warnings() {
+                            tracing::warn!("{w}");
+                        }
+                        tracing::info!("configuration reloaded");
+                    }
+                    Err(e) => tracing::error!(
+                        "reload rejected, the previous configuration keeps serving: {e}"
+                    ),
+                }
+            }
+        });
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = (path, gateway);
+    }
 }
 
 /// `--listen` > `PORT`/`HOST` > `server.listen_addr` > 127.0.0.1:8080.

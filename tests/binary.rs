@@ -149,3 +149,89 @@ async fn sigterm_stops_the_binary_cleanly() {
     }
     assert!(bin.log().contains("stopped"));
 }
+
+/// Sends `sig` to the binary (the test machine has `kill`).
+fn signal(bin: &Binary, sig: &str) {
+    let ok = std::process::Command::new("kill")
+        .args([sig, &bin.child.id().to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "kill {sig}");
+}
+
+#[tokio::test]
+async fn sighup_reloads_the_config_and_a_broken_one_keeps_the_old() {
+    let (ma, a) = start_mock(MockConfig::default()).await;
+    let (mb, b) = start_mock(MockConfig::default()).await;
+    // A stream slow enough to be in flight across the reload.
+    let (ms, slow) = start_mock(MockConfig {
+        chunks: 10,
+        delay: Duration::from_millis(100),
+        ..MockConfig::default()
+    })
+    .await;
+    let dir = temp_dir("bin-reload");
+    let cfg = dir.join("nenya.json");
+    let write = |target: &Running| {
+        let c = json!({
+            "providers": {
+                "up": {"url": format!("http://{}/v1/chat/completions", target.addr), "auth_style": "none"},
+                "slow": {"url": format!("http://{}/v1/chat/completions", slow.addr), "auth_style": "none"}
+            },
+            "agents": {"build": {"models": [{"provider": "up", "model": "m"}]},
+                       "slowpoke": {"models": [{"provider": "slow", "model": "m"}]}}
+        });
+        std::fs::write(&cfg, c.to_string()).unwrap();
+    };
+    write(&a);
+    let bin = spawn_nenya(
+        &["serve", "--listen", "127.0.0.1:0"],
+        &[("NENYA_CONFIG_FILE", cfg.to_str().unwrap())],
+    );
+    let ask = |model: &'static str, stream: bool| {
+        let url = bin.url("/v1/chat/completions");
+        async move {
+            let body = json!({"model": model, "stream": stream, "messages": [{"role": "user", "content": "hi"}]});
+            post(&url, &[], body.to_string()).await
+        }
+    };
+    assert_eq!(ask("build", false).await.status, 200);
+    assert_eq!((ma.received().len(), mb.received().len()), (1, 0));
+
+    // Start a slow stream, then reload to point `build` at b.
+    let in_flight = tokio::spawn(ask("slowpoke", true));
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    assert_eq!(ms.received().len(), 1, "the slow stream has started");
+    write(&b);
+    signal(&bin, "-HUP");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !bin.log().contains("configuration reloaded") {
+        assert!(Instant::now() < deadline, "no reload: {}", bin.log());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(ask("build", false).await.status, 200);
+    assert_eq!(
+        (ma.received().len(), mb.received().len()),
+        (1, 1),
+        "the new target"
+    );
+    let streamed = in_flight.await.unwrap();
+    assert_eq!(streamed.status, 200);
+    assert!(
+        streamed.text().trim_end().ends_with("data: [DONE]"),
+        "the stream across the reload completed"
+    );
+
+    // A broken config is rejected; the previous one keeps serving.
+    std::fs::write(&cfg, "{ not json").unwrap();
+    signal(&bin, "-HUP");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !bin.log().contains("reload rejected") {
+        assert!(Instant::now() < deadline, "no rejection: {}", bin.log());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(bin.log().contains("nenya.json"), "the error names the file");
+    assert_eq!(ask("build", false).await.status, 200);
+    assert_eq!(mb.received().len(), 2);
+}

@@ -181,3 +181,48 @@ async fn in_the_gateway_a_failing_target_stops_receiving_requests() {
     );
     assert_eq!(mb.received().len(), 10);
 }
+
+#[tokio::test]
+async fn circuit_state_and_metrics_survive_a_reload() {
+    let (ma, _a, mb, _b, cfg, secrets) = failing_first_chain(503).await;
+    let build = |prev: Option<&Gateway>| {
+        let b = Gateway::from_config(&cfg, &secrets)
+            .unwrap()
+            .circuit_breaker(BreakerConfig {
+                failure_threshold: 2,
+                ..BreakerConfig::default()
+            });
+        match prev {
+            Some(p) => b.carry_state_from(p).build(),
+            None => b.build(),
+        }
+    };
+    let reloadable = nenya::ReloadableGateway::new(build(None));
+    let gw = start_gateway_with(reloadable.clone()).await;
+    let (k, v) = bearer();
+    let ask = || {
+        let url = gw.url("/v1/chat/completions");
+        let (k, v) = (k, v.clone());
+        async move {
+            let body = json!({"model": "chain", "messages": [{"role": "user", "content": "hi"}]});
+            post(&url, &[(k, &v)], body.to_string()).await
+        }
+    };
+    for _ in 0..3 {
+        assert_eq!(ask().await.status, 200);
+    }
+    assert_eq!(ma.received().len(), 2, "open after two failures");
+    reloadable.replace(build(Some(&reloadable.current())));
+    for _ in 0..3 {
+        assert_eq!(ask().await.status, 200);
+    }
+    assert_eq!(ma.received().len(), 2, "still open after the reload");
+    assert_eq!(mb.received().len(), 6);
+    let text = reloadable.current().metrics().render();
+    assert!(text.contains("nenya_failovers_total 6"), "{text}");
+    assert_eq!(
+        text.matches("# TYPE nenya_circuit_open").count(),
+        1,
+        "no duplicate families"
+    );
+}

@@ -78,7 +78,22 @@ pub async fn start_gateway(gateway: Gateway) -> Running {
     start_gateway_with_grace(gateway, Duration::from_secs(5)).await
 }
 
-pub async fn start_gateway_with_grace(gateway: Gateway, grace: Duration) -> Running {
+/// Serves a `ReloadableGateway` on a loopback port.
+pub async fn start_gateway_with(svc: nenya::ReloadableGateway) -> Running {
+    start_gateway_with_grace(svc, Duration::from_secs(5)).await
+}
+
+pub async fn start_gateway_with_grace<S>(gateway: S, grace: Duration) -> Running
+where
+    S: tower::Service<
+            Request<Body>,
+            Response = http::Response<Body>,
+            Error = std::convert::Infallible,
+        > + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (tx, rx) = oneshot::channel::<()>();

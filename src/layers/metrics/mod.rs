@@ -51,7 +51,7 @@ const ENDPOINTS: &[&str] = &[
     "/metrics",
 ];
 
-type Collector = Box<dyn Fn(&mut String) + Send + Sync>;
+type Collector = (&'static str, Box<dyn Fn(&mut String) + Send + Sync>);
 
 /// The metrics registry. Cheap to clone (shared).
 #[derive(Clone, Default)]
@@ -82,13 +82,20 @@ impl Metrics {
         Self::default()
     }
 
-    /// Adds a family of metrics written by `collector` (HELP, TYPE and samples) at each render.
-    pub fn register(&self, collector: impl Fn(&mut String) + Send + Sync + 'static) {
-        self.inner
+    /// Adds the families written by `collector` (HELP, TYPE and samples) at each render,
+    /// replacing an earlier collector of the same `name` (a reloaded stack re-registers).
+    pub fn register(
+        &self,
+        name: &'static str,
+        collector: impl Fn(&mut String) + Send + Sync + 'static,
+    ) {
+        let mut list = self
+            .inner
             .collectors
             .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(Box::new(collector));
+            .unwrap_or_else(|p| p.into_inner());
+        list.retain(|(n, _)| *n != name);
+        list.push((name, Box::new(collector)));
     }
 
     fn record(
@@ -205,7 +212,7 @@ impl Metrics {
             i.sum_micros.load(Ordering::Relaxed) as f64 / 1e6
         );
         let _ = writeln!(out, "nenya_request_duration_seconds_count {count}");
-        for c in i
+        for (_, c) in i
             .collectors
             .lock()
             .unwrap_or_else(|p| p.into_inner())
