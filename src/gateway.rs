@@ -9,7 +9,7 @@
 //! | 1 | [`ErrorResponseLayer`] | every failure below becomes client-format JSON; hyper never sees an `Err` |
 //! | 2 | [`OriginGuardLayer`] | refuse browser-context requests (DNS rebinding) on every route, before anything else |
 //! | 3 | [`AuthLayer`] | refuse unauthenticated clients and forbidden endpoints before reading any body |
-//! | 4 | `Dispatch` | `/healthz`, `/metrics`, chat paths, 404/405 for the rest |
+//! | 4 | `Dispatch` | `/healthz`, `/statsz`, `/metrics`, `GET /v1/models`, chat paths, 404/405 for the rest |
 //! | 5 | [`DecodeLayer`] | read the body once (size limit) and parse it once |
 //! | 6 | [`RedactLayer`] | credential patterns out of every text, before anything can forward or log it |
 //! | 7 | [`EntropyLayer`] | high-entropy tokens no pattern knows (after patterns, so their labels are not re-flagged) |
@@ -195,6 +195,7 @@ impl GatewayBuilder {
             self.entropy.as_ref(),
             &breaker,
         );
+        let table = self.table.clone();
         let chat = ServiceBuilder::new()
             .layer(DecodeLayer::new(self.max_body_bytes))
             .option_layer(self.redactor.map(RedactLayer::new))
@@ -211,6 +212,7 @@ impl GatewayBuilder {
             .layer(AuthLayer::new(self.tokens).with_api_keys(self.api_keys))
             .service(Dispatch {
                 chat,
+                table,
                 metrics: self.metrics.clone(),
                 statsz,
             });
@@ -411,6 +413,7 @@ where
 #[derive(Clone)]
 struct Dispatch<C> {
     chat: C,
+    table: Arc<RouteTable>,
     metrics: Metrics,
     statsz: Arc<dyn Fn() -> String + Send + Sync>,
 }
@@ -440,6 +443,15 @@ where
         let ready = |r: Result<Response<Body>, Error>| DispatchFuture::Ready { res: Some(r) };
         if path == "/healthz" {
             return ready(Ok(json_ok(r#"{"status":"ok"}"#)));
+        }
+        if path == "/v1/models" {
+            if req.method() != Method::GET {
+                return ready(Err(Error::new(
+                    ErrorKind::MethodNotAllowed,
+                    "/v1/models only accepts GET",
+                )));
+            }
+            return ready(Ok(model_list(&self.table, &req)));
         }
         if path == "/statsz" && req.method() == Method::GET {
             let mut r = Response::new(Body::from((self.statsz)()));
@@ -478,6 +490,54 @@ where
             format!("no route for {} {}", req.method(), path),
         )))
     }
+}
+
+/// `GET /v1/models` in the client's format (Anthropic's when it sent `anthropic-version`),
+/// limited to the agents a scoped API key may use.
+fn model_list(table: &RouteTable, req: &Request<Body>) -> Response<Body> {
+    let principal = req.extensions().get::<crate::model::Principal>();
+    let models: Vec<_> = table
+        .models()
+        .into_iter()
+        .filter(|m| principal.is_none_or(|p| p.may_use(&m.id)))
+        .collect();
+    let v = if req.headers().contains_key("anthropic-version") {
+        let data: Vec<_> = models
+            .iter()
+            .map(|m| {
+                serde_json::json!({"type": "model", "id": m.id, "display_name": m.id,
+                    "created_at": "1970-01-01T00:00:00Z"})
+            })
+            .collect();
+        serde_json::json!({
+            "data": data,
+            "has_more": false,
+            "first_id": models.first().map(|m| m.id.clone()),
+            "last_id": models.last().map(|m| m.id.clone()),
+        })
+    } else {
+        let data: Vec<_> = models
+            .iter()
+            .map(|m| {
+                let mut o = serde_json::json!({"id": m.id, "object": "model", "created": 0,
+                    "owned_by": m.owned_by});
+                if let Some(c) = m.context_window {
+                    o["context_window"] = c.into();
+                }
+                if let Some(c) = m.max_output_tokens {
+                    o["max_output_tokens"] = c.into();
+                }
+                o
+            })
+            .collect();
+        serde_json::json!({"object": "list", "data": data})
+    };
+    let mut r = Response::new(Body::from(v.to_string()));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    r
 }
 
 fn json_ok(body: &'static str) -> Response<Body> {

@@ -19,7 +19,7 @@ use super::provider::{ProviderSpec, Target, Timeouts};
 use super::transport::{HttpClient, Transport};
 use crate::Body;
 use crate::adapters::providers::{
-    AuthStyle, BUILTIN_PROVIDERS, Capabilities, Quirks, builtin_provider, known_model,
+    AuthStyle, BUILTIN_PROVIDERS, Capabilities, KNOWN_MODELS, Quirks, builtin_provider, known_model,
 };
 use crate::config::{Config, ConfigError, ModelEntry, Secrets};
 use crate::error::{Error, ErrorKind};
@@ -32,6 +32,25 @@ struct Agent {
     round_robin: bool,
     /// Where the next round-robin walk starts.
     next: AtomicUsize,
+}
+
+/// One entry of the model list (`GET /v1/models`).
+///
+/// ```
+/// use nenya::services::{RouteTable, MockProvider, MockConfig};
+/// let t = RouteTable::mock(MockProvider::new(MockConfig::default()));
+/// assert!(t.models().is_empty()); // the mock serves any name, it lists none
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModelInfo {
+    /// The name a client sends as `model`.
+    pub id: String,
+    /// The provider, or `nenya-agent` for an agent.
+    pub owned_by: String,
+    /// Context window in tokens, when known.
+    pub context_window: Option<u32>,
+    /// Maximum output tokens, when known.
+    pub max_output_tokens: Option<u32>,
 }
 
 /// One configured entry of an agent's chain.
@@ -351,6 +370,36 @@ impl RouteTable {
                 format!("no agent, provider/model or configured model is named `{model}`"),
             )),
         }
+    }
+
+    /// What `GET /v1/models` lists: every agent, then every registry model whose provider is
+    /// configured and usable (has a key, or needs none), in a stable order.
+    pub fn models(&self) -> Vec<ModelInfo> {
+        let mut out: Vec<ModelInfo> = self
+            .agent_names()
+            .into_iter()
+            .map(|a| ModelInfo {
+                id: a.to_owned(),
+                owned_by: "nenya-agent".to_owned(),
+                context_window: None,
+                max_output_tokens: None,
+            })
+            .collect();
+        for k in KNOWN_MODELS {
+            let usable = self
+                .providers
+                .get(k.provider)
+                .is_some_and(|p| p.key.is_some() || p.auth == AuthStyle::None);
+            if usable && !self.agents.contains_key(k.id) {
+                out.push(ModelInfo {
+                    id: k.id.to_owned(),
+                    owned_by: k.provider.to_owned(),
+                    context_window: Some(k.max_context),
+                    max_output_tokens: Some(k.max_output),
+                });
+            }
+        }
+        out
     }
 
     /// Agent names, sorted.
