@@ -14,6 +14,7 @@
 //! | 6 | [`RedactLayer`] | credential patterns out of every text, before anything can forward or log it |
 //! | 7 | [`EntropyLayer`] | high-entropy tokens no pattern knows (after patterns, so their labels are not re-flagged) |
 //! | 8 | [`Router`] | model → agent chain → [`Target`](crate::services::Target); refuses agents outside the caller's scope; fails over along the chain before the first byte |
+//! | 8½ | [`BudgetTrimLayer`] | after the router, so each target of a chain gets a request that fits its own window |
 //! | 9 | [`CircuitBreakerLayer`] | per provider+model, next to the provider so it sees raw upstream outcomes; an open circuit fails fast and the router moves on |
 //! | 10 | [`RateLimitLayer`] | per provider RPM/TPM, inside the breaker (a refusal is not an upstream failure, and an open circuit spends no budget) |
 //! | 11 | [`ProviderService`] | encode once, send with the provider's auth, stream back |
@@ -55,9 +56,10 @@ use tower::{Layer, Service, ServiceBuilder};
 use crate::config::{BouncerConfig, Config, ConfigError, DEFAULT_MAX_BODY_BYTES, Secret, Secrets};
 use crate::error::{Error, ErrorKind};
 use crate::layers::{
-    ApiKey, AuthLayer, BreakerConfig, CircuitBreakerLayer, DecodeLayer, EntropyDetector,
-    EntropyLayer, ErrorResponseLayer, Metrics, MetricsLayer, OriginGuardLayer, RateLimitConfig,
-    RateLimitLayer, RedactLabel, RedactLayer, Redactor, RequestIdLayer,
+    ApiKey, AuthLayer, BreakerConfig, BudgetConfig, BudgetTrimLayer, CircuitBreakerLayer,
+    DecodeLayer, EntropyDetector, EntropyLayer, ErrorResponseLayer, Metrics, MetricsLayer,
+    OriginGuardLayer, RateLimitConfig, RateLimitLayer, RedactLabel, RedactLayer, Redactor,
+    RequestIdLayer,
 };
 use crate::model::{ApiFormat, ChatRequest, CountTokens};
 use crate::services::{ProviderService, RouteTable, Router, Target, http_client};
@@ -75,6 +77,7 @@ pub struct GatewayBuilder {
     entropy: Option<EntropyDetector>,
     breaker: BreakerConfig,
     limits: RateLimitConfig,
+    budget: BudgetConfig,
     metrics: Metrics,
     carried: Option<Carried>,
 }
@@ -169,6 +172,12 @@ impl GatewayBuilder {
         self
     }
 
+    /// Context-budget trimming settings (every request is kept within its target's window).
+    pub fn context_budget(mut self, budget: BudgetConfig) -> Self {
+        self.budget = budget;
+        self
+    }
+
     /// Keeps `previous`'s metrics, circuit states and limiter budgets (where their settings did
     /// not change), for a configuration reload.
     pub fn carry_state_from(mut self, previous: &Gateway) -> Self {
@@ -202,7 +211,8 @@ impl GatewayBuilder {
             .option_layer(self.entropy.map(EntropyLayer::new))
             .service(Router::new(
                 self.table,
-                breaker.layer(limiter.layer(ProviderService::new())),
+                BudgetTrimLayer::new(self.budget, target_window as WindowFn)
+                    .layer(breaker.layer(limiter.layer(ProviderService::new()))),
             ));
         let svc = ServiceBuilder::new()
             .layer(RequestIdLayer::new())
@@ -234,6 +244,13 @@ fn target_key(req: &Request<ChatRequest>) -> Option<Arc<str>> {
     req.extensions()
         .get::<Target>()
         .map(|t| Arc::from(format!("{}/{}", t.provider.name, t.model)))
+}
+
+type WindowFn = fn(&Request<ChatRequest>) -> Option<u64>;
+
+/// The routed target's context window.
+fn target_window(req: &Request<ChatRequest>) -> Option<u64> {
+    req.extensions().get::<Target>().and_then(|t| t.max_context)
 }
 
 /// One rate-limit bucket per upstream provider.
@@ -367,6 +384,7 @@ impl Gateway {
             entropy: Some(EntropyDetector::default()),
             breaker: BreakerConfig::default(),
             limits: RateLimitConfig::default(),
+            budget: BudgetConfig::default(),
             metrics: Metrics::new(),
             carried: None,
         }
@@ -384,6 +402,12 @@ impl Gateway {
             .rate_limits(RateLimitConfig {
                 rpm: cfg.governance.ratelimit_max_rpm,
                 tpm: cfg.governance.ratelimit_max_tpm,
+            })
+            .context_budget(BudgetConfig {
+                keep_first_pct: cfg.context.truncation_keep_first_pct,
+                keep_last_pct: cfg.context.truncation_keep_last_pct,
+                hard_limit_tokens: cfg.context.hard_limit_tokens.filter(|n| *n > 0),
+                ..BudgetConfig::default()
             })
             .bouncer(&cfg.bouncer)
     }

@@ -26,7 +26,14 @@ use crate::model::ApiFormat;
 pub const DEFAULT_MAX_BODY_BYTES: u64 = 10 * 1024 * 1024;
 
 /// Top-level sections nenya reads; anything else is accepted with a warning.
-const KNOWN_SECTIONS: &[&str] = &["server", "agents", "providers", "bouncer", "governance"];
+const KNOWN_SECTIONS: &[&str] = &[
+    "server",
+    "agents",
+    "providers",
+    "bouncer",
+    "governance",
+    "context",
+];
 
 /// The whole configuration.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -43,6 +50,9 @@ pub struct Config {
     /// Secret redaction (`bouncer`).
     #[serde(default)]
     pub bouncer: BouncerConfig,
+    /// Context budget (`context`; trimming only so far).
+    #[serde(default)]
+    pub context: ContextConfig,
     /// Request governance (`governance`; only the browser-origin allowlist so far).
     #[serde(default)]
     pub governance: GovernanceConfig,
@@ -146,6 +156,48 @@ impl Default for BouncerConfig {
             entropy_enabled: true,
             entropy_threshold: default_entropy_threshold(),
             entropy_min_token: default_entropy_min_token(),
+            other: BTreeMap::new(),
+        }
+    }
+}
+
+/// `context` section. Implemented: `hard_limit_tokens`, `truncation_keep_first_pct`,
+/// `truncation_keep_last_pct` (every request is also kept within its target's `max_context`).
+///
+/// ```
+/// let cfg = nenya::config::Config::from_json_str(r#"{"context":{"hard_limit_tokens":64000}}"#).unwrap();
+/// assert_eq!(cfg.context.hard_limit_tokens, Some(64000));
+/// ```
+#[derive(Debug, Clone, Deserialize)]
+pub struct ContextConfig {
+    /// Absolute prompt budget in tokens (0 or absent: the model's window decides).
+    #[serde(default)]
+    pub hard_limit_tokens: Option<u64>,
+    /// Share of an oversized text kept from its start.
+    #[serde(default = "default_keep_first")]
+    pub truncation_keep_first_pct: f64,
+    /// Share kept from its end.
+    #[serde(default = "default_keep_last")]
+    pub truncation_keep_last_pct: f64,
+    /// Fields not implemented yet.
+    #[serde(flatten)]
+    pub other: BTreeMap<String, Value>,
+}
+
+fn default_keep_first() -> f64 {
+    15.0
+}
+
+fn default_keep_last() -> f64 {
+    25.0
+}
+
+impl Default for ContextConfig {
+    fn default() -> Self {
+        Self {
+            hard_limit_tokens: None,
+            truncation_keep_first_pct: default_keep_first(),
+            truncation_keep_last_pct: default_keep_last(),
             other: BTreeMap::new(),
         }
     }
@@ -361,6 +413,7 @@ impl Config {
             ("server", &self.server.other),
             ("bouncer", &self.bouncer.other),
             ("governance", &self.governance.other),
+            ("context", &self.context.other),
         ];
         for (section, other) in sections {
             for k in other.keys() {

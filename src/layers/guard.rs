@@ -129,3 +129,44 @@ where
         }
     }
 }
+
+pin_project! {
+    /// The inner future, with one header added to its response (when there is one to add).
+    ///
+    /// ```
+    /// use nenya::layers::guard::WithHeader;
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let inner = std::future::ready(Ok::<_, ()>(http::Response::new(())));
+    /// let f = WithHeader::new(inner, http::HeaderName::from_static("x-a"), Some(http::HeaderValue::from_static("1")));
+    /// assert_eq!(f.await.unwrap().headers()["x-a"], "1");
+    /// # }
+    /// ```
+    pub struct WithHeader<F> {
+        #[pin]
+        fut: F,
+        name: http::HeaderName,
+        value: Option<http::HeaderValue>,
+    }
+}
+
+impl<F> WithHeader<F> {
+    /// Adds `name: value` (if `Some`) to `fut`'s response.
+    pub fn new(fut: F, name: http::HeaderName, value: Option<http::HeaderValue>) -> Self {
+        Self { fut, name, value }
+    }
+}
+
+impl<F, R, E> Future for WithHeader<F>
+where
+    F: Future<Output = Result<Response<R>, E>>,
+{
+    type Output = F::Output;
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let mut out = std::task::ready!(this.fut.poll(cx));
+        if let (Ok(resp), Some(v)) = (&mut out, this.value.take()) {
+            resp.headers_mut().insert(this.name.clone(), v);
+        }
+        Poll::Ready(out)
+    }
+}

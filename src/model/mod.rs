@@ -250,6 +250,38 @@ pub struct Message {
 }
 
 impl Message {
+    /// A fast token estimate for this message: text bytes / 4 plus framing (the same rule as
+    /// [`ChatRequest::estimate_tokens`]; images count a flat 85).
+    ///
+    /// ```
+    /// use nenya::model::{Message, Role};
+    /// assert_eq!(Message::text(Role::User, "x".repeat(400)).estimate_tokens(), 104);
+    /// ```
+    pub fn estimate_tokens(&self) -> u64 {
+        let mut bytes = 0usize;
+        let mut images = 0u64;
+        content_texts(&self.content, &mut |s: &str| bytes += s.len());
+        if let Content::Parts(parts) = &self.content {
+            images = parts
+                .iter()
+                .filter(|p| matches!(p, Part::Image { .. }))
+                .count() as u64;
+        }
+        (bytes as u64).div_ceil(4) + 4 + 85 * images
+    }
+
+    /// Whether this message carries tool calls (an assistant turn the next tool results answer).
+    pub fn has_tool_calls(&self) -> bool {
+        matches!(&self.content, Content::Parts(p) if p.iter().any(|p| matches!(p, Part::ToolUse { .. })))
+    }
+
+    /// Whether this message carries tool results (OpenAI `tool` messages, Anthropic user turns
+    /// of `tool_result` blocks).
+    pub fn has_tool_results(&self) -> bool {
+        self.role == Role::Tool
+            || matches!(&self.content, Content::Parts(p) if p.iter().any(|p| matches!(p, Part::ToolResult { .. })))
+    }
+
     /// A message with string content.
     ///
     /// ```

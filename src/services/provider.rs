@@ -140,6 +140,8 @@ pub struct Target {
     pub format: ApiFormat,
     /// Endpoint URL.
     pub url: Uri,
+    /// Context window in tokens (config `max_context`, else the model registry), when known.
+    pub max_context: Option<u64>,
 }
 
 /// Client headers forwarded upstream (everything else, credentials included, is dropped).

@@ -60,6 +60,7 @@ struct TargetSpec {
     model: String,
     format: Option<ApiFormat>,
     url: Option<Uri>,
+    max_context: Option<u64>,
 }
 
 /// Agents and providers, resolved from config.
@@ -240,6 +241,7 @@ impl RouteTable {
                             model: name.clone(),
                             format: None,
                             url: None,
+                            max_context: None,
                         });
                     }
                     ModelEntry::Object(o) => {
@@ -285,6 +287,7 @@ impl RouteTable {
                             model,
                             format: o.format,
                             url,
+                            max_context: o.max_context,
                         });
                     }
                 }
@@ -346,6 +349,7 @@ impl RouteTable {
                         model: m.to_owned(),
                         format: None,
                         url: None,
+                        max_context: None,
                     },
                     client,
                 )?]);
@@ -362,6 +366,7 @@ impl RouteTable {
                     model: model.to_owned(),
                     format: None,
                     url: None,
+                    max_context: None,
                 },
                 client,
             )?]),
@@ -434,6 +439,9 @@ fn target(t: &TargetSpec, client: ApiFormat) -> Result<Target, Error> {
         model: t.model.clone(),
         format,
         url,
+        max_context: t
+            .max_context
+            .or_else(|| known_model(&t.model).map(|k| u64::from(k.max_context))),
     })
 }
 

@@ -20,18 +20,17 @@
 //! ```
 
 use std::collections::hash_map::RandomState;
-use std::future::Future;
 use std::hash::BuildHasher;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::task::{Context, Poll, ready};
+use std::task::{Context, Poll};
 
 use http::{HeaderName, HeaderValue, Request, Response};
-use pin_project_lite::pin_project;
 use tower::Service;
 use tower_layer::Layer;
 use tracing::Instrument;
 use tracing::instrument::Instrumented;
+
+use crate::layers::guard::WithHeader;
 
 const HEADER: HeaderName = HeaderName::from_static("x-request-id");
 
@@ -126,33 +125,9 @@ where
             let _enter = span.enter();
             self.inner.call(req)
         };
-        ResponseFuture {
-            fut: fut.instrument(span),
-            value: Some(value),
-        }
+        WithHeader::new(fut.instrument(span), HEADER, Some(value))
     }
 }
 
-pin_project! {
-    /// Response future of [`RequestIdService`].
-    pub struct ResponseFuture<F> {
-        #[pin]
-        fut: Instrumented<F>,
-        value: Option<HeaderValue>,
-    }
-}
-
-impl<F, R, E> Future for ResponseFuture<F>
-where
-    F: Future<Output = Result<Response<R>, E>>,
-{
-    type Output = F::Output;
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = self.project();
-        let mut out = ready!(this.fut.poll(cx));
-        if let (Ok(resp), Some(v)) = (&mut out, this.value.take()) {
-            resp.headers_mut().insert(HEADER, v);
-        }
-        Poll::Ready(out)
-    }
-}
+/// Response future of [`RequestIdService`]: the request's span, and the id echoed.
+pub type ResponseFuture<F> = WithHeader<Instrumented<F>>;
