@@ -46,6 +46,13 @@ pub struct Finding {
 }
 
 /// What a redacted secret is replaced with.
+///
+/// ```
+/// use nenya::layers::{RedactLabel, Redactor};
+/// let fixed = Redactor::new(&[] as &[&str], RedactLabel::Fixed("***".into())).unwrap();
+/// assert_eq!(fixed.redact("AKIAQ3EXAMPLE7Z9K2LP").unwrap(), "***");
+/// assert_eq!(RedactLabel::default(), RedactLabel::PerKind);
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub enum RedactLabel {
     /// `[REDACTED:<kind>]` (the default): the model still knows what kind of value was there.

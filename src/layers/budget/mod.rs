@@ -79,6 +79,11 @@ impl Default for BudgetConfig {
 }
 
 /// What [`trim`] did.
+///
+/// ```
+/// let r = nenya::layers::TrimReport { before: 9, after: 5, dropped: 2, truncated: 0 };
+/// assert_eq!(r.header(), "trimmed tokens=9->5 dropped=2 truncated=0");
+/// ```
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct TrimReport {
     /// Estimated prompt tokens before.

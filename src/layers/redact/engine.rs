@@ -23,6 +23,13 @@ const PEM_MAX: usize = 64 * 1024;
 const PREFILTER: bool = false;
 
 /// Error building a [`Redactor`] from user patterns.
+///
+/// ```
+/// use nenya::layers::{RedactLabel, Redactor};
+/// let e = Redactor::new(&["ok", "(unclosed"], RedactLabel::PerKind).unwrap_err();
+/// assert_eq!(e.index, 1);
+/// assert!(e.to_string().contains("#1"));
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PatternError {
     /// Index of the offending pattern in the list given.
