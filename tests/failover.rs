@@ -218,3 +218,25 @@ async fn after_content_has_started_there_is_no_failover() {
     );
     assert!(mb.received().is_empty());
 }
+
+#[tokio::test]
+async fn a_context_window_error_fails_over_and_other_400s_pass_through_intact() {
+    let (_ma, a) = start_mock(faulty(Fault::ContextExceeded)).await;
+    let (mb, b) = start_mock(MockConfig::default()).await;
+    let gw = two_target_gateway(&a, &b, "fallback").await;
+    for stream in [false, true] {
+        let r = ask(&gw, stream).await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert_eq!(r.headers["x-nenya-attempts"], "2");
+    }
+    assert_eq!(mb.received().len(), 2);
+
+    // A plain 400 is the client's problem: no failover, and its body arrives whole.
+    let (_ma, a) = start_mock(faulty(Fault::Status(400))).await;
+    let (mb, b) = start_mock(MockConfig::default()).await;
+    let gw = two_target_gateway(&a, &b, "fallback").await;
+    let r = ask(&gw, false).await;
+    assert_eq!(r.status, 400);
+    assert_eq!(r.json()["error"]["message"], "mock: injected failure");
+    assert!(mb.received().is_empty());
+}

@@ -58,6 +58,8 @@ pub enum Fault {
     /// Answer `200` and a stream whose first event is an error (an overloaded upstream that
     /// committed its headers first).
     ErrorEvent,
+    /// Answer `400` saying the prompt exceeds the model's context window.
+    ContextExceeded,
 }
 
 impl FromStr for Fault {
@@ -78,9 +80,10 @@ impl FromStr for Fault {
             "drop-after" => Self::DropAfter(n()?),
             "malformed" => Self::MalformedSse,
             "error-event" => Self::ErrorEvent,
+            "context-exceeded" => Self::ContextExceeded,
             _ => {
                 return Err(format!(
-                    "unknown fault `{s}` (status:N, stall, stall-after:N, drop-after:N, malformed, error-event)"
+                    "unknown fault `{s}` (status:N, stall, stall-after:N, drop-after:N, malformed, error-event, context-exceeded)"
                 ));
             }
         })
@@ -229,6 +232,14 @@ impl MockProvider {
         match cfg.fault {
             Some(Fault::Status(code)) => {
                 return Ok(error_response(format, code, "mock: injected failure"));
+            }
+            Some(Fault::ContextExceeded) => {
+                return Ok(error_response(
+                    format,
+                    400,
+                    "This model's maximum context length is 8192 tokens. However, your messages \
+                     resulted in 9000 tokens (context_length_exceeded).",
+                ));
             }
             Some(Fault::StallBeforeHeaders) => {
                 std::future::pending::<()>().await;

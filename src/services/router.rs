@@ -472,7 +472,8 @@ fn infer_format(u: &Uri) -> ApiFormat {
 /// Failover: while nothing has reached the client, a connect error, a time-to-first-byte
 /// timeout, an open circuit, a local rate limit or a retryable status (429, 500, 502, 503,
 /// 504, 529) moves on to the next target; a client error (400, 401, 403, 404, 422, …) never
-/// does. The last target's
+/// does, except a `400` whose body says the prompt exceeded the target's context window (the
+/// next target may have a larger one). The last target's
 /// answer, whatever it is, goes to the client. Every answer carries `x-nenya-attempts`.
 /// The request is cloned for a retry only when the chain has another target.
 #[derive(Debug, Clone)]
@@ -595,6 +596,23 @@ fn is_event_stream(r: &Response<Body>) -> bool {
             .is_some_and(|v| v.starts_with("text/event-stream"))
 }
 
+/// Whether an upstream's 400 body says the prompt did not fit its context window (OpenAI
+/// `context_length_exceeded`, Anthropic "prompt is too long", and their common phrasings).
+fn context_exceeded(body: &[u8]) -> bool {
+    const MARKERS: &[&str] = &[
+        "context_length_exceeded",
+        "maximum context length",
+        "prompt is too long",
+        "context window",
+        "too many tokens",
+        "exceeds the context",
+        "input is too long",
+        "reduce the length of the messages",
+    ];
+    let text = String::from_utf8_lossy(body).to_ascii_lowercase();
+    MARKERS.iter().any(|m| text.contains(m))
+}
+
 /// What the start of a stream says.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Peek {
@@ -710,6 +728,8 @@ pin_project_lite::pin_project! {
         Calling { #[pin] fut: F },
         // A 200 stream held until its first event shows it is not an error.
         Peeking { head: Option<http::response::Parts>, body: Option<Body>, seen: Vec<Bytes>, len: usize },
+        // A 400 read (bounded) to see whether it says the context window was exceeded.
+        Inspecting { head: Option<http::response::Parts>, body: Option<Body>, buf: Vec<u8> },
         Retrying,
         Ready { resp: Option<Response<Body>> },
         Failed { err: Option<Error> },
@@ -748,6 +768,15 @@ where
                             continue;
                         }
                         if let Ok(resp) = out {
+                            if resp.status() == http::StatusCode::BAD_REQUEST {
+                                let (head, body) = resp.into_parts();
+                                this.state.set(RouterState::Inspecting {
+                                    head: Some(head),
+                                    body: Some(body),
+                                    buf: Vec::new(),
+                                });
+                                continue;
+                            }
                             if !is_event_stream(&resp) {
                                 return Poll::Ready(Ok(with_attempts(resp, *this.attempts)));
                             }
@@ -805,6 +834,44 @@ where
                     }
                     tracing::warn!(attempt = *this.attempts, reason = ?verdict, "stream failed before its first content; failing over");
                     this.state.set(RouterState::Retrying);
+                }
+                RouterProj::Inspecting { head, body, buf } => {
+                    let Some(b) = body.as_mut() else {
+                        return Poll::Ready(Err(Error::new(
+                            ErrorKind::Internal,
+                            "inspect without a body",
+                        )));
+                    };
+                    let done = match std::task::ready!(Pin::new(b).poll_frame(cx)) {
+                        Some(Ok(frame)) => {
+                            if let Ok(data) = frame.into_data() {
+                                buf.extend_from_slice(&data);
+                            }
+                            buf.len() > PEEK_LIMIT
+                        }
+                        Some(Err(_)) | None => true,
+                    };
+                    if !done {
+                        continue;
+                    }
+                    if context_exceeded(buf) {
+                        tracing::warn!(
+                            attempt = *this.attempts,
+                            "the upstream's context window was exceeded; failing over"
+                        );
+                        this.state.set(RouterState::Retrying);
+                        continue;
+                    }
+                    let (Some(h), Some(rest)) = (head.take(), body.take()) else {
+                        return Poll::Ready(Err(Error::new(ErrorKind::Internal, "inspect state")));
+                    };
+                    // Not ours to retry: the client gets the upstream's answer, unchanged.
+                    let replay = Replay {
+                        prefix: VecDeque::from([Bytes::from(std::mem::take(buf))]),
+                        rest,
+                    };
+                    let resp = Response::from_parts(h, Body::new(replay));
+                    return Poll::Ready(Ok(with_attempts(resp, *this.attempts)));
                 }
                 RouterProj::Retrying => {
                     let Some(retry) = this.retry.as_mut() else {
