@@ -15,6 +15,7 @@
 //! | 7 | [`EntropyLayer`] | high-entropy tokens no pattern knows (after patterns, so their labels are not re-flagged) |
 //! | 8 | [`Router`] | model → agent chain → [`Target`](crate::services::Target); refuses agents outside the caller's scope; fails over along the chain before the first byte |
 //! | 8½ | [`BudgetTrimLayer`] | after the router, so each target of a chain gets a request that fits its own window |
+//! | 8¾ | [`UsageLayer`] | taps each answer (already in the client's format) for token usage per agent, provider and model |
 //! | 9 | [`CircuitBreakerLayer`] | per provider+model, next to the provider so it sees raw upstream outcomes; an open circuit fails fast and the router moves on |
 //! | 10 | [`RateLimitLayer`] | per provider RPM/TPM, inside the breaker (a refusal is not an upstream failure, and an open circuit spends no budget) |
 //! | 11 | [`ProviderService`] | encode once, send with the provider's auth, stream back |
@@ -59,7 +60,7 @@ use crate::layers::{
     ApiKey, AuthLayer, BreakerConfig, BudgetConfig, BudgetTrimLayer, CircuitBreakerLayer,
     DecodeLayer, EntropyDetector, EntropyLayer, ErrorResponseLayer, Metrics, MetricsLayer,
     OriginGuardLayer, RateLimitConfig, RateLimitLayer, RedactLabel, RedactLayer, Redactor,
-    RequestIdLayer,
+    RequestIdLayer, UsageLabels, UsageLayer, UsageMeter,
 };
 use crate::model::{ApiFormat, ChatRequest, CountTokens};
 use crate::services::{ProviderService, RouteTable, Router, Target, http_client};
@@ -79,6 +80,7 @@ pub struct GatewayBuilder {
     limits: RateLimitConfig,
     budget: BudgetConfig,
     metrics: Metrics,
+    usage: UsageMeter,
     carried: Option<Carried>,
 }
 
@@ -182,6 +184,7 @@ impl GatewayBuilder {
     /// not change), for a configuration reload.
     pub fn carry_state_from(mut self, previous: &Gateway) -> Self {
         self.metrics = previous.metrics.clone();
+        self.usage = previous.usage.clone();
         self.carried = Some(previous.carried.clone());
         self
     }
@@ -197,7 +200,8 @@ impl GatewayBuilder {
             Some(c) if c.limiter.0 == self.limits => c.limiter.1.clone(),
             _ => RateLimitLayer::new(self.limits, provider_key as KeyFn),
         };
-        let statsz = statsz(&self.metrics, self.redactor.clone(), &breaker);
+        let statsz = statsz(&self.metrics, &self.usage, self.redactor.clone(), &breaker);
+        register_usage(&self.metrics, &self.usage);
         register_collectors(
             &self.metrics,
             self.redactor.as_ref(),
@@ -211,8 +215,10 @@ impl GatewayBuilder {
             .option_layer(self.entropy.map(EntropyLayer::new))
             .service(Router::new(
                 self.table,
-                BudgetTrimLayer::new(self.budget, target_window as WindowFn)
-                    .layer(breaker.layer(limiter.layer(ProviderService::new()))),
+                BudgetTrimLayer::new(self.budget, target_window as WindowFn).layer(
+                    UsageLayer::new(self.usage.clone(), usage_labels as LabelFn)
+                        .layer(breaker.layer(limiter.layer(ProviderService::new()))),
+                ),
             ));
         let svc = ServiceBuilder::new()
             .layer(RequestIdLayer::new())
@@ -229,6 +235,7 @@ impl GatewayBuilder {
         Gateway {
             svc: BoxCloneSyncService::new(svc),
             metrics: self.metrics,
+            usage: self.usage,
             carried: Carried {
                 breaker: (self.breaker, breaker),
                 limiter: (self.limits, limiter),
@@ -247,6 +254,15 @@ fn target_key(req: &Request<ChatRequest>) -> Option<Arc<str>> {
 }
 
 type WindowFn = fn(&Request<ChatRequest>) -> Option<u64>;
+type LabelFn = fn(&Request<ChatRequest>) -> UsageLabels;
+
+/// Usage is counted per requested agent (or model), provider and upstream model.
+fn usage_labels(req: &Request<ChatRequest>) -> UsageLabels {
+    match req.extensions().get::<Target>() {
+        Some(t) => UsageLabels::new(&req.body().model, &t.provider.name, &t.model),
+        None => UsageLabels::new(&req.body().model, "unknown", "unknown"),
+    }
+}
 
 /// The routed target's context window.
 fn target_window(req: &Request<ChatRequest>) -> Option<u64> {
@@ -263,11 +279,12 @@ fn provider_key(req: &Request<ChatRequest>) -> Option<Arc<str>> {
 /// `GET /statsz`: a JSON summary for humans and health checks.
 fn statsz(
     metrics: &Metrics,
+    usage: &UsageMeter,
     redactor: Option<Redactor>,
     breaker: &CircuitBreakerLayer<KeyFn>,
 ) -> Arc<dyn Fn() -> String + Send + Sync> {
     let started = std::time::Instant::now();
-    let (metrics, breaker) = (metrics.clone(), breaker.clone());
+    let (metrics, usage, breaker) = (metrics.clone(), usage.clone(), breaker.clone());
     Arc::new(move || {
         let m = metrics.snapshot();
         let redactions: serde_json::Map<String, serde_json::Value> = redactor
@@ -277,6 +294,16 @@ fn statsz(
             .into_iter()
             .filter(|(_, n)| *n > 0)
             .map(|(k, n)| (k.to_owned(), n.into()))
+            .collect();
+        let usage: Vec<serde_json::Value> = usage
+            .totals()
+            .into_iter()
+            .map(|(l, t)| {
+                serde_json::json!({"agent": &*l.agent, "provider": &*l.provider, "model": &*l.model,
+                    "answers": t.requests, "estimated": t.estimated, "prompt_tokens": t.prompt,
+                    "completion_tokens": t.completion, "cached_tokens": t.cached,
+                    "reasoning_tokens": t.reasoning})
+            })
             .collect();
         let mut open: Vec<String> = breaker
             .open_circuits()
@@ -291,10 +318,65 @@ fn statsz(
             "errors": m.errors,
             "failovers": m.failovers,
             "redactions": redactions,
+            "usage": usage,
             "open_circuits": open,
         })
         .to_string()
     })
+}
+
+/// Token usage as metrics.
+fn register_usage(metrics: &Metrics, usage: &UsageMeter) {
+    use crate::layers::metrics::{escape, family};
+    use std::fmt::Write as _;
+    let usage = usage.clone();
+    metrics.register("usage", move |out| {
+        let totals = usage.totals();
+        family(
+            out,
+            "nenya_tokens_total",
+            "counter",
+            "Tokens by requested agent, provider, upstream model and kind.",
+        );
+        let labels = |l: &UsageLabels| {
+            format!(
+                "agent=\"{}\",provider=\"{}\",model=\"{}\"",
+                escape(&l.agent),
+                escape(&l.provider),
+                escape(&l.model)
+            )
+        };
+        for (l, t) in &totals {
+            let labels = labels(l);
+            for (kind, n) in [
+                ("prompt", t.prompt),
+                ("completion", t.completion),
+                ("cached", t.cached),
+                ("reasoning", t.reasoning),
+            ] {
+                let _ = writeln!(out, "nenya_tokens_total{{{labels},kind=\"{kind}\"}} {n}");
+            }
+        }
+        family(
+            out,
+            "nenya_usage_answers_total",
+            "counter",
+            "Successful answers counted for usage, by whether the upstream reported it.",
+        );
+        for (l, t) in &totals {
+            let labels = labels(l);
+            let _ = writeln!(
+                out,
+                "nenya_usage_answers_total{{{labels},source=\"reported\"}} {}",
+                t.requests - t.estimated
+            );
+            let _ = writeln!(
+                out,
+                "nenya_usage_answers_total{{{labels},source=\"estimated\"}} {}",
+                t.estimated
+            );
+        }
+    });
 }
 
 /// The stack's own counters, rendered with the request metrics.
@@ -356,6 +438,7 @@ fn register_collectors(
 pub struct Gateway {
     svc: BoxCloneSyncService<Request<Body>, Response<Body>, Infallible>,
     metrics: Metrics,
+    usage: UsageMeter,
     carried: Carried,
 }
 
@@ -386,6 +469,7 @@ impl Gateway {
             limits: RateLimitConfig::default(),
             budget: BudgetConfig::default(),
             metrics: Metrics::new(),
+            usage: UsageMeter::new(),
             carried: None,
         }
     }

@@ -526,14 +526,7 @@ pub(crate) fn decode_response(mut o: JsonMap) -> Result<ChatResponse, Error> {
 
 /// Reads an Anthropic `usage` object.
 pub(crate) fn decode_usage(u: &JsonMap) -> Usage {
-    let n = |k: &str| u.get(k).and_then(Value::as_u64).unwrap_or(0);
-    Usage {
-        input: n("input_tokens"),
-        output: n("output_tokens"),
-        cache_read: n("cache_read_input_tokens"),
-        cache_write: n("cache_creation_input_tokens"),
-        reasoning: 0,
-    }
+    Usage::from_anthropic(u)
 }
 
 /// An Anthropic `usage` object.

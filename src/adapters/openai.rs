@@ -588,20 +588,7 @@ fn take_string(o: &mut JsonMap, k: &str) -> String {
 
 /// Reads an OpenAI `usage` object.
 pub(crate) fn decode_usage(u: &JsonMap) -> Usage {
-    let n = |v: Option<&Value>| v.and_then(Value::as_u64).unwrap_or(0);
-    let prompt = n(u.get("prompt_tokens"));
-    let cached = n(u
-        .get("prompt_tokens_details")
-        .and_then(|d| d.get("cached_tokens")));
-    Usage {
-        input: prompt.saturating_sub(cached),
-        output: n(u.get("completion_tokens")),
-        cache_read: cached,
-        cache_write: 0,
-        reasoning: n(u
-            .get("completion_tokens_details")
-            .and_then(|d| d.get("reasoning_tokens"))),
-    }
+    Usage::from_openai(u)
 }
 
 /// An OpenAI `usage` object.

@@ -16,6 +16,7 @@
 //! | [`BudgetTrimLayer`] | `Request<ChatRequest>` | keeps the prompt within the target's context window: oldest turns first (tool pairs together), then middle-out |
 //! | [`CircuitBreakerLayer`] | any `Request<B>` → `Response<R>` | per-target circuit: fail fast while an upstream keeps failing, probe, close |
 //! | [`RateLimitLayer`] | `Request<ChatRequest>` | RPM / TPM per upstream (governor); over the limit → `rate_limited` + `Retry-After` |
+//! | [`UsageLayer`] | `Request<ChatRequest>` → `Response<Body>` | token usage per agent/provider/model from answers as they stream by (estimated when unreported) |
 //! | [`ScrubLayer`] | `Request<ChatRequest>` | any [`TextScrubber`] of your own, with the same fail-open handling |
 
 pub mod auth;
@@ -31,6 +32,7 @@ pub mod rate_limit;
 pub mod redact;
 pub mod request_id;
 pub mod scrub;
+pub mod usage;
 
 pub use auth::{ApiKey, Auth, AuthLayer, Principal, Role};
 pub use budget::{BudgetConfig, BudgetTrim, BudgetTrimLayer, TrimReport};
@@ -44,3 +46,4 @@ pub use rate_limit::{RateLimit, RateLimitConfig, RateLimitLayer};
 pub use redact::{PatternError, Redact, RedactLayer, Redactor};
 pub use request_id::{RequestId, RequestIdLayer, RequestIdService};
 pub use scrub::{Finding, RedactLabel, Scrub, ScrubLayer, TextScrubber};
+pub use usage::{UsageLabels, UsageLayer, UsageMeter, UsageTap, UsageTotals};

@@ -88,6 +88,49 @@ pub struct Usage {
 }
 
 impl Usage {
+    /// Reads an OpenAI `usage` object (`prompt_tokens` includes cached tokens there).
+    ///
+    /// ```
+    /// let u = nenya::model::Usage::from_openai(serde_json::json!({"prompt_tokens": 10,
+    ///     "completion_tokens": 3, "prompt_tokens_details": {"cached_tokens": 4}}).as_object().unwrap());
+    /// assert_eq!((u.input, u.cache_read, u.output), (6, 4, 3));
+    /// ```
+    pub fn from_openai(u: &crate::model::JsonMap) -> Self {
+        use serde_json::Value;
+        let n = |v: Option<&Value>| v.and_then(Value::as_u64).unwrap_or(0);
+        let prompt = n(u.get("prompt_tokens"));
+        let cached = n(u
+            .get("prompt_tokens_details")
+            .and_then(|d| d.get("cached_tokens")));
+        Self {
+            input: prompt.saturating_sub(cached),
+            output: n(u.get("completion_tokens")),
+            cache_read: cached,
+            cache_write: 0,
+            reasoning: n(u
+                .get("completion_tokens_details")
+                .and_then(|d| d.get("reasoning_tokens"))),
+        }
+    }
+
+    /// Reads an Anthropic `usage` object.
+    ///
+    /// ```
+    /// let u = nenya::model::Usage::from_anthropic(serde_json::json!({"input_tokens": 10,
+    ///     "output_tokens": 3, "cache_read_input_tokens": 4}).as_object().unwrap());
+    /// assert_eq!((u.input, u.cache_read, u.output), (10, 4, 3));
+    /// ```
+    pub fn from_anthropic(u: &crate::model::JsonMap) -> Self {
+        let n = |k: &str| u.get(k).and_then(serde_json::Value::as_u64).unwrap_or(0);
+        Self {
+            input: n("input_tokens"),
+            output: n("output_tokens"),
+            cache_read: n("cache_read_input_tokens"),
+            cache_write: n("cache_creation_input_tokens"),
+            reasoning: 0,
+        }
+    }
+
     /// All prompt tokens, cached or not.
     pub fn prompt_total(&self) -> u64 {
         self.input + self.cache_read + self.cache_write

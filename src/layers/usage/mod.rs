@@ -1,0 +1,403 @@
+//! Token usage per agent, provider and model, read from the answers as they stream by.
+//!
+//! [`UsageLayer`] wraps a service of `Request<ChatRequest>` → `Response<Body>` whose answers
+//! are in the client's format (the gateway sits it after the router). It wraps each successful
+//! answer's body in a tap that passes every frame on at once and only looks at it: the usage
+//! chunk of an OpenAI stream, Anthropic's `message_start` / `message_delta`, the `usage` object
+//! of a JSON answer. When the answer ends, or the client goes away, the totals are recorded in a
+//! [`UsageMeter`]; an answer that reported nothing is counted with the request's estimated
+//! prompt tokens and marked `estimated`.
+//!
+//! ```
+//! use nenya::layers::{UsageLabels, UsageLayer, UsageMeter};
+//! use nenya::model::{ApiFormat, ChatRequest};
+//! use nenya::{Body, Error};
+//! use http_body_util::BodyExt;
+//! use tower::{ServiceBuilder, ServiceExt, service_fn};
+//! # #[tokio::main(flavor = "current_thread")] async fn main() {
+//! let meter = UsageMeter::new();
+//! let svc = ServiceBuilder::new()
+//!     .layer(UsageLayer::new(meter.clone(), |_: &http::Request<ChatRequest>| {
+//!         UsageLabels::new("build", "openai", "gpt-4o")
+//!     }))
+//!     .service(service_fn(|_req: http::Request<ChatRequest>| async {
+//!         let mut r = http::Response::new(Body::from(r#"{"usage":{"prompt_tokens":12,"completion_tokens":5}}"#));
+//!         r.headers_mut().insert("content-type", "application/json".parse().unwrap());
+//!         Ok::<_, Error>(r)
+//!     }));
+//! let req = nenya::adapters::decode_request(ApiFormat::OpenAi, br#"{"model":"build","messages":[]}"#).unwrap();
+//! let resp = svc.oneshot(http::Request::new(req)).await.unwrap();
+//! resp.into_body().collect().await.unwrap();
+//! let t = meter.totals();
+//! assert_eq!((t[0].1.prompt, t[0].1.completion), (12, 5));
+//! # }
+//! ```
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, ready};
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body::Frame;
+use pin_project_lite::pin_project;
+use serde_json::Value;
+use tower::Service;
+use tower_layer::Layer;
+
+use crate::model::{ApiFormat, ChatRequest, Usage};
+use crate::sse::Decoder;
+use crate::{Body, BoxError};
+
+/// A JSON answer is read for its usage up to this size; beyond it, the usage is estimated.
+const JSON_LIMIT: usize = 4 << 20;
+
+/// Who used the tokens.
+///
+/// ```
+/// let l = nenya::layers::UsageLabels::new("build", "openai", "gpt-4o");
+/// assert_eq!(&*l.agent, "build");
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct UsageLabels {
+    /// What the client asked for (an agent or a model).
+    pub agent: Arc<str>,
+    /// The provider that answered.
+    pub provider: Arc<str>,
+    /// The upstream model.
+    pub model: Arc<str>,
+}
+
+impl UsageLabels {
+    /// Labels from three names.
+    pub fn new(agent: &str, provider: &str, model: &str) -> Self {
+        Self {
+            agent: agent.into(),
+            provider: provider.into(),
+            model: model.into(),
+        }
+    }
+}
+
+/// Totals for one set of labels.
+///
+/// ```
+/// assert_eq!(nenya::layers::UsageTotals::default().requests, 0);
+/// ```
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct UsageTotals {
+    /// Answers counted.
+    pub requests: u64,
+    /// Of which the upstream reported no usage (prompt estimated, completion unknown).
+    pub estimated: u64,
+    /// Prompt tokens, cached included.
+    pub prompt: u64,
+    /// Completion tokens (reasoning included).
+    pub completion: u64,
+    /// Prompt tokens served from the provider's cache.
+    pub cached: u64,
+    /// Reasoning tokens.
+    pub reasoning: u64,
+}
+
+/// Where usage accumulates. Cheap to clone (shared).
+#[derive(Debug, Clone, Default)]
+pub struct UsageMeter {
+    inner: Arc<Mutex<BTreeMap<UsageLabels, UsageTotals>>>,
+}
+
+impl UsageMeter {
+    /// An empty meter.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Every set of labels with its totals, in label order.
+    pub fn totals(&self) -> Vec<(UsageLabels, UsageTotals)> {
+        let map = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        map.iter().map(|(k, v)| (k.clone(), *v)).collect()
+    }
+
+    fn record(&self, labels: &UsageLabels, usage: Option<Usage>, estimate: u64) {
+        let mut map = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let t = map.entry(labels.clone()).or_default();
+        t.requests += 1;
+        match usage {
+            Some(u) => {
+                t.prompt += u.prompt_total();
+                t.completion += u.output;
+                t.cached += u.cache_read;
+                t.reasoning += u.reasoning;
+            }
+            None => {
+                t.estimated += 1;
+                t.prompt += estimate;
+            }
+        }
+    }
+}
+
+/// Layer that applies [`UsageTap`].
+pub struct UsageLayer<L> {
+    meter: UsageMeter,
+    labels: Arc<L>,
+}
+
+impl<L> Clone for UsageLayer<L> {
+    fn clone(&self) -> Self {
+        Self {
+            meter: self.meter.clone(),
+            labels: self.labels.clone(),
+        }
+    }
+}
+
+impl<L> std::fmt::Debug for UsageLayer<L> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UsageLayer").finish_non_exhaustive()
+    }
+}
+
+impl<L> UsageLayer<L> {
+    /// Records into `meter`, under the labels `labels` gives each request.
+    pub fn new(meter: UsageMeter, labels: L) -> Self {
+        Self {
+            meter,
+            labels: Arc::new(labels),
+        }
+    }
+}
+
+impl<S, L> Layer<S> for UsageLayer<L> {
+    type Service = UsageTap<S, L>;
+    fn layer(&self, inner: S) -> UsageTap<S, L> {
+        UsageTap {
+            inner,
+            meter: self.meter.clone(),
+            labels: self.labels.clone(),
+        }
+    }
+}
+
+/// Taps each successful answer for its usage.
+pub struct UsageTap<S, L> {
+    inner: S,
+    meter: UsageMeter,
+    labels: Arc<L>,
+}
+
+impl<S: Clone, L> Clone for UsageTap<S, L> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+            meter: self.meter.clone(),
+            labels: self.labels.clone(),
+        }
+    }
+}
+
+impl<S: std::fmt::Debug, L> std::fmt::Debug for UsageTap<S, L> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UsageTap")
+            .field("inner", &self.inner)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S, L> Service<Request<ChatRequest>> for UsageTap<S, L>
+where
+    S: Service<Request<ChatRequest>, Response = Response<Body>>,
+    L: Fn(&Request<ChatRequest>) -> UsageLabels,
+{
+    type Response = Response<Body>;
+    type Error = S::Error;
+    type Future = ResponseFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<ChatRequest>) -> Self::Future {
+        let recorder = Recorder {
+            meter: self.meter.clone(),
+            labels: (self.labels)(&req),
+            estimate: req.body().estimate_tokens(),
+            format: req.body().source,
+        };
+        ResponseFuture {
+            fut: self.inner.call(req),
+            recorder: Some(recorder),
+        }
+    }
+}
+
+struct Recorder {
+    meter: UsageMeter,
+    labels: UsageLabels,
+    estimate: u64,
+    format: ApiFormat,
+}
+
+pin_project! {
+    /// Response future of [`UsageTap`].
+    pub struct ResponseFuture<F> {
+        #[pin]
+        fut: F,
+        recorder: Option<Recorder>,
+    }
+}
+
+impl<F, E> Future for ResponseFuture<F>
+where
+    F: Future<Output = Result<Response<Body>, E>>,
+{
+    type Output = F::Output;
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let out = ready!(this.fut.poll(cx));
+        let Ok(resp) = out else {
+            return Poll::Ready(out);
+        };
+        let Some(recorder) = this.recorder.take().filter(|_| resp.status().is_success()) else {
+            return Poll::Ready(Ok(resp));
+        };
+        let sse = resp
+            .headers()
+            .get(http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("text/event-stream"));
+        Poll::Ready(Ok(resp.map(|body| {
+            Body::new(TapBody {
+                inner: body,
+                sse: sse.then(|| Decoder::new(1 << 20)),
+                json: Vec::new(),
+                usage: None,
+                recorder: Some(recorder),
+            })
+        })))
+    }
+}
+
+/// The body tap: frames pass through untouched; usage is noted on the way.
+struct TapBody {
+    inner: Body,
+    sse: Option<Decoder>,
+    json: Vec<u8>,
+    usage: Option<Usage>,
+    recorder: Option<Recorder>,
+}
+
+impl TapBody {
+    fn look(&mut self, data: &[u8]) {
+        let format = self
+            .recorder
+            .as_ref()
+            .map_or(ApiFormat::OpenAi, |r| r.format);
+        let usage = &mut self.usage;
+        match &mut self.sse {
+            Some(dec) => {
+                // A broken stream is the client's to see; the tap just stops reading it.
+                let _ = dec.feed(data, |ev| {
+                    if ev.data.contains("usage") {
+                        if let Ok(v) = serde_json::from_str::<Value>(&ev.data) {
+                            note(usage, format, &v);
+                        }
+                    }
+                });
+            }
+            None => {
+                if self.json.len() + data.len() <= JSON_LIMIT {
+                    self.json.extend_from_slice(data);
+                } else {
+                    self.json = Vec::new();
+                }
+            }
+        }
+    }
+
+    fn finish(&mut self) {
+        let Some(r) = self.recorder.take() else {
+            return;
+        };
+        if self.sse.is_none() && !self.json.is_empty() {
+            if let Ok(v) = serde_json::from_slice::<Value>(&self.json) {
+                note(&mut self.usage, r.format, &v);
+            }
+        }
+        r.meter.record(&r.labels, self.usage, r.estimate);
+    }
+}
+
+/// Folds the usage found in one JSON event or answer into `acc`.
+fn note(acc: &mut Option<Usage>, format: ApiFormat, v: &Value) {
+    match format {
+        ApiFormat::Anthropic => {
+            // `message_start` carries the prompt side, `message_delta` the running output count.
+            if let Some(u) = v
+                .get("message")
+                .and_then(|m| m.get("usage"))
+                .and_then(Value::as_object)
+            {
+                let u = Usage::from_anthropic(u);
+                let a = acc.get_or_insert_with(Usage::default);
+                a.input = u.input;
+                a.cache_read = u.cache_read;
+                a.cache_write = u.cache_write;
+                a.output = a.output.max(u.output);
+            }
+            if let Some(u) = v.get("usage").and_then(Value::as_object) {
+                let u = Usage::from_anthropic(u);
+                let a = acc.get_or_insert_with(Usage::default);
+                a.output = a.output.max(u.output);
+                if u.input > 0 {
+                    a.input = u.input;
+                    a.cache_read = u.cache_read;
+                    a.cache_write = u.cache_write;
+                }
+            }
+        }
+        _ => {
+            if let Some(u) = v.get("usage").and_then(Value::as_object) {
+                *acc = Some(Usage::from_openai(u));
+            }
+        }
+    }
+}
+
+impl http_body::Body for TapBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let polled = ready!(Pin::new(&mut self.inner).poll_frame(cx));
+        match &polled {
+            Some(Ok(frame)) => {
+                if let Some(data) = frame.data_ref() {
+                    let data = data.clone();
+                    self.look(&data);
+                }
+            }
+            Some(Err(_)) | None => self.finish(),
+        }
+        Poll::Ready(polled)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for TapBody {
+    fn drop(&mut self) {
+        self.finish();
+    }
+}
