@@ -9,10 +9,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
+use http_body_util::BodyExt;
 use nenya::config::{Config, Secrets};
 use nenya::layers::{
     BreakerConfig, CircuitBreakerLayer, EntropyDetector, RateLimitConfig, RateLimitLayer, Redactor,
-    TextScrubber,
+    TextScrubber, UsageLabels, UsageLayer, UsageMeter,
 };
 use nenya::model::{ApiFormat, ChatRequest};
 use nenya::services::{RouteTable, Router, Target, http_client};
@@ -81,6 +82,65 @@ fn bench(c: &mut Criterion) {
         )
     });
 
+    // The usage tap on a 20-event OpenAI stream with a usage chunk, against the bare stream.
+    let mut events = String::new();
+    for i in 0..20 {
+        events.push_str(&format!(
+            "data: {{\"id\":\"c\",\"choices\":[{{\"index\":0,\"delta\":{{\"content\":\"word{i} \"}}}}]}}\n\n"
+        ));
+    }
+    events.push_str("data: {\"id\":\"c\",\"choices\":[],\"usage\":{\"prompt_tokens\":10,\"completion_tokens\":20}}\n\ndata: [DONE]\n\n");
+    let events = bytes::Bytes::from(events);
+    let stream_body = move || {
+        let frames: Vec<Result<http_body::Frame<bytes::Bytes>, std::convert::Infallible>> = events
+            .split(|b| *b == b'\n')
+            .collect::<Vec<_>>()
+            .chunks(2)
+            .map(|c| {
+                Ok(http_body::Frame::data(bytes::Bytes::from(
+                    [c.concat(), b"\n\n".to_vec()].concat(),
+                )))
+            })
+            .collect();
+        Body::new(http_body_util::StreamBody::new(futures_util_stream(frames)))
+    };
+    let upstream = move |_r: http::Request<ChatRequest>| {
+        let body = stream_body();
+        async move {
+            let mut r = http::Response::new(body);
+            r.headers_mut()
+                .insert("content-type", "text/event-stream".parse().unwrap());
+            Ok::<_, Error>(r)
+        }
+    };
+    let meter = UsageMeter::new();
+    let tapped = UsageLayer::new(meter, |_: &http::Request<ChatRequest>| {
+        UsageLabels::new("a", "p", "m")
+    })
+    .layer(service_fn(upstream.clone()));
+    let bare = service_fn(upstream);
+    for (name, tap) in [
+        ("usage_tap/stream_20_events", true),
+        ("usage_tap/bare_stream_20_events", false),
+    ] {
+        c.bench_function(name, |b| {
+            b.iter_batched(
+                || http::Request::new(template.clone()),
+                |req| {
+                    rt.block_on(async {
+                        let resp = if tap {
+                            tapped.clone().oneshot(req).await.unwrap()
+                        } else {
+                            bare.clone().oneshot(req).await.unwrap()
+                        };
+                        black_box(resp.into_body().collect().await.unwrap())
+                    })
+                },
+                BatchSize::SmallInput,
+            )
+        });
+    }
+
     let redactor = Redactor::builtin();
     let entropy = EntropyDetector::default();
     c.bench_function("redact+entropy/small_request", |b| {
@@ -93,6 +153,21 @@ fn bench(c: &mut Criterion) {
             black_box(n)
         })
     });
+}
+
+/// A ready stream of frames (no extra dependency for a bench).
+fn futures_util_stream<T: Unpin>(items: Vec<T>) -> impl futures_core::Stream<Item = T> + Unpin {
+    struct Iter<T>(std::vec::IntoIter<T>);
+    impl<T: Unpin> futures_core::Stream for Iter<T> {
+        type Item = T;
+        fn poll_next(
+            mut self: std::pin::Pin<&mut Self>,
+            _cx: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Option<T>> {
+            std::task::Poll::Ready(self.0.next())
+        }
+    }
+    Iter(items.into_iter())
 }
 
 criterion_group!(benches, bench);
