@@ -240,3 +240,29 @@ async fn a_context_window_error_fails_over_and_other_400s_pass_through_intact() 
     assert_eq!(r.json()["error"]["message"], "mock: injected failure");
     assert!(mb.received().is_empty());
 }
+
+#[test]
+fn round_robin_is_the_default_strategy_as_in_nenya() {
+    let cfg = Config::from_json_str(
+        r#"{"providers": {"a": {"url": "http://127.0.0.1:9/v1/chat/completions"},
+                          "b": {"url": "http://127.0.0.1:9/v1/chat/completions"}},
+            "agents": {"x": {"models": [{"provider": "a", "model": "m1"}, {"provider": "b", "model": "m2"}]}}}"#,
+    )
+    .unwrap();
+    let secrets = Secrets::from_json_str(r#"{"provider_keys": {"a": "k", "b": "k"}}"#).unwrap();
+    let table = nenya::services::RouteTable::from_config(
+        &cfg,
+        &secrets,
+        &nenya::services::http_client(std::time::Duration::from_secs(1)),
+    )
+    .unwrap();
+    let first = |t: &nenya::services::RouteTable| {
+        t.resolve("x", nenya::model::ApiFormat::OpenAi).unwrap()[0]
+            .model
+            .clone()
+    };
+    assert_eq!(
+        [first(&table), first(&table), first(&table)],
+        ["m1", "m2", "m1"]
+    );
+}

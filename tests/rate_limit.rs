@@ -25,7 +25,7 @@ async fn limited_gateway(a: &Running, b: Option<&Running>, governance: &str) -> 
     let cfg = Config::from_json_str(&format!(
         r#"{{"governance": {governance},
             "providers": {{"a": {{"url": "http://{}/v1/chat/completions", "auth_style": "bearer"}}{b_provider}}},
-            "agents": {{"chain": {{"models": [{{"provider": "a", "model": "m"}}{b_model}]}}}}}}"#,
+            "agents": {{"chain": {{"strategy": "fallback", "models": [{{"provider": "a", "model": "m"}}{b_model}]}}}}}}"#,
         a.addr
     ))
     .unwrap();

@@ -299,14 +299,18 @@ impl RouteTable {
                     "must list at least one model",
                 ));
             }
+            // Nenya's default is round-robin; `sticky` (session pinning) is not implemented
+            // and walks the chain in order, like `fallback`.
             let round_robin = match ac.strategy.as_deref() {
-                None | Some("fallback") => false,
-                Some("round-robin" | "round_robin") => true,
+                Some("fallback" | "sticky") => false,
+                None | Some("round-robin" | "round_robin") => true,
                 Some(other) => {
                     return Err(ConfigError::new(
                         None,
                         Some(format!("agents.{agent}.strategy")),
-                        format!("unknown strategy `{other}` (expected fallback or round-robin)"),
+                        format!(
+                            "unknown strategy `{other}` (expected round-robin, fallback or sticky)"
+                        ),
                     ));
                 }
             };
