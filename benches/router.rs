@@ -12,8 +12,9 @@ use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
 use http_body_util::BodyExt;
 use nenya::config::{Config, Secrets};
 use nenya::layers::{
-    BreakerConfig, CircuitBreakerLayer, EntropyDetector, RateLimitConfig, RateLimitLayer, Redactor,
-    TextScrubber, UsageLabels, UsageLayer, UsageMeter,
+    BreakerConfig, CacheConfig, CircuitBreakerLayer, EntropyDetector, RateLimitConfig,
+    RateLimitLayer, Redactor, ResponseCache, ResponseCacheLayer, TextScrubber, UsageLabels,
+    UsageLayer, UsageMeter,
 };
 use nenya::model::{ApiFormat, ChatRequest};
 use nenya::services::{RouteTable, Router, Target, http_client};
@@ -140,6 +141,35 @@ fn bench(c: &mut Criterion) {
             )
         });
     }
+
+    // Response cache: a hit on a small deterministic request (key + lookup + replay).
+    let cache = ResponseCacheLayer::new(ResponseCache::new(CacheConfig::default())).layer(
+        service_fn(|_r: http::Request<ChatRequest>| async {
+            Ok::<_, Error>(http::Response::new(Body::from("a small cached answer")))
+        }),
+    );
+    let mut det = template.clone();
+    det.extra.insert("temperature".into(), 0.into());
+    rt.block_on(async {
+        let r = cache
+            .clone()
+            .oneshot(http::Request::new(det.clone()))
+            .await
+            .unwrap();
+        r.into_body().collect().await.unwrap();
+    });
+    c.bench_function("cache/hit_small_request", |b| {
+        b.iter_batched(
+            || http::Request::new(det.clone()),
+            |req| {
+                rt.block_on(async {
+                    let r = cache.clone().oneshot(req).await.unwrap();
+                    black_box(r.into_body().collect().await.unwrap())
+                })
+            },
+            BatchSize::SmallInput,
+        )
+    });
 
     let redactor = Redactor::builtin();
     let entropy = EntropyDetector::default();

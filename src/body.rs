@@ -103,3 +103,96 @@ impl http_body::Body for Body {
         self.inner.size_hint()
     }
 }
+
+/// Watches a body's frames as they pass by, without changing or delaying them (see
+/// [`Observed`]).
+pub trait Observer: Send + 'static {
+    /// Each data frame, in order.
+    fn on_data(&mut self, data: &Bytes);
+    /// Called once: `complete` when the body ended cleanly, `false` on an error or when it was
+    /// dropped before its end.
+    fn on_end(&mut self, complete: bool);
+}
+
+/// A [`Body`] with an [`Observer`] looking at it (the usage tap, the cache's tee).
+///
+/// ```
+/// use bytes::Bytes;
+/// use http_body_util::BodyExt;
+/// use nenya::body::{Observed, Observer};
+/// struct Count(std::sync::Arc<std::sync::atomic::AtomicUsize>);
+/// impl Observer for Count {
+///     fn on_data(&mut self, d: &Bytes) { self.0.fetch_add(d.len(), std::sync::atomic::Ordering::SeqCst); }
+///     fn on_end(&mut self, _complete: bool) {}
+/// }
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// let n = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+/// let body = Observed::new(nenya::Body::from("hello"), Count(n.clone()));
+/// body.collect().await.unwrap();
+/// assert_eq!(n.load(std::sync::atomic::Ordering::SeqCst), 5);
+/// # }
+/// ```
+pub struct Observed<O: Observer> {
+    inner: Body,
+    observer: O,
+    ended: bool,
+}
+
+impl<O: Observer> Observed<O> {
+    /// `inner`, watched by `observer`.
+    pub fn new(inner: Body, observer: O) -> Self {
+        Self {
+            inner,
+            observer,
+            ended: false,
+        }
+    }
+
+    fn end(&mut self, complete: bool) {
+        if !self.ended {
+            self.ended = true;
+            self.observer.on_end(complete);
+        }
+    }
+}
+
+impl<O: Observer + Unpin> http_body::Body for Observed<O> {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let polled = std::task::ready!(Pin::new(&mut self.inner).poll_frame(cx));
+        match &polled {
+            Some(Ok(frame)) => {
+                if let Some(data) = frame.data_ref() {
+                    let data = data.clone();
+                    self.observer.on_data(&data);
+                }
+                // A sized body says it is done without a final `None` poll.
+                if self.inner.is_end_stream() {
+                    self.end(true);
+                }
+            }
+            Some(Err(_)) => self.end(false),
+            None => self.end(true),
+        }
+        Poll::Ready(polled)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl<O: Observer> Drop for Observed<O> {
+    fn drop(&mut self) {
+        self.end(false);
+    }
+}

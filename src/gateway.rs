@@ -13,6 +13,7 @@
 //! | 5 | [`DecodeLayer`] | read the body once (size limit) and parse it once |
 //! | 6 | [`RedactLayer`] | credential patterns out of every text, before anything can forward or log it |
 //! | 7 | [`EntropyLayer`] | high-entropy tokens no pattern knows (after patterns, so their labels are not re-flagged) |
+//! | 7½ | [`ResponseCacheLayer`] | (when enabled) keyed on the redacted request, before routing: a hit costs no upstream call at all |
 //! | 8 | [`Router`] | model → agent chain → [`Target`](crate::services::Target); refuses agents outside the caller's scope; fails over along the chain before the first byte |
 //! | 8½ | [`BudgetTrimLayer`] | after the router, so each target of a chain gets a request that fits its own window |
 //! | 8¾ | [`UsageLayer`] | taps each answer (already in the client's format) for token usage per agent, provider and model |
@@ -57,10 +58,11 @@ use tower::{Layer, Service, ServiceBuilder};
 use crate::config::{BouncerConfig, Config, ConfigError, DEFAULT_MAX_BODY_BYTES, Secret, Secrets};
 use crate::error::{Error, ErrorKind};
 use crate::layers::{
-    ApiKey, AuthLayer, BreakerConfig, BudgetConfig, BudgetTrimLayer, CircuitBreakerLayer,
-    DecodeLayer, EntropyDetector, EntropyLayer, ErrorResponseLayer, Metrics, MetricsLayer,
-    OriginGuardLayer, RateLimitConfig, RateLimitLayer, RedactLabel, RedactLayer, Redactor,
-    RequestIdLayer, UsageLabels, UsageLayer, UsageMeter,
+    ApiKey, AuthLayer, BreakerConfig, BudgetConfig, BudgetTrimLayer, CacheConfig,
+    CircuitBreakerLayer, DecodeLayer, EntropyDetector, EntropyLayer, ErrorResponseLayer, Metrics,
+    MetricsLayer, OriginGuardLayer, RateLimitConfig, RateLimitLayer, RedactLabel, RedactLayer,
+    Redactor, RequestIdLayer, ResponseCache, ResponseCacheLayer, UsageLabels, UsageLayer,
+    UsageMeter,
 };
 use crate::model::{ApiFormat, ChatRequest, CountTokens};
 use crate::services::{ProviderService, RouteTable, Router, Target, http_client};
@@ -81,6 +83,7 @@ pub struct GatewayBuilder {
     budget: BudgetConfig,
     metrics: Metrics,
     usage: UsageMeter,
+    cache: Option<CacheConfig>,
     carried: Option<Carried>,
 }
 
@@ -89,6 +92,7 @@ pub struct GatewayBuilder {
 struct Carried {
     breaker: (BreakerConfig, CircuitBreakerLayer<KeyFn>),
     limiter: (RateLimitConfig, RateLimitLayer<KeyFn>),
+    cache: Option<(CacheConfig, ResponseCache)>,
 }
 
 impl std::fmt::Debug for Carried {
@@ -174,6 +178,12 @@ impl GatewayBuilder {
         self
     }
 
+    /// An exact-match response cache (default: none).
+    pub fn response_cache(mut self, cfg: Option<CacheConfig>) -> Self {
+        self.cache = cfg;
+        self
+    }
+
     /// Context-budget trimming settings (every request is kept within its target's window).
     pub fn context_budget(mut self, budget: BudgetConfig) -> Self {
         self.budget = budget;
@@ -200,6 +210,15 @@ impl GatewayBuilder {
             Some(c) if c.limiter.0 == self.limits => c.limiter.1.clone(),
             _ => RateLimitLayer::new(self.limits, provider_key as KeyFn),
         };
+        let cache = self
+            .cache
+            .map(|cfg| match carried.and_then(|c| c.cache.as_ref()) {
+                Some((old, cache)) if *old == cfg => cache.clone(),
+                _ => ResponseCache::new(cfg),
+            });
+        if let Some(c) = &cache {
+            register_cache(&self.metrics, c);
+        }
         let statsz = statsz(&self.metrics, &self.usage, self.redactor.clone(), &breaker);
         register_usage(&self.metrics, &self.usage);
         register_collectors(
@@ -213,6 +232,7 @@ impl GatewayBuilder {
             .layer(DecodeLayer::new(self.max_body_bytes))
             .option_layer(self.redactor.map(RedactLayer::new))
             .option_layer(self.entropy.map(EntropyLayer::new))
+            .option_layer(cache.clone().map(ResponseCacheLayer::new))
             .service(Router::new(
                 self.table,
                 BudgetTrimLayer::new(self.budget, target_window as WindowFn).layer(
@@ -239,6 +259,7 @@ impl GatewayBuilder {
             carried: Carried {
                 breaker: (self.breaker, breaker),
                 limiter: (self.limits, limiter),
+                cache: self.cache.zip(cache),
             },
         }
     }
@@ -323,6 +344,38 @@ fn statsz(
         })
         .to_string()
     })
+}
+
+/// Cache hits and misses as metrics.
+fn register_cache(metrics: &Metrics, cache: &ResponseCache) {
+    use crate::layers::metrics::family;
+    use std::fmt::Write as _;
+    let cache = cache.clone();
+    metrics.register("cache", move |out| {
+        let (hits, misses, bytes, entries) = cache.stats();
+        family(
+            out,
+            "nenya_cache_lookups_total",
+            "counter",
+            "Response-cache lookups by result.",
+        );
+        let _ = writeln!(out, "nenya_cache_lookups_total{{result=\"hit\"}} {hits}");
+        let _ = writeln!(out, "nenya_cache_lookups_total{{result=\"miss\"}} {misses}");
+        family(
+            out,
+            "nenya_cache_bytes",
+            "gauge",
+            "Bytes of answers held by the response cache.",
+        );
+        let _ = writeln!(out, "nenya_cache_bytes {bytes}");
+        family(
+            out,
+            "nenya_cache_entries",
+            "gauge",
+            "Answers held by the response cache.",
+        );
+        let _ = writeln!(out, "nenya_cache_entries {entries}");
+    });
 }
 
 /// Token usage as metrics.
@@ -470,6 +523,7 @@ impl Gateway {
             budget: BudgetConfig::default(),
             metrics: Metrics::new(),
             usage: UsageMeter::new(),
+            cache: None,
             carried: None,
         }
     }
@@ -487,6 +541,12 @@ impl Gateway {
                 rpm: cfg.governance.ratelimit_max_rpm,
                 tpm: cfg.governance.ratelimit_max_tpm,
             })
+            .response_cache(cfg.response_cache.enabled.then(|| CacheConfig {
+                max_bytes: cfg.response_cache.max_bytes,
+                max_entry_bytes: cfg.response_cache.max_entry_bytes,
+                ttl: Duration::from_secs(cfg.response_cache.ttl_seconds),
+                cache_nondeterministic: cfg.response_cache.cache_nondeterministic,
+            }))
             .context_budget(BudgetConfig {
                 keep_first_pct: cfg.context.truncation_keep_first_pct,
                 keep_last_pct: cfg.context.truncation_keep_last_pct,

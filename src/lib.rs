@@ -20,7 +20,7 @@
 #![warn(missing_docs)]
 
 pub mod adapters;
-mod body;
+pub mod body;
 pub mod config;
 pub mod error;
 mod gateway;

@@ -33,6 +33,7 @@ const KNOWN_SECTIONS: &[&str] = &[
     "bouncer",
     "governance",
     "context",
+    "response_cache",
 ];
 
 /// The whole configuration.
@@ -53,6 +54,9 @@ pub struct Config {
     /// Context budget (`context`; trimming only so far).
     #[serde(default)]
     pub context: ContextConfig,
+    /// Exact-match response cache (`response_cache`).
+    #[serde(default)]
+    pub response_cache: ResponseCacheConfig,
     /// Request governance (`governance`; only the browser-origin allowlist so far).
     #[serde(default)]
     pub governance: GovernanceConfig,
@@ -198,6 +202,61 @@ impl Default for ContextConfig {
             hard_limit_tokens: None,
             truncation_keep_first_pct: default_keep_first(),
             truncation_keep_last_pct: default_keep_last(),
+            other: BTreeMap::new(),
+        }
+    }
+}
+
+/// `response_cache` section (off unless `enabled`).
+///
+/// ```
+/// let cfg = nenya::config::Config::from_json_str(
+///     r#"{"response_cache":{"enabled":true,"ttl_seconds":60}}"#).unwrap();
+/// assert!(cfg.response_cache.enabled);
+/// assert_eq!(cfg.response_cache.max_bytes, 64 << 20);
+/// ```
+#[derive(Debug, Clone, Deserialize)]
+pub struct ResponseCacheConfig {
+    /// Cache on or off (default off).
+    #[serde(default)]
+    pub enabled: bool,
+    /// Total bytes of stored answers (default 64 MiB).
+    #[serde(default = "default_cache_bytes")]
+    pub max_bytes: usize,
+    /// Largest answer stored (default 4 MiB).
+    #[serde(default = "default_cache_entry_bytes")]
+    pub max_entry_bytes: usize,
+    /// Lifetime of an answer in seconds (default 300).
+    #[serde(default = "default_cache_ttl")]
+    pub ttl_seconds: u64,
+    /// Also cache requests without `temperature: 0` (default false).
+    #[serde(default)]
+    pub cache_nondeterministic: bool,
+    /// Fields not implemented yet.
+    #[serde(flatten)]
+    pub other: BTreeMap<String, Value>,
+}
+
+fn default_cache_bytes() -> usize {
+    64 << 20
+}
+
+fn default_cache_entry_bytes() -> usize {
+    4 << 20
+}
+
+fn default_cache_ttl() -> u64 {
+    300
+}
+
+impl Default for ResponseCacheConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            max_bytes: default_cache_bytes(),
+            max_entry_bytes: default_cache_entry_bytes(),
+            ttl_seconds: default_cache_ttl(),
+            cache_nondeterministic: false,
             other: BTreeMap::new(),
         }
     }
@@ -414,6 +473,7 @@ impl Config {
             ("bouncer", &self.bouncer.other),
             ("governance", &self.governance.other),
             ("context", &self.context.other),
+            ("response_cache", &self.response_cache.other),
         ];
         for (section, other) in sections {
             for k in other.keys() {

@@ -14,6 +14,7 @@
 //! | [`RedactLayer`] | `Request<ChatRequest>` | replaces credentials (60+ formats, user patterns) in every text the upstream reads |
 //! | [`EntropyLayer`] | `Request<ChatRequest>` | replaces high-entropy tokens no pattern knows |
 //! | [`BudgetTrimLayer`] | `Request<ChatRequest>` | keeps the prompt within the target's context window: oldest turns first (tool pairs together), then middle-out |
+//! | [`ResponseCacheLayer`] | `Request<ChatRequest>` → `Response<Body>` | exact-match cache of complete answers (deterministic requests), replayed frame for frame |
 //! | [`CircuitBreakerLayer`] | any `Request<B>` → `Response<R>` | per-target circuit: fail fast while an upstream keeps failing, probe, close |
 //! | [`RateLimitLayer`] | `Request<ChatRequest>` | RPM / TPM per upstream (governor); over the limit → `rate_limited` + `Retry-After` |
 //! | [`UsageLayer`] | `Request<ChatRequest>` → `Response<Body>` | token usage per agent/provider/model from answers as they stream by (estimated when unreported) |
@@ -21,6 +22,7 @@
 
 pub mod auth;
 pub mod budget;
+pub mod cache;
 pub mod circuit_breaker;
 pub mod decode;
 pub mod entropy;
@@ -36,6 +38,7 @@ pub mod usage;
 
 pub use auth::{ApiKey, Auth, AuthLayer, Principal, Role};
 pub use budget::{BudgetConfig, BudgetTrim, BudgetTrimLayer, TrimReport};
+pub use cache::{CacheConfig, ResponseCache, ResponseCacheLayer, ResponseCacheService};
 pub use circuit_breaker::{BreakerConfig, CircuitBreaker, CircuitBreakerLayer, CircuitOpen};
 pub use decode::{Decode, DecodeLayer};
 pub use entropy::{Entropy, EntropyDetector, EntropyLayer};

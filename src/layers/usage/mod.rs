@@ -41,15 +41,15 @@ use std::task::{Context, Poll, ready};
 
 use bytes::Bytes;
 use http::{Request, Response};
-use http_body::Frame;
 use pin_project_lite::pin_project;
 use serde_json::Value;
 use tower::Service;
 use tower_layer::Layer;
 
+use crate::Body;
+use crate::body::{Observed, Observer};
 use crate::model::{ApiFormat, ChatRequest, Usage};
 use crate::sse::Decoder;
-use crate::{Body, BoxError};
 
 /// A JSON answer is read for its usage up to this size; beyond it, the usage is estimated.
 const JSON_LIMIT: usize = 4 << 20;
@@ -269,20 +269,21 @@ where
             .and_then(|v| v.to_str().ok())
             .is_some_and(|v| v.starts_with("text/event-stream"));
         Poll::Ready(Ok(resp.map(|body| {
-            Body::new(TapBody {
-                inner: body,
-                sse: sse.then(|| Decoder::new(1 << 20)),
-                json: Vec::new(),
-                usage: None,
-                recorder: Some(recorder),
-            })
+            Body::new(Observed::new(
+                body,
+                TapBody {
+                    sse: sse.then(|| Decoder::new(1 << 20)),
+                    json: Vec::new(),
+                    usage: None,
+                    recorder: Some(recorder),
+                },
+            ))
         })))
     }
 }
 
 /// The body tap: frames pass through untouched; usage is noted on the way.
 struct TapBody {
-    inner: Body,
     sse: Option<Decoder>,
     json: Vec<u8>,
     usage: Option<Usage>,
@@ -366,38 +367,13 @@ fn note(acc: &mut Option<Usage>, format: ApiFormat, v: &Value) {
     }
 }
 
-impl http_body::Body for TapBody {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let polled = ready!(Pin::new(&mut self.inner).poll_frame(cx));
-        match &polled {
-            Some(Ok(frame)) => {
-                if let Some(data) = frame.data_ref() {
-                    let data = data.clone();
-                    self.look(&data);
-                }
-            }
-            Some(Err(_)) | None => self.finish(),
-        }
-        Poll::Ready(polled)
+impl Observer for TapBody {
+    fn on_data(&mut self, data: &Bytes) {
+        self.look(data);
     }
 
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> http_body::SizeHint {
-        self.inner.size_hint()
-    }
-}
-
-impl Drop for TapBody {
-    fn drop(&mut self) {
+    fn on_end(&mut self, _complete: bool) {
+        // An answer cut short still used the tokens it used: record what was seen.
         self.finish();
     }
 }
