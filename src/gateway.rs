@@ -13,6 +13,7 @@
 //! | 5 | [`DecodeLayer`] | read the body once (size limit) and parse it once |
 //! | 6 | [`RedactLayer`] | credential patterns out of every text, before anything can forward or log it |
 //! | 7 | [`EntropyLayer`] | high-entropy tokens no pattern knows (after patterns, so their labels are not re-flagged) |
+//! | 7¼ | [`PruneLayer`] | (when enabled) old thinking and stale tool results out of history, before the cache key is taken |
 //! | 7½ | [`ResponseCacheLayer`] | (when enabled) keyed on the redacted request, before routing: a hit costs no upstream call at all |
 //! | 8 | [`Router`] | model → agent chain → [`Target`](crate::services::Target); refuses agents outside the caller's scope; fails over along the chain before the first byte |
 //! | 8½ | [`BudgetTrimLayer`] | after the router, so each target of a chain gets a request that fits its own window |
@@ -60,9 +61,9 @@ use crate::error::{Error, ErrorKind};
 use crate::layers::{
     ApiKey, AuthLayer, BreakerConfig, BudgetConfig, BudgetTrimLayer, CacheConfig,
     CircuitBreakerLayer, DecodeLayer, EntropyDetector, EntropyLayer, ErrorResponseLayer, Metrics,
-    MetricsLayer, OriginGuardLayer, RateLimitConfig, RateLimitLayer, RedactLabel, RedactLayer,
-    Redactor, RequestIdLayer, ResponseCache, ResponseCacheLayer, UsageLabels, UsageLayer,
-    UsageMeter,
+    MetricsLayer, OriginGuardLayer, PruneConfig, PruneLayer, RateLimitConfig, RateLimitLayer,
+    RedactLabel, RedactLayer, Redactor, RequestIdLayer, ResponseCache, ResponseCacheLayer,
+    UsageLabels, UsageLayer, UsageMeter,
 };
 use crate::model::{ApiFormat, ChatRequest, CountTokens};
 use crate::services::{ProviderService, RouteTable, Router, Target, http_client};
@@ -84,6 +85,7 @@ pub struct GatewayBuilder {
     metrics: Metrics,
     usage: UsageMeter,
     cache: Option<CacheConfig>,
+    prune: PruneConfig,
     carried: Option<Carried>,
 }
 
@@ -178,6 +180,12 @@ impl GatewayBuilder {
         self
     }
 
+    /// History pruning (default: off).
+    pub fn prune(mut self, cfg: PruneConfig) -> Self {
+        self.prune = cfg;
+        self
+    }
+
     /// An exact-match response cache (default: none).
     pub fn response_cache(mut self, cfg: Option<CacheConfig>) -> Self {
         self.cache = cfg;
@@ -232,6 +240,10 @@ impl GatewayBuilder {
             .layer(DecodeLayer::new(self.max_body_bytes))
             .option_layer(self.redactor.map(RedactLayer::new))
             .option_layer(self.entropy.map(EntropyLayer::new))
+            .option_layer(
+                (self.prune.thoughts || self.prune.stale_tool_results)
+                    .then(|| PruneLayer::new(self.prune)),
+            )
             .option_layer(cache.clone().map(ResponseCacheLayer::new))
             .service(Router::new(
                 self.table,
@@ -524,6 +536,7 @@ impl Gateway {
             metrics: Metrics::new(),
             usage: UsageMeter::new(),
             cache: None,
+            prune: PruneConfig::default(),
             carried: None,
         }
     }
@@ -540,6 +553,12 @@ impl Gateway {
             .rate_limits(RateLimitConfig {
                 rpm: cfg.governance.ratelimit_max_rpm,
                 tpm: cfg.governance.ratelimit_max_tpm,
+            })
+            .prune(PruneConfig {
+                thoughts: cfg.compaction.prune_thoughts,
+                stale_tool_results: cfg.compaction.prune_stale_tools,
+                keep_recent: cfg.compaction.keep_recent_tool_results,
+                ..PruneConfig::default()
             })
             .response_cache(cfg.response_cache.enabled.then(|| CacheConfig {
                 max_bytes: cfg.response_cache.max_bytes,

@@ -34,6 +34,7 @@ const KNOWN_SECTIONS: &[&str] = &[
     "governance",
     "context",
     "response_cache",
+    "compaction",
 ];
 
 /// The whole configuration.
@@ -57,6 +58,9 @@ pub struct Config {
     /// Exact-match response cache (`response_cache`).
     #[serde(default)]
     pub response_cache: ResponseCacheConfig,
+    /// History pruning (`compaction`; pruning only so far).
+    #[serde(default)]
+    pub compaction: CompactionConfig,
     /// Request governance (`governance`; only the browser-origin allowlist so far).
     #[serde(default)]
     pub governance: GovernanceConfig,
@@ -202,6 +206,44 @@ impl Default for ContextConfig {
             hard_limit_tokens: None,
             truncation_keep_first_pct: default_keep_first(),
             truncation_keep_last_pct: default_keep_last(),
+            other: BTreeMap::new(),
+        }
+    }
+}
+
+/// `compaction` section. Implemented: `prune_thoughts`, `prune_stale_tools`,
+/// `keep_recent_tool_results` (all off unless set: pruning changes what the model sees).
+///
+/// ```
+/// let cfg = nenya::config::Config::from_json_str(r#"{"compaction":{"prune_thoughts":true}}"#).unwrap();
+/// assert!(cfg.compaction.prune_thoughts && !cfg.compaction.prune_stale_tools);
+/// ```
+#[derive(Debug, Clone, Deserialize)]
+pub struct CompactionConfig {
+    /// Drop thinking from history.
+    #[serde(default)]
+    pub prune_thoughts: bool,
+    /// Summarise old tool results.
+    #[serde(default)]
+    pub prune_stale_tools: bool,
+    /// Tool results kept whole, newest first (default 3).
+    #[serde(default = "default_keep_recent")]
+    pub keep_recent_tool_results: usize,
+    /// Fields not implemented yet.
+    #[serde(flatten)]
+    pub other: BTreeMap<String, Value>,
+}
+
+fn default_keep_recent() -> usize {
+    3
+}
+
+impl Default for CompactionConfig {
+    fn default() -> Self {
+        Self {
+            prune_thoughts: false,
+            prune_stale_tools: false,
+            keep_recent_tool_results: default_keep_recent(),
             other: BTreeMap::new(),
         }
     }
@@ -474,6 +516,7 @@ impl Config {
             ("governance", &self.governance.other),
             ("context", &self.context.other),
             ("response_cache", &self.response_cache.other),
+            ("compaction", &self.compaction.other),
         ];
         for (section, other) in sections {
             for k in other.keys() {

@@ -14,6 +14,7 @@
 //! | [`RedactLayer`] | `Request<ChatRequest>` | replaces credentials (60+ formats, user patterns) in every text the upstream reads |
 //! | [`EntropyLayer`] | `Request<ChatRequest>` | replaces high-entropy tokens no pattern knows |
 //! | [`BudgetTrimLayer`] | `Request<ChatRequest>` | keeps the prompt within the target's context window: oldest turns first (tool pairs together), then middle-out |
+//! | [`PruneLayer`] | `Request<ChatRequest>` | drops old thinking and summarises stale tool results in history (never the current tool loop) |
 //! | [`ResponseCacheLayer`] | `Request<ChatRequest>` → `Response<Body>` | exact-match cache of complete answers (deterministic requests), replayed frame for frame |
 //! | [`CircuitBreakerLayer`] | any `Request<B>` → `Response<R>` | per-target circuit: fail fast while an upstream keeps failing, probe, close |
 //! | [`RateLimitLayer`] | `Request<ChatRequest>` | RPM / TPM per upstream (governor); over the limit → `rate_limited` + `Retry-After` |
@@ -30,6 +31,7 @@ pub mod error_response;
 pub mod guard;
 pub mod metrics;
 pub mod origin;
+pub mod prune;
 pub mod rate_limit;
 pub mod redact;
 pub mod request_id;
@@ -45,6 +47,7 @@ pub use entropy::{Entropy, EntropyDetector, EntropyLayer};
 pub use error_response::{ErrorResponse, ErrorResponseLayer};
 pub use metrics::{Metrics, MetricsLayer, MetricsService, MetricsSnapshot};
 pub use origin::{OriginGuard, OriginGuardLayer};
+pub use prune::{Prune, PruneConfig, PruneLayer};
 pub use rate_limit::{RateLimit, RateLimitConfig, RateLimitLayer};
 pub use redact::{PatternError, Redact, RedactLayer, Redactor};
 pub use request_id::{RequestId, RequestIdLayer, RequestIdService};

@@ -1,0 +1,230 @@
+//! History pruning: what an agent's older turns no longer need.
+//!
+//! [`PruneLayer`] wraps a service of `Request<ChatRequest>`. Everything before the last user
+//! text turn is *history*; the turns after it are the *current tool loop* and are never
+//! touched (DeepSeek needs its `reasoning_content` back there, Anthropic its signed thinking).
+//! In history, with each switch on:
+//!
+//! * `thoughts`: reasoning / thinking blocks are dropped;
+//! * `stale_tool_results`: tool results older than the `keep_recent` most recent ones, and
+//!   larger than `min_bytes`, are replaced with a one-line summary of what was called and how
+//!   it ended. The calls stay, so every call still has its result.
+//!
+//! What was done is reported in the `x-nenya-pruned` response header.
+//!
+//! ```
+//! use nenya::layers::{PruneConfig, PruneLayer};
+//! use nenya::model::{ApiFormat, ChatRequest, Content, Part};
+//! use nenya::{Body, Error};
+//! use tower::{ServiceBuilder, ServiceExt, service_fn};
+//! # #[tokio::main(flavor = "current_thread")] async fn main() {
+//! let svc = ServiceBuilder::new()
+//!     .layer(PruneLayer::new(PruneConfig { thoughts: true, ..PruneConfig::default() }))
+//!     .service(service_fn(|req: http::Request<ChatRequest>| async move {
+//!         let Content::Parts(p) = &req.body().messages[1].content else { panic!() };
+//!         assert!(!p.iter().any(|p| matches!(p, Part::Thinking { .. })));
+//!         Ok::<_, Error>(http::Response::new(Body::empty()))
+//!     }));
+//! let req = nenya::adapters::decode_request(ApiFormat::OpenAi, br#"{"model":"m","messages":[
+//!   {"role":"user","content":"a"},
+//!   {"role":"assistant","content":"b","reasoning_content":"long thoughts"},
+//!   {"role":"user","content":"c"}]}"#).unwrap();
+//! let resp = svc.oneshot(http::Request::new(req)).await.unwrap();
+//! assert_eq!(resp.headers()["x-nenya-pruned"], "thoughts=1 tool_results=0");
+//! # }
+//! ```
+
+use std::task::{Context, Poll};
+
+use http::{HeaderName, HeaderValue, Request, Response};
+use tower::Service;
+use tower_layer::Layer;
+
+use crate::layers::guard::WithHeader;
+use crate::model::{ChatRequest, Content, Part, Role};
+
+/// What to prune (all off by default: pruning changes what the model sees).
+///
+/// ```
+/// let c = nenya::layers::PruneConfig::default();
+/// assert!(!c.thoughts && !c.stale_tool_results && c.keep_recent == 3);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PruneConfig {
+    /// Drop thinking / reasoning from history.
+    pub thoughts: bool,
+    /// Summarise old tool results.
+    pub stale_tool_results: bool,
+    /// Tool results kept whole, counting back from the newest.
+    pub keep_recent: usize,
+    /// Results this small are kept whole (a summary would not be shorter).
+    pub min_bytes: usize,
+}
+
+impl Default for PruneConfig {
+    fn default() -> Self {
+        Self {
+            thoughts: false,
+            stale_tool_results: false,
+            keep_recent: 3,
+            min_bytes: 256,
+        }
+    }
+}
+
+/// Prunes `req` in place; returns (thinking blocks dropped, tool results summarised).
+///
+/// ```
+/// use nenya::layers::{prune::prune, PruneConfig};
+/// let mut req = nenya::adapters::decode_request(nenya::model::ApiFormat::OpenAi,
+///     br#"{"model":"m","messages":[{"role":"user","content":"hi"}]}"#).unwrap();
+/// assert_eq!(prune(&mut req, &PruneConfig { thoughts: true, ..Default::default() }), (0, 0));
+/// ```
+pub fn prune(req: &mut ChatRequest, cfg: &PruneConfig) -> (usize, usize) {
+    let Some(history_end) = req
+        .messages
+        .iter()
+        .rposition(|m| m.role == Role::User && !m.has_tool_results())
+    else {
+        return (0, 0);
+    };
+    let mut thoughts = 0;
+    if cfg.thoughts {
+        for m in &mut req.messages[..history_end] {
+            if let Content::Parts(parts) = &mut m.content {
+                // A turn that is only thinking keeps it: an empty turn is refused upstream.
+                if parts.iter().all(|p| matches!(p, Part::Thinking { .. })) {
+                    continue;
+                }
+                let before = parts.len();
+                parts.retain(|p| !matches!(p, Part::Thinking { .. }));
+                thoughts += before - parts.len();
+            }
+        }
+    }
+    let mut summarised = 0;
+    if cfg.stale_tool_results {
+        // Names of the calls, to say what each result answered.
+        let mut names = std::collections::HashMap::new();
+        for m in &req.messages {
+            if let Content::Parts(parts) = &m.content {
+                for p in parts {
+                    if let Part::ToolUse { id, name, .. } = p {
+                        names.insert(id.clone(), name.clone());
+                    }
+                }
+            }
+        }
+        let total: usize = req.messages[..history_end]
+            .iter()
+            .map(|m| match &m.content {
+                Content::Parts(ps) => ps
+                    .iter()
+                    .filter(|p| matches!(p, Part::ToolResult { .. }))
+                    .count(),
+                Content::Text(_) => 0,
+            })
+            .sum();
+        let mut seen = 0;
+        for m in &mut req.messages[..history_end] {
+            let Content::Parts(parts) = &mut m.content else {
+                continue;
+            };
+            for p in parts.iter_mut() {
+                let Part::ToolResult {
+                    tool_use_id,
+                    content,
+                    is_error,
+                    ..
+                } = p
+                else {
+                    continue;
+                };
+                seen += 1;
+                if seen + cfg.keep_recent > total {
+                    continue; // among the most recent
+                }
+                let size = match &*content {
+                    Content::Text(t) => t.len(),
+                    Content::Parts(ps) => ps
+                        .iter()
+                        .map(|p| match p {
+                            Part::Text { text, .. } => text.len(),
+                            _ => 0,
+                        })
+                        .sum(),
+                };
+                if size < cfg.min_bytes {
+                    continue;
+                }
+                let name = names.get(tool_use_id).map_or("a tool", String::as_str);
+                let outcome = if *is_error == Some(true) {
+                    "failed"
+                } else {
+                    "succeeded"
+                };
+                *content = Content::Text(format!(
+                    "[nenya pruned this old result: `{name}` {outcome}, {size} bytes]"
+                ));
+                summarised += 1;
+            }
+        }
+    }
+    (thoughts, summarised)
+}
+
+/// Layer that applies [`Prune`].
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PruneLayer {
+    cfg: PruneConfig,
+}
+
+impl PruneLayer {
+    /// Prunes with `cfg`.
+    pub fn new(cfg: PruneConfig) -> Self {
+        Self { cfg }
+    }
+}
+
+impl<S> Layer<S> for PruneLayer {
+    type Service = Prune<S>;
+    fn layer(&self, inner: S) -> Prune<S> {
+        Prune {
+            inner,
+            cfg: self.cfg,
+        }
+    }
+}
+
+/// Prunes a typed chat request's history, then calls the inner service.
+#[derive(Debug, Clone)]
+pub struct Prune<S> {
+    inner: S,
+    cfg: PruneConfig,
+}
+
+impl<S, R> Service<Request<ChatRequest>> for Prune<S>
+where
+    S: Service<Request<ChatRequest>, Response = Response<R>>,
+{
+    type Response = Response<R>;
+    type Error = S::Error;
+    type Future = WithHeader<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request<ChatRequest>) -> Self::Future {
+        let (t, r) = prune(req.body_mut(), &self.cfg);
+        let header = (t + r > 0).then(|| {
+            tracing::debug!(thoughts = t, tool_results = r, "pruned history");
+            HeaderValue::try_from(format!("thoughts={t} tool_results={r}")).ok()
+        });
+        WithHeader::new(
+            self.inner.call(req),
+            HeaderName::from_static("x-nenya-pruned"),
+            header.flatten(),
+        )
+    }
+}

@@ -1,0 +1,62 @@
+//! History pruning through the gateway: old thinking and stale tool results go, the current
+//! tool loop stays exactly as sent, every call keeps its result.
+
+mod common;
+
+use common::*;
+use nenya::Gateway;
+use nenya::config::Config;
+use nenya::services::MockConfig;
+use serde_json::{Value, json};
+
+#[tokio::test]
+async fn old_thoughts_and_stale_results_are_pruned_the_current_loop_is_not() {
+    let (mock, up) = start_mock(MockConfig {
+        echo: true,
+        ..MockConfig::default()
+    })
+    .await;
+    let (mut cfg, secrets) = config_for(&up, "");
+    cfg.compaction = Config::from_json_str(
+        r#"{"compaction": {"prune_thoughts": true, "prune_stale_tools": true, "keep_recent_tool_results": 0}}"#,
+    )
+    .unwrap()
+    .compaction;
+    let gw = start_gateway(Gateway::from_config(&cfg, &secrets).unwrap().build()).await;
+    let big = "line of output\n".repeat(100);
+    let sent = json!({"model": "coder", "messages": [
+        {"role": "user", "content": "list files"},
+        {"role": "assistant", "content": null, "reasoning_content": "I should call ls",
+         "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "ls", "arguments": "{}"}}]},
+        {"role": "tool", "tool_call_id": "c1", "content": big},
+        {"role": "assistant", "content": "done"},
+        {"role": "user", "content": "now read a.rs"},
+        {"role": "assistant", "content": null, "reasoning_content": "read it",
+         "tool_calls": [{"id": "c2", "type": "function", "function": {"name": "read", "arguments": "{}"}}]},
+        {"role": "tool", "tool_call_id": "c2", "content": big}
+    ]});
+    let (k, v) = bearer();
+    let r = post(
+        &gw.url("/v1/chat/completions"),
+        &[(k, &v)],
+        sent.to_string(),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.headers["x-nenya-pruned"], "thoughts=1 tool_results=1");
+    let got: Value = serde_json::from_slice(&mock.received()[0].body).unwrap();
+    let m = got["messages"].as_array().unwrap();
+    assert_eq!(m.len(), 7, "no message dropped");
+    assert!(
+        m[1].get("reasoning_content").is_none(),
+        "old thinking gone: {}",
+        m[1]
+    );
+    assert_eq!(m[1]["tool_calls"][0]["id"], "c1", "the call stays");
+    assert_eq!(
+        m[2]["content"],
+        "[nenya pruned this old result: `ls` succeeded, 1500 bytes]"
+    );
+    assert_eq!(m[5], sent["messages"][5], "the current loop is untouched");
+    assert_eq!(m[6], sent["messages"][6]);
+}
