@@ -14,6 +14,7 @@
 //! | 6 | [`RedactLayer`] | credential patterns out of every text, before anything can forward or log it |
 //! | 7 | [`EntropyLayer`] | high-entropy tokens no pattern knows (after patterns, so their labels are not re-flagged) |
 //! | 7¼ | [`PruneLayer`] | (when enabled) old thinking and stale tool results out of history, before the cache key is taken |
+//! | 7⅓ | [`CompactLayer`] | (when enabled) JSON tool results minified, whitespace and duplicate results folded |
 //! | 7½ | [`ResponseCacheLayer`] | (when enabled) keyed on the redacted request, before routing: a hit costs no upstream call at all |
 //! | 8 | [`Router`] | model → agent chain → [`Target`](crate::services::Target); refuses agents outside the caller's scope; fails over along the chain before the first byte |
 //! | 8½ | [`BudgetTrimLayer`] | after the router, so each target of a chain gets a request that fits its own window |
@@ -60,10 +61,10 @@ use crate::config::{BouncerConfig, Config, ConfigError, DEFAULT_MAX_BODY_BYTES, 
 use crate::error::{Error, ErrorKind};
 use crate::layers::{
     ApiKey, AuthLayer, BreakerConfig, BudgetConfig, BudgetTrimLayer, CacheConfig,
-    CircuitBreakerLayer, DecodeLayer, EntropyDetector, EntropyLayer, ErrorResponseLayer, Metrics,
-    MetricsLayer, OriginGuardLayer, PruneConfig, PruneLayer, RateLimitConfig, RateLimitLayer,
-    RedactLabel, RedactLayer, Redactor, RequestIdLayer, ResponseCache, ResponseCacheLayer,
-    UsageLabels, UsageLayer, UsageMeter,
+    CircuitBreakerLayer, CompactConfig, CompactLayer, DecodeLayer, EntropyDetector, EntropyLayer,
+    ErrorResponseLayer, Metrics, MetricsLayer, OriginGuardLayer, PruneConfig, PruneLayer,
+    RateLimitConfig, RateLimitLayer, RedactLabel, RedactLayer, Redactor, RequestIdLayer,
+    ResponseCache, ResponseCacheLayer, UsageLabels, UsageLayer, UsageMeter,
 };
 use crate::model::{ApiFormat, ChatRequest, CountTokens};
 use crate::services::{ProviderService, RouteTable, Router, Target, http_client};
@@ -86,6 +87,7 @@ pub struct GatewayBuilder {
     usage: UsageMeter,
     cache: Option<CacheConfig>,
     prune: PruneConfig,
+    compact: CompactConfig,
     carried: Option<Carried>,
 }
 
@@ -186,6 +188,12 @@ impl GatewayBuilder {
         self
     }
 
+    /// Tool-result and whitespace compaction (default: off).
+    pub fn compact(mut self, cfg: CompactConfig) -> Self {
+        self.compact = cfg;
+        self
+    }
+
     /// An exact-match response cache (default: none).
     pub fn response_cache(mut self, cfg: Option<CacheConfig>) -> Self {
         self.cache = cfg;
@@ -243,6 +251,9 @@ impl GatewayBuilder {
             .option_layer(
                 (self.prune.thoughts || self.prune.stale_tool_results)
                     .then(|| PruneLayer::new(self.prune)),
+            )
+            .option_layer(
+                (self.compact != CompactConfig::default()).then(|| CompactLayer::new(self.compact)),
             )
             .option_layer(cache.clone().map(ResponseCacheLayer::new))
             .service(Router::new(
@@ -537,6 +548,7 @@ impl Gateway {
             usage: UsageMeter::new(),
             cache: None,
             prune: PruneConfig::default(),
+            compact: CompactConfig::default(),
             carried: None,
         }
     }
@@ -559,6 +571,11 @@ impl Gateway {
                 stale_tool_results: cfg.compaction.prune_stale_tools,
                 keep_recent: cfg.compaction.keep_recent_tool_results,
                 ..PruneConfig::default()
+            })
+            .compact(CompactConfig {
+                json_minify: cfg.compaction.json_minify,
+                whitespace: cfg.compaction.collapse_whitespace,
+                fold_duplicates: cfg.compaction.fold_duplicates,
             })
             .response_cache(cfg.response_cache.enabled.then(|| CacheConfig {
                 max_bytes: cfg.response_cache.max_bytes,

@@ -9,20 +9,27 @@ use nenya::config::Config;
 use nenya::services::MockConfig;
 use serde_json::{Value, json};
 
-#[tokio::test]
-async fn old_thoughts_and_stale_results_are_pruned_the_current_loop_is_not() {
+/// An echo mock and a gateway with this `compaction` section.
+async fn with_compaction(section: &str) -> (nenya::services::MockProvider, Running, Running) {
     let (mock, up) = start_mock(MockConfig {
         echo: true,
         ..MockConfig::default()
     })
     .await;
     let (mut cfg, secrets) = config_for(&up, "");
-    cfg.compaction = Config::from_json_str(
-        r#"{"compaction": {"prune_thoughts": true, "prune_stale_tools": true, "keep_recent_tool_results": 0}}"#,
-    )
-    .unwrap()
-    .compaction;
+    cfg.compaction = Config::from_json_str(&format!(r#"{{"compaction": {section}}}"#))
+        .unwrap()
+        .compaction;
     let gw = start_gateway(Gateway::from_config(&cfg, &secrets).unwrap().build()).await;
+    (mock, up, gw)
+}
+
+#[tokio::test]
+async fn old_thoughts_and_stale_results_are_pruned_the_current_loop_is_not() {
+    let (mock, _up, gw) = with_compaction(
+        r#"{"prune_thoughts": true, "prune_stale_tools": true, "keep_recent_tool_results": 0}"#,
+    )
+    .await;
     let big = "line of output\n".repeat(100);
     let sent = json!({"model": "coder", "messages": [
         {"role": "user", "content": "list files"},
@@ -59,4 +66,52 @@ async fn old_thoughts_and_stale_results_are_pruned_the_current_loop_is_not() {
     );
     assert_eq!(m[5], sent["messages"][5], "the current loop is untouched");
     assert_eq!(m[6], sent["messages"][6]);
+}
+
+#[tokio::test]
+async fn compaction_minifies_json_results_and_folds_duplicates() {
+    let (mock, _up, gw) = with_compaction(
+        r#"{"json_minify": true, "collapse_whitespace": true, "fold_duplicates": true}"#,
+    )
+    .await;
+    let pretty = serde_json::to_string_pretty(&json!({"files": (0..30).map(|i| format!("src/f{i}.rs")).collect::<Vec<_>>(), "n": 12345678901234567890u64})).unwrap();
+    let call = |id: &str| json!({"role": "assistant", "content": null, "tool_calls": [{"id": id, "type": "function", "function": {"name": "ls", "arguments": "{\"d\": \"/\"}"}}]});
+    let sent = json!({"model": "coder", "messages": [
+        {"role": "user", "content": "look  \n\n\n\nhere\n```\nkeep   \n\n\n\n```"},
+        call("c1"), {"role": "tool", "tool_call_id": "c1", "content": pretty},
+        call("c2"), {"role": "tool", "tool_call_id": "c2", "content": pretty},
+        {"role": "user", "content": "thanks"}
+    ]});
+    let (k, v) = bearer();
+    let r = post(
+        &gw.url("/v1/chat/completions"),
+        &[(k, &v)],
+        sent.to_string(),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(r.headers.contains_key("x-nenya-compacted"));
+    let got: Value = serde_json::from_slice(&mock.received()[0].body).unwrap();
+    let m = got["messages"].as_array().unwrap();
+    assert_eq!(
+        m[0]["content"], "look\n\nhere\n```\nkeep   \n\n\n\n```",
+        "fences untouched"
+    );
+    let minified = m[2]["content"].as_str().unwrap();
+    assert!(
+        !minified.contains('\n') && minified.contains("12345678901234567890"),
+        "{minified}"
+    );
+    assert_eq!(
+        serde_json::from_str::<Value>(minified).unwrap(),
+        serde_json::from_str::<Value>(&pretty).unwrap()
+    );
+    assert_eq!(
+        m[4]["content"],
+        "[nenya: identical to the result of call `c1` above]"
+    );
+    assert_eq!(
+        m[1]["tool_calls"][0]["function"]["arguments"], "{\"d\": \"/\"}",
+        "arguments untouched"
+    );
 }

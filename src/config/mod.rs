@@ -212,7 +212,8 @@ impl Default for ContextConfig {
 }
 
 /// `compaction` section. Implemented: `prune_thoughts`, `prune_stale_tools`,
-/// `keep_recent_tool_results` (all off unless set: pruning changes what the model sees).
+/// `keep_recent_tool_results`, `json_minify`, `collapse_whitespace`, `fold_duplicates` (all
+/// off unless set: each changes what the model sees).
 ///
 /// ```
 /// let cfg = nenya::config::Config::from_json_str(r#"{"compaction":{"prune_thoughts":true}}"#).unwrap();
@@ -229,6 +230,15 @@ pub struct CompactionConfig {
     /// Tool results kept whole, newest first (default 3).
     #[serde(default = "default_keep_recent")]
     pub keep_recent_tool_results: usize,
+    /// Minify JSON tool results.
+    #[serde(default)]
+    pub json_minify: bool,
+    /// Trim trailing spaces and fold blank lines outside code fences.
+    #[serde(default)]
+    pub collapse_whitespace: bool,
+    /// Replace repeated identical tool results with a pointer.
+    #[serde(default)]
+    pub fold_duplicates: bool,
     /// Fields not implemented yet.
     #[serde(flatten)]
     pub other: BTreeMap<String, Value>,
@@ -244,6 +254,9 @@ impl Default for CompactionConfig {
             prune_thoughts: false,
             prune_stale_tools: false,
             keep_recent_tool_results: default_keep_recent(),
+            json_minify: false,
+            collapse_whitespace: false,
+            fold_duplicates: false,
             other: BTreeMap::new(),
         }
     }

@@ -14,6 +14,7 @@
 //! | [`RedactLayer`] | `Request<ChatRequest>` | replaces credentials (60+ formats, user patterns) in every text the upstream reads |
 //! | [`EntropyLayer`] | `Request<ChatRequest>` | replaces high-entropy tokens no pattern knows |
 //! | [`BudgetTrimLayer`] | `Request<ChatRequest>` | keeps the prompt within the target's context window: oldest turns first (tool pairs together), then middle-out |
+//! | [`CompactLayer`] | `Request<ChatRequest>` | minifies JSON tool results, folds whitespace outside code fences and duplicate results |
 //! | [`PruneLayer`] | `Request<ChatRequest>` | drops old thinking and summarises stale tool results in history (never the current tool loop) |
 //! | [`ResponseCacheLayer`] | `Request<ChatRequest>` → `Response<Body>` | exact-match cache of complete answers (deterministic requests), replayed frame for frame |
 //! | [`CircuitBreakerLayer`] | any `Request<B>` → `Response<R>` | per-target circuit: fail fast while an upstream keeps failing, probe, close |
@@ -25,6 +26,7 @@ pub mod auth;
 pub mod budget;
 pub mod cache;
 pub mod circuit_breaker;
+pub mod compact;
 pub mod decode;
 pub mod entropy;
 pub mod error_response;
@@ -42,6 +44,7 @@ pub use auth::{ApiKey, Auth, AuthLayer, Principal, Role};
 pub use budget::{BudgetConfig, BudgetTrim, BudgetTrimLayer, TrimReport};
 pub use cache::{CacheConfig, ResponseCache, ResponseCacheLayer, ResponseCacheService};
 pub use circuit_breaker::{BreakerConfig, CircuitBreaker, CircuitBreakerLayer, CircuitOpen};
+pub use compact::{Compact, CompactConfig, CompactLayer};
 pub use decode::{Decode, DecodeLayer};
 pub use entropy::{Entropy, EntropyDetector, EntropyLayer};
 pub use error_response::{ErrorResponse, ErrorResponseLayer};
@@ -51,5 +54,7 @@ pub use prune::{Prune, PruneConfig, PruneLayer};
 pub use rate_limit::{RateLimit, RateLimitConfig, RateLimitLayer};
 pub use redact::{PatternError, Redact, RedactLayer, Redactor};
 pub use request_id::{RequestId, RequestIdLayer, RequestIdService};
-pub use scrub::{Finding, RedactLabel, Scrub, ScrubLayer, TextScrubber};
+pub use scrub::{
+    Finding, RedactLabel, RequestRewriter, Rewrite, RewriteLayer, Scrub, ScrubLayer, TextScrubber,
+};
 pub use usage::{UsageLabels, UsageLayer, UsageMeter, UsageTap, UsageTotals};

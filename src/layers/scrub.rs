@@ -208,3 +208,75 @@ fn rewrite_json(s: &str, f: &mut impl FnMut(&str) -> Option<String>) -> Option<S
         None
     }
 }
+
+/// A whole-request rewrite that reports what it did in a response header (pruning,
+/// compaction): the building block behind [`PruneLayer`](crate::layers::PruneLayer) and
+/// [`CompactLayer`](crate::layers::CompactLayer).
+pub trait RequestRewriter: Clone {
+    /// The response header that reports the rewrite.
+    const HEADER: &'static str;
+    /// Rewrites `req` in place; the header value when something changed.
+    fn rewrite(&self, req: &mut ChatRequest) -> Option<String>;
+}
+
+/// Layer that applies a [`RequestRewriter`] to every request.
+///
+/// ```
+/// use nenya::layers::{PruneConfig, PruneLayer, RewriteLayer};
+/// let layer: PruneLayer = RewriteLayer::new(PruneConfig::default());
+/// # let _ = layer;
+/// ```
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RewriteLayer<T> {
+    rewriter: T,
+}
+
+impl<T> RewriteLayer<T> {
+    /// Rewrites with `rewriter`.
+    pub fn new(rewriter: T) -> Self {
+        Self { rewriter }
+    }
+}
+
+impl<S, T: Clone> Layer<S> for RewriteLayer<T> {
+    type Service = Rewrite<S, T>;
+    fn layer(&self, inner: S) -> Rewrite<S, T> {
+        Rewrite {
+            inner,
+            rewriter: self.rewriter.clone(),
+        }
+    }
+}
+
+/// Rewrites a typed chat request, then calls the inner service; adds the report header.
+#[derive(Debug, Clone)]
+pub struct Rewrite<S, T> {
+    inner: S,
+    rewriter: T,
+}
+
+impl<S, T, R> Service<Request<ChatRequest>> for Rewrite<S, T>
+where
+    S: Service<Request<ChatRequest>, Response = http::Response<R>>,
+    T: RequestRewriter,
+{
+    type Response = http::Response<R>;
+    type Error = S::Error;
+    type Future = crate::layers::guard::WithHeader<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request<ChatRequest>) -> Self::Future {
+        let report = self.rewriter.rewrite(req.body_mut());
+        if let Some(r) = &report {
+            tracing::debug!(report = %r, header = T::HEADER, "rewrote the request");
+        }
+        crate::layers::guard::WithHeader::new(
+            self.inner.call(req),
+            http::HeaderName::from_static(T::HEADER),
+            report.and_then(|r| http::HeaderValue::try_from(r).ok()),
+        )
+    }
+}

@@ -34,13 +34,7 @@
 //! # }
 //! ```
 
-use std::task::{Context, Poll};
-
-use http::{HeaderName, HeaderValue, Request, Response};
-use tower::Service;
-use tower_layer::Layer;
-
-use crate::layers::guard::WithHeader;
+use crate::layers::scrub::{RequestRewriter, Rewrite, RewriteLayer};
 use crate::model::{ChatRequest, Content, Part, Role};
 
 /// What to prune (all off by default: pruning changes what the model sees).
@@ -173,58 +167,16 @@ pub fn prune(req: &mut ChatRequest, cfg: &PruneConfig) -> (usize, usize) {
     (thoughts, summarised)
 }
 
-/// Layer that applies [`Prune`].
-#[derive(Debug, Clone, Copy, Default)]
-pub struct PruneLayer {
-    cfg: PruneConfig,
-}
+/// Layer that prunes history: `PruneLayer::new(PruneConfig { thoughts: true, .. })`.
+pub type PruneLayer = RewriteLayer<PruneConfig>;
 
-impl PruneLayer {
-    /// Prunes with `cfg`.
-    pub fn new(cfg: PruneConfig) -> Self {
-        Self { cfg }
-    }
-}
+/// The service [`PruneLayer`] produces.
+pub type Prune<S> = Rewrite<S, PruneConfig>;
 
-impl<S> Layer<S> for PruneLayer {
-    type Service = Prune<S>;
-    fn layer(&self, inner: S) -> Prune<S> {
-        Prune {
-            inner,
-            cfg: self.cfg,
-        }
-    }
-}
-
-/// Prunes a typed chat request's history, then calls the inner service.
-#[derive(Debug, Clone)]
-pub struct Prune<S> {
-    inner: S,
-    cfg: PruneConfig,
-}
-
-impl<S, R> Service<Request<ChatRequest>> for Prune<S>
-where
-    S: Service<Request<ChatRequest>, Response = Response<R>>,
-{
-    type Response = Response<R>;
-    type Error = S::Error;
-    type Future = WithHeader<S::Future>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, mut req: Request<ChatRequest>) -> Self::Future {
-        let (t, r) = prune(req.body_mut(), &self.cfg);
-        let header = (t + r > 0).then(|| {
-            tracing::debug!(thoughts = t, tool_results = r, "pruned history");
-            HeaderValue::try_from(format!("thoughts={t} tool_results={r}")).ok()
-        });
-        WithHeader::new(
-            self.inner.call(req),
-            HeaderName::from_static("x-nenya-pruned"),
-            header.flatten(),
-        )
+impl RequestRewriter for PruneConfig {
+    const HEADER: &'static str = "x-nenya-pruned";
+    fn rewrite(&self, req: &mut ChatRequest) -> Option<String> {
+        let (t, r) = prune(req, self);
+        (t + r > 0).then(|| format!("thoughts={t} tool_results={r}"))
     }
 }
