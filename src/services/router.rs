@@ -24,6 +24,7 @@ use crate::adapters::providers::{
 use crate::config::{Config, ConfigError, ModelEntry, Secrets};
 use crate::error::{Error, ErrorKind};
 use crate::model::{ApiFormat, ChatRequest, CountTokens, Principal};
+use crate::sse::Decoder;
 
 /// An agent: its chain and how to walk it.
 #[derive(Debug)]
@@ -628,46 +629,23 @@ enum Peek {
     Empty,
 }
 
-/// Judges the first complete, meaningful SSE event in `frames` (comments, `ping` events and
-/// `[DONE]` are not meaningful); `None` while there is none yet.
-fn first_event(frames: &[Bytes]) -> Option<Peek> {
-    let joined;
-    let buf: &[u8] = if frames.len() == 1 {
-        &frames[0]
-    } else {
-        joined = frames.concat();
-        &joined
-    };
-    let text = String::from_utf8_lossy(buf);
-    let text = text.replace("\r\n", "\n");
-    let mut events = text.split("\n\n").collect::<Vec<_>>();
-    events.pop(); // the part after the last blank line is not complete yet
-    for ev in events {
-        let mut name = None;
-        let mut data = String::new();
-        for line in ev.lines() {
-            if let Some(v) = line.strip_prefix("event:") {
-                name = Some(v.trim().to_owned());
-            } else if let Some(v) = line.strip_prefix("data:") {
-                data.push_str(v.trim_start());
-            }
-        }
-        match name.as_deref() {
-            Some("error") => return Some(Peek::Error),
-            Some("ping") => continue,
-            _ => {}
-        }
-        let data = data.trim();
-        if data.is_empty() || data == "[DONE]" {
-            continue;
-        }
-        let is_error = serde_json::from_str::<serde_json::Value>(data).is_ok_and(|v| {
-            v.get("error").is_some_and(|e| !e.is_null())
-                || v.get("type").and_then(|t| t.as_str()) == Some("error")
-        });
-        return Some(if is_error { Peek::Error } else { Peek::Content });
+/// What one SSE event says about a stream's start; `None` when it is not meaningful
+/// (`ping`, an empty event, `[DONE]`).
+fn judge(ev: &crate::sse::Event) -> Option<Peek> {
+    match ev.event.as_deref() {
+        Some("error") => return Some(Peek::Error),
+        Some("ping") => return None,
+        _ => {}
     }
-    None
+    let data = ev.data.trim();
+    if data.is_empty() || data == "[DONE]" {
+        return None;
+    }
+    let is_error = serde_json::from_str::<serde_json::Value>(data).is_ok_and(|v| {
+        v.get("error").is_some_and(|e| !e.is_null())
+            || v.get("type").and_then(|t| t.as_str()) == Some("error")
+    });
+    Some(if is_error { Peek::Error } else { Peek::Content })
 }
 
 /// The held start of a stream, then the rest of it.
@@ -731,7 +709,7 @@ pin_project_lite::pin_project! {
     enum RouterState<F> {
         Calling { #[pin] fut: F },
         // A 200 stream held until its first event shows it is not an error.
-        Peeking { head: Option<http::response::Parts>, body: Option<Body>, seen: Vec<Bytes>, len: usize },
+        Peeking { head: Option<http::response::Parts>, body: Option<Body>, seen: Vec<Bytes>, len: usize, decoder: Box<Decoder> },
         // A 400 read (bounded) to see whether it says the context window was exceeded.
         Inspecting { head: Option<http::response::Parts>, body: Option<Body>, buf: Vec<u8> },
         Retrying,
@@ -790,6 +768,7 @@ where
                                 body: Some(body),
                                 seen: Vec::new(),
                                 len: 0,
+                                decoder: Box::new(Decoder::new(PEEK_LIMIT)),
                             });
                             continue;
                         }
@@ -801,6 +780,7 @@ where
                     body,
                     seen,
                     len,
+                    decoder,
                 } => {
                     let Some(b) = body.as_mut() else {
                         return Poll::Ready(Err(Error::new(
@@ -812,8 +792,16 @@ where
                         Some(Ok(frame)) => match frame.into_data() {
                             Ok(data) => {
                                 *len += data.len();
+                                // The first meaningful event decides; the decoder carries
+                                // partial events between frames.
+                                let mut first = None;
+                                let fed = decoder.feed(&data, |ev| {
+                                    if first.is_none() {
+                                        first = judge(&ev);
+                                    }
+                                });
                                 seen.push(data);
-                                match first_event(seen) {
+                                match first.or(fed.is_err().then_some(Peek::Content)) {
                                     Some(v) => v,
                                     // Undecided: keep reading, within a bound.
                                     None if *len > PEEK_LIMIT => Peek::Content,
