@@ -47,7 +47,7 @@ fn bench(c: &mut Criterion) {
     let key = |r: &http::Request<ChatRequest>| {
         r.extensions()
             .get::<Target>()
-            .map(|t| Arc::from(format!("{}/{}", t.provider.name, t.model)))
+            .map(|t| t.circuit_key.clone())
     };
     let provider = service_fn(|_r: http::Request<ChatRequest>| async {
         Ok::<_, Error>(http::Response::new(Body::empty()))
@@ -55,7 +55,7 @@ fn bench(c: &mut Criterion) {
     let provider_key = |r: &http::Request<ChatRequest>| {
         r.extensions()
             .get::<Target>()
-            .map(|t| Arc::from(t.provider.name.as_str()))
+            .map(|t| t.provider_key.clone())
     };
     // Limits high enough never to refuse, so the limiter's full check is on the path.
     let limits = RateLimitConfig {

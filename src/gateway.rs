@@ -294,7 +294,7 @@ type KeyFn = fn(&Request<ChatRequest>) -> Option<Arc<str>>;
 fn target_key(req: &Request<ChatRequest>) -> Option<Arc<str>> {
     req.extensions()
         .get::<Target>()
-        .map(|t| Arc::from(format!("{}/{}", t.provider.name, t.model)))
+        .map(|t| t.circuit_key.clone())
 }
 
 type WindowFn = fn(&Request<ChatRequest>) -> Option<u64>;
@@ -303,7 +303,11 @@ type LabelFn = fn(&Request<ChatRequest>) -> UsageLabels;
 /// Usage is counted per requested agent (or model), provider and upstream model.
 fn usage_labels(req: &Request<ChatRequest>) -> UsageLabels {
     match req.extensions().get::<Target>() {
-        Some(t) => UsageLabels::new(&req.body().model, &t.provider.name, &t.model),
+        Some(t) => UsageLabels {
+            agent: req.body().model.as_str().into(),
+            provider: t.provider_key.clone(),
+            model: t.model.as_str().into(),
+        },
         None => UsageLabels::new(&req.body().model, "unknown", "unknown"),
     }
 }
@@ -317,7 +321,7 @@ fn target_window(req: &Request<ChatRequest>) -> Option<u64> {
 fn provider_key(req: &Request<ChatRequest>) -> Option<Arc<str>> {
     req.extensions()
         .get::<Target>()
-        .map(|t| Arc::from(t.provider.name.as_str()))
+        .map(|t| t.provider_key.clone())
 }
 
 /// `GET /statsz`: a JSON summary for humans and health checks.

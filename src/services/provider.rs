@@ -142,6 +142,10 @@ pub struct Target {
     pub url: Uri,
     /// Context window in tokens (config `max_context`, else the model registry), when known.
     pub max_context: Option<u64>,
+    /// `provider/model`: the circuit-breaker key (made once per configured target).
+    pub circuit_key: Arc<str>,
+    /// The provider's name: the rate-limit bucket key.
+    pub provider_key: Arc<str>,
 }
 
 /// Client headers forwarded upstream (everything else, credentials included, is dropped).

@@ -62,6 +62,29 @@ struct TargetSpec {
     format: Option<ApiFormat>,
     url: Option<Uri>,
     max_context: Option<u64>,
+    /// `provider/model` and `provider`, made once (per-target layers key on them).
+    circuit_key: Arc<str>,
+    provider_key: Arc<str>,
+}
+
+impl TargetSpec {
+    fn new(
+        provider: Arc<ProviderSpec>,
+        model: String,
+        format: Option<ApiFormat>,
+        url: Option<Uri>,
+        max_context: Option<u64>,
+    ) -> Self {
+        Self {
+            circuit_key: format!("{}/{}", provider.name, model).into(),
+            provider_key: provider.name.as_str().into(),
+            provider,
+            model,
+            format,
+            url,
+            max_context,
+        }
+    }
 }
 
 /// Agents and providers, resolved from config.
@@ -237,13 +260,13 @@ impl RouteTable {
                                 format!("`{name}` is not in the model registry; use {{\"provider\": …, \"model\": …}}"),
                             )
                         })?;
-                        chain.push(TargetSpec {
-                            provider: providers[known.provider].clone(),
-                            model: name.clone(),
-                            format: None,
-                            url: None,
-                            max_context: None,
-                        });
+                        chain.push(TargetSpec::new(
+                            providers[known.provider].clone(),
+                            name.clone(),
+                            None,
+                            None,
+                            None,
+                        ));
                     }
                     ModelEntry::Object(o) => {
                         let pname = match (&o.provider, &o.model) {
@@ -283,13 +306,13 @@ impl RouteTable {
                             o.url.as_deref().map(parse_url).transpose().map_err(|m| {
                                 ConfigError::new(None, Some(format!("{at}.url")), m)
                             })?;
-                        chain.push(TargetSpec {
+                        chain.push(TargetSpec::new(
                             provider,
                             model,
-                            format: o.format,
+                            o.format,
                             url,
-                            max_context: o.max_context,
-                        });
+                            o.max_context,
+                        ));
                     }
                 }
             }
@@ -349,13 +372,7 @@ impl RouteTable {
         if let Some((p, m)) = model.split_once('/') {
             if let Some(provider) = self.providers.get(p) {
                 return Ok(vec![target(
-                    &TargetSpec {
-                        provider: provider.clone(),
-                        model: m.to_owned(),
-                        format: None,
-                        url: None,
-                        max_context: None,
-                    },
+                    &TargetSpec::new(provider.clone(), m.to_owned(), None, None, None),
                     client,
                 )?]);
             }
@@ -366,13 +383,7 @@ impl RouteTable {
             .or(self.catch_all.as_ref());
         match provider {
             Some(p) => Ok(vec![target(
-                &TargetSpec {
-                    provider: p.clone(),
-                    model: model.to_owned(),
-                    format: None,
-                    url: None,
-                    max_context: None,
-                },
+                &TargetSpec::new(p.clone(), model.to_owned(), None, None, None),
                 client,
             )?]),
             None => Err(Error::new(
@@ -447,6 +458,8 @@ fn target(t: &TargetSpec, client: ApiFormat) -> Result<Target, Error> {
         max_context: t
             .max_context
             .or_else(|| known_model(&t.model).map(|k| u64::from(k.max_context))),
+        circuit_key: t.circuit_key.clone(),
+        provider_key: t.provider_key.clone(),
     })
 }
 
