@@ -59,6 +59,7 @@ use tower::{Layer, Service, ServiceBuilder};
 
 use crate::config::{BouncerConfig, Config, ConfigError, DEFAULT_MAX_BODY_BYTES, Secret, Secrets};
 use crate::error::{Error, ErrorKind};
+use crate::layers::budget::{ContextStats, RelevanceQuery};
 use crate::layers::{
     ApiKey, AuthLayer, BreakerConfig, BudgetConfig, BudgetTrimLayer, CacheConfig,
     CircuitBreakerLayer, CompactConfig, CompactLayer, DecodeLayer, EntropyDetector, EntropyLayer,
@@ -88,12 +89,16 @@ pub struct GatewayBuilder {
     cache: Option<CacheConfig>,
     prune: PruneConfig,
     compact: CompactConfig,
+    context_retry: bool,
+    auto_context_skip: bool,
+    context_stats: ContextStats,
     carried: Option<Carried>,
 }
 
 /// What a reloaded gateway keeps from the one it replaces.
 #[derive(Clone)]
 struct Carried {
+    context_stats: ContextStats,
     breaker: (BreakerConfig, CircuitBreakerLayer<KeyFn>),
     limiter: (RateLimitConfig, RateLimitLayer<KeyFn>),
     cache: Option<(CacheConfig, ResponseCache)>,
@@ -206,10 +211,25 @@ impl GatewayBuilder {
         self
     }
 
+    /// Whether an upstream's context-exceeded refusal is retried once on the same target with
+    /// a tighter budget (default on; `governance.auto_retry_on_context_limit`).
+    pub fn context_retry(mut self, on: bool) -> Self {
+        self.context_retry = on;
+        self
+    }
+
+    /// Whether targets whose window is smaller than the prompt are skipped (default off;
+    /// `context.auto_context_skip`).
+    pub fn auto_context_skip(mut self, on: bool) -> Self {
+        self.auto_context_skip = on;
+        self
+    }
+
     /// Keeps `previous`'s metrics, circuit states and limiter budgets (where their settings did
     /// not change), for a configuration reload.
     pub fn carry_state_from(mut self, previous: &Gateway) -> Self {
         self.metrics = previous.metrics.clone();
+        self.context_stats = previous.carried.context_stats.clone();
         self.usage = previous.usage.clone();
         self.carried = Some(previous.carried.clone());
         self
@@ -237,6 +257,7 @@ impl GatewayBuilder {
         }
         let statsz = statsz(&self.metrics, &self.usage, self.redactor.clone(), &breaker);
         register_usage(&self.metrics, &self.usage);
+        register_context(&self.metrics, &self.context_stats);
         register_collectors(
             &self.metrics,
             self.redactor.as_ref(),
@@ -256,13 +277,19 @@ impl GatewayBuilder {
                 (self.compact != CompactConfig::default()).then(|| CompactLayer::new(self.compact)),
             )
             .option_layer(cache.clone().map(ResponseCacheLayer::new))
-            .service(Router::new(
-                self.table,
-                BudgetTrimLayer::new(self.budget, target_window as WindowFn).layer(
-                    UsageLayer::new(self.usage.clone(), usage_labels as LabelFn)
-                        .layer(breaker.layer(limiter.layer(ProviderService::new()))),
-                ),
-            ));
+            .service(
+                Router::new(
+                    self.table,
+                    BudgetTrimLayer::new(self.budget, target_window as WindowFn)
+                        .with_stats(self.context_stats.clone())
+                        .layer(
+                            UsageLayer::new(self.usage.clone(), usage_labels as LabelFn)
+                                .layer(breaker.layer(limiter.layer(ProviderService::new()))),
+                        ),
+                )
+                .context_retry(self.context_retry)
+                .auto_context_skip(self.auto_context_skip),
+            );
         let svc = ServiceBuilder::new()
             .layer(RequestIdLayer::new())
             .layer(MetricsLayer::new(self.metrics.clone()))
@@ -280,6 +307,7 @@ impl GatewayBuilder {
             metrics: self.metrics,
             usage: self.usage,
             carried: Carried {
+                context_stats: self.context_stats,
                 breaker: (self.breaker, breaker),
                 limiter: (self.limits, limiter),
                 cache: self.cache.zip(cache),
@@ -310,6 +338,61 @@ fn usage_labels(req: &Request<ChatRequest>) -> UsageLabels {
         },
         None => UsageLabels::new(&req.body().model, "unknown", "unknown"),
     }
+}
+
+fn register_context(metrics: &Metrics, stats: &ContextStats) {
+    use crate::layers::metrics::family;
+    use std::fmt::Write as _;
+    let stats = stats.clone();
+    metrics.register("context", move |out| {
+        let t = stats.snapshot();
+        for (name, help, v) in [
+            (
+                "nenya_context_trimmed_total",
+                "Requests trimmed to their target's context budget.",
+                t.trimmed,
+            ),
+            (
+                "nenya_context_messages_dropped_total",
+                "Messages dropped by context trimming.",
+                t.dropped,
+            ),
+            (
+                "nenya_context_truncations_total",
+                "Texts cut (relevance or middle-out) by context trimming.",
+                t.truncated,
+            ),
+            (
+                "nenya_context_tokens_removed_total",
+                "Prompt tokens removed by context trimming.",
+                t.tokens_removed,
+            ),
+            (
+                "nenya_context_retries_total",
+                "Attempts retried with a tighter budget after an upstream context error.",
+                t.retries,
+            ),
+        ] {
+            family(out, name, "counter", help);
+            let _ = writeln!(out, "{name} {v}");
+        }
+        family(
+            out,
+            "nenya_context_summaries_total",
+            "counter",
+            "Older turns summarised by the window engine, by outcome.",
+        );
+        let _ = writeln!(
+            out,
+            "nenya_context_summaries_total{{outcome=\"ok\"}} {}",
+            t.summarized
+        );
+        let _ = writeln!(
+            out,
+            "nenya_context_summaries_total{{outcome=\"failed\"}} {}",
+            t.summary_failures
+        );
+    });
 }
 
 /// The routed target's context window.
@@ -553,6 +636,9 @@ impl Gateway {
             cache: None,
             prune: PruneConfig::default(),
             compact: CompactConfig::default(),
+            context_retry: true,
+            auto_context_skip: false,
+            context_stats: ContextStats::default(),
             carried: None,
         }
     }
@@ -591,8 +677,11 @@ impl Gateway {
                 keep_first_pct: cfg.context.truncation_keep_first_pct,
                 keep_last_pct: cfg.context.truncation_keep_last_pct,
                 hard_limit_tokens: cfg.context.hard_limit_tokens.filter(|n| *n > 0),
+                relevance: RelevanceQuery::from_config(&cfg.context.tfidf_query_source),
                 ..BudgetConfig::default()
             })
+            .context_retry(cfg.governance.auto_retry_on_context_limit)
+            .auto_context_skip(cfg.context.auto_context_skip)
             .bouncer(&cfg.bouncer)
     }
 }

@@ -208,6 +208,8 @@ async fn run_serve(args: ServeArgs, log: LogFormat) -> Result<(), String> {
     }
     let gateway = ReloadableGateway::new(builder.build());
     spawn_reloader(path.clone(), gateway.clone());
+    // The tokenizer tables load off the request path (about 50 ms, once).
+    tokio::task::spawn_blocking(nenya::tokens::warm_up);
 
     let shutdown = nenya::server::shutdown_signal();
     let addr = listen_addr(args.listen.as_deref(), cfg.server.listen_addr.as_deref())?;

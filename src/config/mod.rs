@@ -170,7 +170,9 @@ impl Default for BouncerConfig {
 }
 
 /// `context` section. Implemented: `hard_limit_tokens`, `truncation_keep_first_pct`,
-/// `truncation_keep_last_pct` (every request is also kept within its target's `max_context`).
+/// `truncation_keep_last_pct`, `truncation_strategy` (`middle-out`), `tfidf_query_source`
+/// (`prior_messages`, `self`: relevance truncation), `auto_context_skip` (every request is
+/// also kept within its target's `max_context`).
 ///
 /// ```
 /// let cfg = nenya::config::Config::from_json_str(r#"{"context":{"hard_limit_tokens":64000}}"#).unwrap();
@@ -187,6 +189,16 @@ pub struct ContextConfig {
     /// Share kept from its end.
     #[serde(default = "default_keep_last")]
     pub truncation_keep_last_pct: f64,
+    /// `middle-out` (the only positional strategy; relevance scoring is chosen by
+    /// `tfidf_query_source`).
+    #[serde(default)]
+    pub truncation_strategy: Option<String>,
+    /// What TF-IDF truncation scores blocks against: `prior_messages`, `self`, or empty (off).
+    #[serde(default)]
+    pub tfidf_query_source: String,
+    /// Skip a target whose `max_context` is smaller than the request's prompt.
+    #[serde(default)]
+    pub auto_context_skip: bool,
     /// Fields not implemented yet.
     #[serde(flatten)]
     pub other: BTreeMap<String, Value>,
@@ -206,6 +218,9 @@ impl Default for ContextConfig {
             hard_limit_tokens: None,
             truncation_keep_first_pct: default_keep_first(),
             truncation_keep_last_pct: default_keep_last(),
+            truncation_strategy: None,
+            tfidf_query_source: String::new(),
+            auto_context_skip: false,
             other: BTreeMap::new(),
         }
     }
@@ -317,6 +332,18 @@ impl Default for ResponseCacheConfig {
     }
 }
 
+impl Default for GovernanceConfig {
+    fn default() -> Self {
+        Self {
+            allowed_browser_origins: Vec::new(),
+            ratelimit_max_rpm: 0,
+            ratelimit_max_tpm: 0,
+            auto_retry_on_context_limit: true,
+            other: BTreeMap::new(),
+        }
+    }
+}
+
 /// `governance` section. Implemented: `allowed_browser_origins`, `ratelimit_max_rpm`,
 /// `ratelimit_max_tpm` (per upstream provider).
 ///
@@ -328,7 +355,7 @@ impl Default for ResponseCacheConfig {
 ///     r#"{"governance":{"allowed_browser_origins":["https://app.example.com"]}}"#).unwrap();
 /// assert_eq!(cfg.governance.allowed_browser_origins.len(), 1);
 /// ```
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 pub struct GovernanceConfig {
     /// Origins whose browser requests are let through (default: none).
     #[serde(default)]
@@ -339,6 +366,11 @@ pub struct GovernanceConfig {
     /// Estimated input tokens per minute per upstream provider (0 or absent: no limit).
     #[serde(default)]
     pub ratelimit_max_tpm: u32,
+    /// Retry once with a tighter budget when an upstream says the prompt exceeded its context
+    /// window (before failing over). Nenya's default is off; nenya's is on, as trimming already
+    /// aims at the window and a refusal means the count was off.
+    #[serde(default = "yes")]
+    pub auto_retry_on_context_limit: bool,
     /// Fields not implemented yet.
     #[serde(flatten)]
     pub other: BTreeMap<String, Value>,

@@ -60,6 +60,9 @@ pub enum Fault {
     ErrorEvent,
     /// Answer `400` saying the prompt exceeds the model's context window.
     ContextExceeded,
+    /// Refuse (as [`Fault::ContextExceeded`], naming the limit) a request body of more than
+    /// this many o200k tokens; answer the others.
+    ContextLimit(usize),
 }
 
 impl FromStr for Fault {
@@ -81,9 +84,10 @@ impl FromStr for Fault {
             "malformed" => Self::MalformedSse,
             "error-event" => Self::ErrorEvent,
             "context-exceeded" => Self::ContextExceeded,
+            "context-limit" => Self::ContextLimit(n()?),
             _ => {
                 return Err(format!(
-                    "unknown fault `{s}` (status:N, stall, stall-after:N, drop-after:N, malformed, error-event, context-exceeded)"
+                    "unknown fault `{s}` (status:N, stall, stall-after:N, drop-after:N, malformed, error-event, context-exceeded, context-limit:N)"
                 ));
             }
         })
@@ -240,6 +244,20 @@ impl MockProvider {
                     "This model's maximum context length is 8192 tokens. However, your messages \
                      resulted in 9000 tokens (context_length_exceeded).",
                 ));
+            }
+            Some(Fault::ContextLimit(limit)) => {
+                let text = String::from_utf8_lossy(&body);
+                let n = crate::tokens::TokenCounter::new(crate::tokens::Family::O200k).count(&text);
+                if n > limit as u64 {
+                    return Ok(error_response(
+                        format,
+                        400,
+                        &format!(
+                            "This model's maximum context length is {limit} tokens. However, your \
+                             messages resulted in {n} tokens (context_length_exceeded)."
+                        ),
+                    ));
+                }
             }
             Some(Fault::StallBeforeHeaders) => {
                 std::future::pending::<()>().await;

@@ -23,8 +23,10 @@ use crate::adapters::providers::{
 };
 use crate::config::{Config, ConfigError, ModelEntry, Secrets};
 use crate::error::{Error, ErrorKind};
+use crate::layers::budget::ContextRetry;
 use crate::model::{ApiFormat, ChatRequest, CountTokens, Principal};
 use crate::sse::Decoder;
+use crate::tokens::TokenCache;
 
 /// An agent: its chain and how to walk it.
 #[derive(Debug)]
@@ -494,18 +496,48 @@ fn infer_format(u: &Uri) -> ApiFormat {
 /// next target may have a larger one). The last target's
 /// answer, whatever it is, goes to the client. Every answer carries `x-nenya-attempts`.
 /// The request is cloned for a retry only when the chain has another target.
+///
+/// Context: with [`Router::context_retry`] (the gateway's default), an upstream's
+/// context-exceeded answer is retried once on the same target with a
+/// [`ContextRetry`] extension, which the budget layer below turns into a tighter budget; with
+/// [`Router::auto_context_skip`], targets whose window is smaller than the prompt's estimate
+/// are skipped (unless every target is).
 #[derive(Debug, Clone)]
 pub struct Router<S> {
     inner: S,
     table: Arc<RouteTable>,
+    context_retry: bool,
+    auto_context_skip: bool,
 }
 
 impl<S> Router<S> {
     /// A router over `table` in front of `inner`.
     pub fn new(table: Arc<RouteTable>, inner: S) -> Self {
-        Self { inner, table }
+        Self {
+            inner,
+            table,
+            context_retry: false,
+            auto_context_skip: false,
+        }
+    }
+
+    /// Retry a context-exceeded attempt once on the same target, tighter (see the type docs).
+    pub fn context_retry(mut self, on: bool) -> Self {
+        self.context_retry = on;
+        self
+    }
+
+    /// Skip targets whose known window is smaller than the prompt's estimate.
+    pub fn auto_context_skip(mut self, on: bool) -> Self {
+        self.auto_context_skip = on;
+        self
     }
 }
+
+/// Smallest prompt (estimated tokens) for which a single-target chain keeps a retry template
+/// (or half the target's window, if smaller): a smaller one is not going to exceed a real
+/// model's window, and needs no clone.
+const CONTEXT_RETRY_MIN_TOKENS: u64 = 4_096;
 
 impl<S> Service<Request<ChatRequest>> for Router<S>
 where
@@ -531,7 +563,30 @@ where
             Ok(t) => t,
             Err(e) => return RouterFuture::failed(e),
         };
+        // Messages only: no allocation (tool schemas would need serialising).
+        let estimate = if self.context_retry || self.auto_context_skip {
+            req.body()
+                .messages
+                .iter()
+                .map(crate::model::Message::estimate_tokens)
+                .sum()
+        } else {
+            0
+        };
         let mut targets = VecDeque::from(targets);
+        if self.auto_context_skip
+            && targets
+                .iter()
+                .any(|t| t.max_context.is_none_or(|w| w >= estimate))
+        {
+            targets.retain(|t| {
+                let fits = t.max_context.is_none_or(|w| w >= estimate);
+                if !fits {
+                    tracing::debug!(provider = %t.provider.name, model = %t.model, estimate, "skipped: context window too small");
+                }
+                fits
+            });
+        }
         let Some(first) = targets.pop_front() else {
             return RouterFuture::failed(Error::new(ErrorKind::ModelNotFound, "empty chain"));
         };
@@ -551,9 +606,20 @@ where
             };
         }
         // A template for the next attempts, only when there can be one.
-        let retry = (!targets.is_empty()).then(|| {
+        let tighten = self.context_retry
+            && estimate
+                >= first.max_context.map_or(CONTEXT_RETRY_MIN_TOKENS, |w| {
+                    (w / 2).min(CONTEXT_RETRY_MIN_TOKENS)
+                });
+        if !targets.is_empty() || tighten {
+            // Message counts are shared by every attempt's budget layer.
+            req.extensions_mut().insert(TokenCache::default());
+        }
+        let retry = (!targets.is_empty() || tighten).then(|| {
             Box::new(Retry {
                 svc: self.inner.clone(),
+                current: tighten.then(|| first.clone()),
+                tightened: !tighten,
                 next: targets,
                 method: req.method().clone(),
                 uri: req.uri().clone(),
@@ -577,6 +643,10 @@ where
 /// What a retry needs: a service of its own and the request to rebuild.
 struct Retry<S> {
     svc: S,
+    /// The target being tried, while a tighter retry on it is still possible.
+    current: Option<Target>,
+    /// Whether this request already had its tighter retry (or may not have one).
+    tightened: bool,
     next: VecDeque<Target>,
     method: http::Method,
     uri: Uri,
@@ -755,6 +825,7 @@ where
                     let out = std::task::ready!(fut.poll(cx));
                     *this.attempts += 1;
                     let more = this.retry.as_ref().is_some_and(|r| !r.next.is_empty());
+                    let can_tighten = this.retry.as_ref().is_some_and(|r| !r.tightened);
                     if more {
                         if let Some(why) = should_fail_over(&out) {
                             tracing::warn!(attempt = *this.attempts, reason = %why, "failing over to the next target");
@@ -762,6 +833,8 @@ where
                             this.state.set(RouterState::Retrying);
                             continue;
                         }
+                    }
+                    if more || can_tighten {
                         if let Ok(resp) = out {
                             if resp.status() == http::StatusCode::BAD_REQUEST {
                                 let (head, body) = resp.into_parts();
@@ -772,7 +845,7 @@ where
                                 });
                                 continue;
                             }
-                            if !is_event_stream(&resp) {
+                            if !more || !is_event_stream(&resp) {
                                 return Poll::Ready(Ok(with_attempts(resp, *this.attempts)));
                             }
                             let (head, body) = resp.into_parts();
@@ -860,12 +933,27 @@ where
                         continue;
                     }
                     if context_exceeded(buf) {
-                        tracing::warn!(
-                            attempt = *this.attempts,
-                            "the upstream's context window was exceeded; failing over"
-                        );
-                        this.state.set(RouterState::Retrying);
-                        continue;
+                        if let Some(retry) = this.retry.as_mut() {
+                            if let (false, Some(t)) = (retry.tightened, retry.current.take()) {
+                                tracing::warn!(
+                                    attempt = *this.attempts,
+                                    "the upstream's context window was exceeded; retrying with a tighter budget"
+                                );
+                                retry.tightened = true;
+                                retry.extensions.insert(ContextRetry::from_error_body(buf));
+                                retry.next.push_front(t);
+                                this.state.set(RouterState::Retrying);
+                                continue;
+                            }
+                            if !retry.next.is_empty() {
+                                tracing::warn!(
+                                    attempt = *this.attempts,
+                                    "the upstream's context window was exceeded; failing over"
+                                );
+                                this.state.set(RouterState::Retrying);
+                                continue;
+                            }
+                        }
                     }
                     let (Some(h), Some(rest)) = (head.take(), body.take()) else {
                         return Poll::Ready(Err(Error::new(ErrorKind::Internal, "inspect state")));
@@ -892,7 +980,12 @@ where
                         return Poll::Ready(Err(Error::new(ErrorKind::Internal, "no target left")));
                     };
                     tracing::debug!(provider = %t.provider.name, model = %t.model, "routed (failover)");
+                    if !retry.tightened {
+                        retry.current = Some(t.clone());
+                    }
                     let req = retry.request(t);
+                    // A tighter budget is for the target that refused, not the ones after it.
+                    retry.extensions.remove::<ContextRetry>();
                     let fut = retry.svc.call(req);
                     this.state.set(RouterState::Calling { fut });
                 }
