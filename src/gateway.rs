@@ -16,6 +16,7 @@
 //! | 7¼ | [`PruneLayer`] | (when enabled) old thinking and stale tool results out of history, before the cache key is taken |
 //! | 7⅓ | [`CompactLayer`] | (when enabled) JSON tool results minified, whitespace and duplicate results folded |
 //! | 7½ | [`ResponseCacheLayer`] | (when enabled) keyed on the redacted request, before routing: a hit costs no upstream call at all |
+//! | 7¾ | [`SummarizeLayer`] | (when `window` is enabled) near the window, older turns become one summary by the engine, which is the routed stack below (so the engine has failover, breakers, limits) |
 //! | 8 | [`Router`] | model → agent chain → [`Target`](crate::services::Target); refuses agents outside the caller's scope; fails over along the chain before the first byte |
 //! | 8½ | [`BudgetTrimLayer`] | after the router, so each target of a chain gets a request that fits its own window |
 //! | 8¾ | [`UsageLayer`] | taps each answer (already in the client's format) for token usage per agent, provider and model |
@@ -30,6 +31,8 @@
 //! | [`Target`](crate::services::Target) | [`Router`] | [`CircuitBreakerLayer`] (its key), [`ProviderService`] |
 //! | [`CountTokens`] | `Dispatch` | [`Router`] (answers locally), [`ProviderService`] (endpoint) |
 //! | [`Principal`](crate::model::Principal) | [`AuthLayer`] | [`Router`] (`allowed_agents`) |
+//! | [`TokenCache`](crate::tokens::TokenCache) | [`Router`] (chains that may retry) | [`BudgetTrimLayer`] (each message counted once across attempts) |
+//! | [`ContextRetry`](crate::layers::budget::ContextRetry) | [`Router`] (after an upstream context error) | [`BudgetTrimLayer`] (tighter budget) |
 //!
 //! ```
 //! use nenya::{Gateway, services::{RouteTable, MockProvider, MockConfig}};
@@ -59,7 +62,8 @@ use tower::{Layer, Service, ServiceBuilder};
 
 use crate::config::{BouncerConfig, Config, ConfigError, DEFAULT_MAX_BODY_BYTES, Secret, Secrets};
 use crate::error::{Error, ErrorKind};
-use crate::layers::budget::{ContextStats, RelevanceQuery};
+use crate::layers::SummarizeLayer;
+use crate::layers::budget::{ContextStats, RelevanceQuery, WindowConfig, WindowMode};
 use crate::layers::{
     ApiKey, AuthLayer, BreakerConfig, BudgetConfig, BudgetTrimLayer, CacheConfig,
     CircuitBreakerLayer, CompactConfig, CompactLayer, DecodeLayer, EntropyDetector, EntropyLayer,
@@ -92,6 +96,7 @@ pub struct GatewayBuilder {
     context_retry: bool,
     auto_context_skip: bool,
     context_stats: ContextStats,
+    window: Option<WindowConfig>,
     carried: Option<Carried>,
 }
 
@@ -218,6 +223,12 @@ impl GatewayBuilder {
         self
     }
 
+    /// Summarises older turns near the window (`window` section; default off).
+    pub fn window(mut self, window: Option<WindowConfig>) -> Self {
+        self.window = window;
+        self
+    }
+
     /// Whether targets whose window is smaller than the prompt are skipped (default off;
     /// `context.auto_context_skip`).
     pub fn auto_context_skip(mut self, on: bool) -> Self {
@@ -265,6 +276,26 @@ impl GatewayBuilder {
             &breaker,
         );
         let table = self.table.clone();
+        let routed = Router::new(
+            self.table,
+            BudgetTrimLayer::new(self.budget, target_window as WindowFn)
+                .with_stats(self.context_stats.clone())
+                .layer(
+                    UsageLayer::new(self.usage.clone(), usage_labels as LabelFn)
+                        .layer(breaker.layer(limiter.layer(ProviderService::new()))),
+                ),
+        )
+        .context_retry(self.context_retry)
+        .auto_context_skip(self.auto_context_skip);
+        // The window engine is the same routed stack: an agent name or `provider/model` picks
+        // it, with its failover, breaker, limits and usage accounting.
+        let window_table = table.clone();
+        let summarize = self.window.map(|w| {
+            SummarizeLayer::new(w, routed.clone(), move |req: &Request<ChatRequest>| {
+                window_table.window_of(&req.body().model)
+            })
+            .with_stats(self.context_stats.clone())
+        });
         let chat = ServiceBuilder::new()
             .layer(DecodeLayer::new(self.max_body_bytes))
             .option_layer(self.redactor.map(RedactLayer::new))
@@ -277,19 +308,8 @@ impl GatewayBuilder {
                 (self.compact != CompactConfig::default()).then(|| CompactLayer::new(self.compact)),
             )
             .option_layer(cache.clone().map(ResponseCacheLayer::new))
-            .service(
-                Router::new(
-                    self.table,
-                    BudgetTrimLayer::new(self.budget, target_window as WindowFn)
-                        .with_stats(self.context_stats.clone())
-                        .layer(
-                            UsageLayer::new(self.usage.clone(), usage_labels as LabelFn)
-                                .layer(breaker.layer(limiter.layer(ProviderService::new()))),
-                        ),
-                )
-                .context_retry(self.context_retry)
-                .auto_context_skip(self.auto_context_skip),
-            );
+            .option_layer(summarize)
+            .service(routed);
         let svc = ServiceBuilder::new()
             .layer(RequestIdLayer::new())
             .layer(MetricsLayer::new(self.metrics.clone()))
@@ -338,6 +358,64 @@ fn usage_labels(req: &Request<ChatRequest>) -> UsageLabels {
         },
         None => UsageLabels::new(&req.body().model, "unknown", "unknown"),
     }
+}
+
+/// The `window` section as layer settings; an enabled `summarize` window needs an engine the
+/// routes can reach.
+fn window_config(cfg: &Config, table: &RouteTable) -> Result<Option<WindowConfig>, ConfigError> {
+    let w = &cfg.window;
+    if !w.enabled {
+        return Ok(None);
+    }
+    let err =
+        |field: &str, msg: String| ConfigError::new(None, Some(format!("window.{field}")), msg);
+    let mode: WindowMode = w
+        .mode
+        .as_deref()
+        .unwrap_or("summarize")
+        .parse()
+        .map_err(|e| err("mode", e))?;
+    let (engine_model, system_prompt, timeout) = match &w.engine {
+        Some(e) => {
+            let (prompt, timeout) = match e {
+                crate::config::EngineRef::Inline {
+                    system_prompt,
+                    timeout_seconds,
+                    ..
+                } => (system_prompt.clone(), timeout_seconds.unwrap_or(60)),
+                crate::config::EngineRef::Agent(_) => (None, 60),
+            };
+            (e.model_name(), prompt, Duration::from_secs(timeout.max(1)))
+        }
+        None => (String::new(), None, Duration::from_secs(60)),
+    };
+    if mode == WindowMode::Summarize {
+        if engine_model.is_empty() {
+            return Err(err(
+                "engine",
+                "mode `summarize` needs an engine (an agent name or {provider, model})".into(),
+            ));
+        }
+        if !table.can_resolve(&engine_model) {
+            return Err(err(
+                "engine",
+                format!("no agent or provider/model named `{engine_model}`"),
+            ));
+        }
+    }
+    if !(0.0..=1.0).contains(&w.trigger_ratio) || w.trigger_ratio == 0.0 {
+        return Err(err("trigger_ratio", "must be in (0, 1]".into()));
+    }
+    Ok(Some(WindowConfig {
+        mode,
+        active_messages: w.active_messages.max(1),
+        trigger_ratio: w.trigger_ratio,
+        summary_max_chars: w.summary_max_runes.max(200),
+        default_window: w.max_context,
+        engine_model,
+        system_prompt,
+        timeout,
+    }))
 }
 
 fn register_context(metrics: &Metrics, stats: &ContextStats) {
@@ -639,6 +717,7 @@ impl Gateway {
             context_retry: true,
             auto_context_skip: false,
             context_stats: ContextStats::default(),
+            window: None,
             carried: None,
         }
     }
@@ -647,7 +726,9 @@ impl Gateway {
     pub fn from_config(cfg: &Config, secrets: &Secrets) -> Result<GatewayBuilder, ConfigError> {
         let client = http_client(Duration::from_secs(10));
         let table = RouteTable::from_config(cfg, secrets, &client)?;
+        let window = window_config(cfg, &table)?;
         Self::builder(table)
+            .window(window)
             .max_body_bytes(cfg.server.max_body_bytes)
             .client_tokens(secrets.client_token.clone())
             .api_keys(secrets.rbac_keys()?)

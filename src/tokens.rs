@@ -176,7 +176,7 @@ impl TokenCounter {
     /// ```
     pub fn count_message(self, m: &Message) -> u64 {
         let mut n = MESSAGE_FRAMING;
-        each_text(&m.content, &mut |s| n += self.count(s));
+        m.for_each_text(|s| n += self.count(s));
         n + IMAGE_TOKENS * images(&m.content)
     }
 
@@ -191,7 +191,7 @@ impl TokenCounter {
     /// The byte-length bound of one message ([`TokenCounter::upper_bound`] plus framing).
     pub fn message_upper_bound(self, m: &Message) -> u64 {
         let mut bytes = 0;
-        each_text(&m.content, &mut |s| bytes += s.len());
+        m.for_each_text(|s| bytes += s.len());
         self.upper_bound(bytes) + MESSAGE_FRAMING + IMAGE_TOKENS * images(&m.content)
     }
 
@@ -242,28 +242,6 @@ fn images(c: &Content) -> u64 {
     }
 }
 
-fn each_text(c: &Content, f: &mut impl FnMut(&str)) {
-    match c {
-        Content::Text(s) => f(s),
-        Content::Parts(ps) => {
-            for p in ps {
-                match p {
-                    Part::Text { text, .. } => f(text),
-                    Part::ToolUse {
-                        name, arguments, ..
-                    } => {
-                        f(name);
-                        f(arguments);
-                    }
-                    Part::ToolResult { content, .. } => each_text(content, f),
-                    Part::Thinking { thinking, .. } => f(thinking),
-                    Part::Image { .. } | Part::Other(_) => {}
-                }
-            }
-        }
-    }
-}
-
 /// Loads the BPE tables now (about 50 ms) rather than on the first large request.
 pub fn warm_up() {
     let _ = bpe_openai::o200k_base().count("warm");
@@ -290,7 +268,7 @@ pub struct TokenCache {
 impl TokenCache {
     fn get_or_count(&self, counter: TokenCounter, m: &Message) -> u64 {
         let mut h = std::hash::DefaultHasher::new();
-        each_text(&m.content, &mut |s| s.hash(&mut h));
+        m.for_each_text(|s| s.hash(&mut h));
         images(&m.content).hash(&mut h);
         let key = (counter.family, h.finish());
         if let Some(n) = self.lock().get(&key) {

@@ -122,17 +122,6 @@ async fn gateway_with(up: &Running, agents: &str, extra: &str) -> Running {
     start_gateway(Gateway::from_config(&cfg, &secrets).unwrap().build()).await
 }
 
-/// Posts `body` to the gateway's chat endpoint with the client token.
-async fn chat(gw: &Running, body: &Value) -> Reply {
-    let (k, v) = bearer();
-    post(
-        &gw.url("/v1/chat/completions"),
-        &[(k, &v)],
-        body.to_string(),
-    )
-    .await
-}
-
 /// Agent `small`: one target with a 3,000-token window.
 const SMALL: &str =
     r#"{"small": {"models": [{"provider": "up", "model": "gpt-4o", "max_context": 3000}]}}"#;
@@ -150,7 +139,7 @@ async fn through_small_window(body: &Value) -> (Reply, bytes::Bytes) {
     })
     .await;
     let gw = gateway(&up).await;
-    let r = chat(&gw, body).await;
+    let r = post_chat(&gw, body).await;
     assert_eq!(r.status, 200, "{}", r.text());
     let sent = mock.received()[0].body.clone();
     (r, sent)
@@ -275,7 +264,7 @@ async fn an_upstream_context_refusal_is_retried_once_with_a_tighter_budget() {
     let gw = gateway_claiming_100k(&up, "").await;
     let mut body = conversation(20, 800);
     body["model"] = json!("big");
-    let r = chat(&gw, &body).await;
+    let r = post_chat(&gw, &body).await;
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.headers["x-nenya-attempts"], "2");
     let got = mock.received();
@@ -303,7 +292,7 @@ async fn the_tighter_retry_can_be_turned_off() {
     .await;
     let mut body = conversation(20, 800);
     body["model"] = json!("big");
-    let r = chat(&gw, &body).await;
+    let r = post_chat(&gw, &body).await;
     assert_eq!(r.status, 400, "{}", r.text());
     assert!(r.text().contains("maximum context length"));
     assert_eq!(mock.received().len(), 1);
@@ -348,7 +337,7 @@ async fn relevance_truncation_keeps_the_blocks_the_user_asked_about() {
         {"role": "user", "content": "why did the migration of users_table fail?"},
         {"role": "assistant", "content": "Please paste the log."},
         {"role": "user", "content": log}]});
-    let r = chat(&gw, &body).await;
+    let r = post_chat(&gw, &body).await;
     assert_eq!(r.status, 200, "{}", r.text());
     let sent =
         nenya::adapters::decode_request(ApiFormat::OpenAi, &mock.received()[0].body).unwrap();
@@ -391,7 +380,7 @@ async fn auto_context_skip_passes_over_a_target_whose_window_is_too_small() {
     let gw = gateway_with(&up, chain, r#", "context": {"auto_context_skip": true}"#).await;
     let mut body = conversation(10, 800);
     body["model"] = json!("chain");
-    let r = chat(&gw, &body).await;
+    let r = post_chat(&gw, &body).await;
     assert_eq!(r.status, 200, "{}", r.text());
     assert!(
         !r.headers.contains_key("x-nenya-context"),
@@ -403,7 +392,7 @@ async fn auto_context_skip_passes_over_a_target_whose_window_is_too_small() {
     assert_eq!(sent["model"], "roomy-model");
     // A small request still goes to the first target.
     let small = json!({"model": "chain", "messages": [{"role": "user", "content": "hi"}]});
-    let r = chat(&gw, &small).await;
+    let r = post_chat(&gw, &small).await;
     assert_eq!(r.status, 200);
     let sent: Value = serde_json::from_slice(&mock.received()[1].body).unwrap();
     assert_eq!(sent["model"], "tiny-model");

@@ -120,7 +120,7 @@ fn unknown_provider_and_unknown_model_name_the_field() {
 fn unimplemented_sections_are_accepted_with_one_warning_each() {
     let cfg = Config::from_json_str(
         r#"{"governance": {"routing_strategy": "balanced"}, "bouncer": {"enabled": true},
-            "window": {}, "agents": {}, "server": {"secure_memory_required": false}}"#,
+            "discovery": {}, "agents": {}, "server": {"secure_memory_required": false}}"#,
     )
     .unwrap();
     let w = cfg.warnings();
@@ -130,7 +130,7 @@ fn unimplemented_sections_are_accepted_with_one_warning_each() {
         w.iter()
             .any(|s| s.contains("`governance.routing_strategy`"))
     );
-    assert!(w.iter().any(|s| s.contains("`window`")));
+    assert!(w.iter().any(|s| s.contains("`discovery`")));
     assert!(
         w.iter()
             .any(|s| s.contains("server.secure_memory_required"))

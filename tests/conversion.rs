@@ -59,13 +59,7 @@ async fn anthropic_call(gw: &Running, body: Value) -> Reply {
 }
 
 async fn openai_call(gw: &Running, body: Value) -> Reply {
-    let (k, v) = bearer();
-    post(
-        &gw.url("/v1/chat/completions"),
-        &[(k, &v)],
-        body.to_string(),
-    )
-    .await
+    post_chat(gw, &body).await
 }
 
 #[tokio::test]

@@ -35,6 +35,7 @@ const KNOWN_SECTIONS: &[&str] = &[
     "context",
     "response_cache",
     "compaction",
+    "window",
 ];
 
 /// The whole configuration.
@@ -61,9 +62,12 @@ pub struct Config {
     /// History pruning (`compaction`; pruning only so far).
     #[serde(default)]
     pub compaction: CompactionConfig,
-    /// Request governance (`governance`; only the browser-origin allowlist so far).
+    /// Request governance (`governance`).
     #[serde(default)]
     pub governance: GovernanceConfig,
+    /// Sliding context window with summarisation (`window`).
+    #[serde(default)]
+    pub window: WindowSection,
     /// Sections nenya does not implement yet (kept so nothing fails to load).
     #[serde(flatten)]
     pub other: BTreeMap<String, Value>,
@@ -222,6 +226,105 @@ impl Default for ContextConfig {
             tfidf_query_source: String::new(),
             auto_context_skip: false,
             other: BTreeMap::new(),
+        }
+    }
+}
+
+/// `window` section: older turns summarised (or excerpted, or dropped with a note) when a
+/// conversation nears its window. Off unless `enabled`.
+///
+/// ```
+/// let cfg = nenya::config::Config::from_json_str(r#"{"window":{"enabled":true,
+///   "engine":{"provider":"ollama","model":"qwen2.5-coder:7b","timeout_seconds":20}}}"#).unwrap();
+/// assert!(cfg.window.enabled);
+/// assert_eq!(cfg.window.engine.unwrap().model_name(), "ollama/qwen2.5-coder:7b");
+/// ```
+#[derive(Debug, Clone, Deserialize)]
+pub struct WindowSection {
+    /// Master switch (default off).
+    #[serde(default)]
+    pub enabled: bool,
+    /// `summarize` (engine), `truncate`, or `tfidf` (relevant excerpts, no engine).
+    #[serde(default)]
+    pub mode: Option<String>,
+    /// Recent messages kept unchanged (default 6).
+    #[serde(default = "default_active")]
+    pub active_messages: usize,
+    /// Acts above this share of the window (default 0.8).
+    #[serde(default = "default_trigger")]
+    pub trigger_ratio: f64,
+    /// Longest summary in characters (default 4000).
+    #[serde(default = "default_summary_runes")]
+    pub summary_max_runes: usize,
+    /// The window when the agent's models name none (default 128000).
+    #[serde(default = "default_window_context")]
+    pub max_context: u64,
+    /// The summarising model: an agent name, or `{provider, model, system_prompt,
+    /// timeout_seconds}`.
+    #[serde(default)]
+    pub engine: Option<EngineRef>,
+    /// Fields not implemented yet.
+    #[serde(flatten)]
+    pub other: BTreeMap<String, Value>,
+}
+
+fn default_active() -> usize {
+    6
+}
+fn default_trigger() -> f64 {
+    0.8
+}
+fn default_summary_runes() -> usize {
+    4000
+}
+fn default_window_context() -> u64 {
+    128_000
+}
+
+impl Default for WindowSection {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            mode: None,
+            active_messages: default_active(),
+            trigger_ratio: default_trigger(),
+            summary_max_runes: default_summary_runes(),
+            max_context: default_window_context(),
+            engine: None,
+            other: BTreeMap::new(),
+        }
+    }
+}
+
+/// An engine: an agent's name, or an inline provider and model.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum EngineRef {
+    /// An agent of the `agents` section (its chain is the engine's fallback chain).
+    Agent(String),
+    /// One provider and model.
+    Inline {
+        /// Provider name.
+        provider: String,
+        /// Model id.
+        model: String,
+        /// Instructions (default: the built-in summariser prompt).
+        #[serde(default)]
+        system_prompt: Option<String>,
+        /// Per-call timeout (default 60).
+        #[serde(default)]
+        timeout_seconds: Option<u64>,
+    },
+}
+
+impl EngineRef {
+    /// The name the router resolves: the agent, or `provider/model`.
+    pub fn model_name(&self) -> String {
+        match self {
+            Self::Agent(a) => a.clone(),
+            Self::Inline {
+                provider, model, ..
+            } => format!("{provider}/{model}"),
         }
     }
 }
@@ -562,6 +665,7 @@ impl Config {
             ("context", &self.context.other),
             ("response_cache", &self.response_cache.other),
             ("compaction", &self.compaction.other),
+            ("window", &self.window.other),
         ];
         for (section, other) in sections {
             for k in other.keys() {

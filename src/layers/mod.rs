@@ -14,6 +14,7 @@
 //! | [`RedactLayer`] | `Request<ChatRequest>` | replaces credentials (60+ formats, user patterns) in every text the upstream reads |
 //! | [`EntropyLayer`] | `Request<ChatRequest>` | replaces high-entropy tokens no pattern knows |
 //! | [`BudgetTrimLayer`] | `Request<ChatRequest>` | keeps the prompt within the target's context window: oldest turns first (tool pairs together), then middle-out |
+//! | [`SummarizeLayer`] | `Request<ChatRequest>` → `Response<Body>` | near the window, replaces older turns with an engine model's summary (or relevant excerpts, or a note); engine failure leaves the request as it was |
 //! | [`CompactLayer`] | `Request<ChatRequest>` | minifies JSON tool results, folds whitespace outside code fences and duplicate results |
 //! | [`PruneLayer`] | `Request<ChatRequest>` | drops old thinking and summarises stale tool results in history (never the current tool loop) |
 //! | [`ResponseCacheLayer`] | `Request<ChatRequest>` → `Response<Body>` | exact-match cache of complete answers (deterministic requests), replayed frame for frame |
@@ -41,7 +42,7 @@ pub mod scrub;
 pub mod usage;
 
 pub use auth::{ApiKey, Auth, AuthLayer, Principal, Role};
-pub use budget::{BudgetConfig, BudgetTrim, BudgetTrimLayer, TrimReport};
+pub use budget::{BudgetConfig, BudgetTrim, BudgetTrimLayer, SummarizeLayer, TrimReport};
 pub use cache::{CacheConfig, ResponseCache, ResponseCacheLayer, ResponseCacheService};
 pub use circuit_breaker::{BreakerConfig, CircuitBreaker, CircuitBreakerLayer, CircuitOpen};
 pub use compact::{Compact, CompactConfig, CompactLayer};

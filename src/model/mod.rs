@@ -270,6 +270,19 @@ impl Message {
         (bytes as u64).div_ceil(4) + 4 + 85 * images
     }
 
+    /// Calls `f` on every string of this message an upstream reads as text (text, tool-call
+    /// arguments, tool results, reasoning), as [`ChatRequest::for_each_text`] does.
+    ///
+    /// ```
+    /// use nenya::model::{Message, Role};
+    /// let mut n = 0;
+    /// Message::text(Role::User, "four").for_each_text(|s| n += s.len());
+    /// assert_eq!(n, 4);
+    /// ```
+    pub fn for_each_text(&self, mut f: impl FnMut(&str)) {
+        content_texts(&self.content, &mut f);
+    }
+
     /// Whether this message carries tool calls (an assistant turn the next tool results answer).
     pub fn has_tool_calls(&self) -> bool {
         matches!(&self.content, Content::Parts(p) if p.iter().any(|p| matches!(p, Part::ToolUse { .. })))

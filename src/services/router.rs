@@ -395,6 +395,32 @@ impl RouteTable {
         }
     }
 
+    /// The smallest known context window among the targets `model` resolves to, without
+    /// resolving them (no allocation): what a layer before the router can plan with.
+    ///
+    /// ```
+    /// use nenya::services::{RouteTable, MockProvider, MockConfig};
+    /// let t = RouteTable::mock(MockProvider::new(MockConfig::default()));
+    /// assert_eq!(t.window_of("anything"), None);
+    /// ```
+    pub fn window_of(&self, model: &str) -> Option<u64> {
+        let known = |m: &str| known_model(m).map(|k| u64::from(k.max_context));
+        match self.agents.get(model) {
+            Some(agent) => agent
+                .chain
+                .iter()
+                .filter_map(|t| t.max_context.or_else(|| known(&t.model)))
+                .min(),
+            None => known(model.rsplit('/').next().unwrap_or(model)),
+        }
+    }
+
+    /// Whether `model` names an agent, a `provider/model`, or a model some configured
+    /// provider serves (what [`RouteTable::resolve`] would accept).
+    pub fn can_resolve(&self, model: &str) -> bool {
+        self.resolve(model, ApiFormat::OpenAi).is_ok()
+    }
+
     /// What `GET /v1/models` lists: every agent, then every registry model whose provider is
     /// configured and usable (has a key, or needs none), in a stable order.
     pub fn models(&self) -> Vec<ModelInfo> {

@@ -202,6 +202,17 @@ pub async fn post(url: &str, headers: &[(&str, &str)], body: impl Into<Body>) ->
     send(b.body(body.into()).unwrap()).await
 }
 
+/// Posts `body` to the gateway's OpenAI chat endpoint with the client token.
+pub async fn post_chat(gw: &Running, body: &Value) -> Reply {
+    let (k, v) = bearer();
+    post(
+        &gw.url("/v1/chat/completions"),
+        &[(k, &v)],
+        body.to_string(),
+    )
+    .await
+}
+
 pub fn bearer() -> (&'static str, String) {
     ("authorization", format!("Bearer {CLIENT_TOKEN}"))
 }

@@ -58,6 +58,9 @@ use crate::model::{ChatRequest, Content, Part, Role};
 use crate::tokens::{TokenCache, TokenCounter};
 
 mod relevance;
+mod summarize;
+
+pub use summarize::{Summarize, SummarizeFuture, SummarizeLayer, WindowConfig, WindowMode};
 
 /// Trimming settings (Nenya's `context` section names).
 ///

@@ -61,8 +61,9 @@ pub(crate) fn select(
         return None;
     }
     let n = bl.len();
-    let first = ((n as f64 * keep_first_pct / 100.0).ceil() as usize).clamp(1, n);
-    let last = ((n as f64 * keep_last_pct / 100.0).ceil() as usize).clamp(1, n - first.min(n));
+    // Pinned blocks at each end (at least one when the share is not zero).
+    let first = ((n as f64 * keep_first_pct / 100.0).ceil() as usize).min(n);
+    let last = ((n as f64 * keep_last_pct / 100.0).ceil() as usize).min(n - first);
     // Document frequency of each term over the blocks.
     let block_terms: Vec<HashMap<String, u32>> = bl
         .iter()
@@ -104,7 +105,7 @@ pub(crate) fn select(
             used += bl[i].len();
         }
     }
-    if used + MARKER_BYTES > max_bytes {
+    if used + MARKER_BYTES > max_bytes || (first == 0 && last == 0 && q.is_empty()) {
         return None;
     }
     let mut order: Vec<usize> = (first..n - last).collect();
