@@ -51,6 +51,7 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -269,6 +270,8 @@ impl GatewayBuilder {
         let statsz = statsz(&self.metrics, &self.usage, self.redactor.clone(), &breaker);
         register_usage(&self.metrics, &self.usage);
         register_context(&self.metrics, &self.context_stats);
+        let (pruned, compacted) = (Arc::<AtomicU64>::default(), Arc::<AtomicU64>::default());
+        register_rewrites(&self.metrics, &pruned, &compacted);
         register_collectors(
             &self.metrics,
             self.redactor.as_ref(),
@@ -302,10 +305,11 @@ impl GatewayBuilder {
             .option_layer(self.entropy.map(EntropyLayer::new))
             .option_layer(
                 (self.prune.thoughts || self.prune.stale_tool_results)
-                    .then(|| PruneLayer::new(self.prune)),
+                    .then(|| PruneLayer::new(self.prune).counting(pruned.clone())),
             )
             .option_layer(
-                (self.compact != CompactConfig::default()).then(|| CompactLayer::new(self.compact)),
+                (self.compact != CompactConfig::default())
+                    .then(|| CompactLayer::new(self.compact).counting(compacted.clone())),
             )
             .option_layer(cache.clone().map(ResponseCacheLayer::new))
             .option_layer(summarize)
@@ -416,6 +420,24 @@ fn window_config(cfg: &Config, table: &RouteTable) -> Result<Option<WindowConfig
         system_prompt,
         timeout,
     }))
+}
+
+fn register_rewrites(metrics: &Metrics, pruned: &Arc<AtomicU64>, compacted: &Arc<AtomicU64>) {
+    use crate::layers::metrics::family;
+    use std::fmt::Write as _;
+    let (p, c) = (pruned.clone(), compacted.clone());
+    metrics.register("rewrites", move |out| {
+        family(
+            out,
+            "nenya_context_rewrites_total",
+            "counter",
+            "Requests changed by the history layers, by layer.",
+        );
+        for (layer, n) in [("prune", &p), ("compact", &c)] {
+            let n = n.load(Ordering::Relaxed);
+            let _ = writeln!(out, "nenya_context_rewrites_total{{layer=\"{layer}\"}} {n}");
+        }
+    });
 }
 
 fn register_context(metrics: &Metrics, stats: &ContextStats) {

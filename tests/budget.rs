@@ -273,7 +273,7 @@ async fn an_upstream_context_refusal_is_retried_once_with_a_tighter_budget() {
     let sent = nenya::adapters::decode_request(ApiFormat::OpenAi, &got[1].body).unwrap();
     assert!(tokens(&sent) <= 3000 - 500, "{}", tokens(&sent));
     assert!(pairs_intact(&sent));
-    let m = reqwest_metrics(&gw).await;
+    let m = scrape_metrics(&gw).await;
     assert!(m.contains("nenya_context_retries_total 1"), "{m}");
     assert!(m.contains("nenya_context_trimmed_total 1"), "{m}");
 }
@@ -296,16 +296,6 @@ async fn the_tighter_retry_can_be_turned_off() {
     assert_eq!(r.status, 400, "{}", r.text());
     assert!(r.text().contains("maximum context length"));
     assert_eq!(mock.received().len(), 1);
-}
-
-async fn reqwest_metrics(gw: &Running) -> String {
-    let r = send(
-        http::Request::get(gw.url("/metrics"))
-            .body(nenya::Body::empty())
-            .unwrap(),
-    )
-    .await;
-    r.text()
 }
 
 #[tokio::test]

@@ -66,6 +66,11 @@ async fn old_thoughts_and_stale_results_are_pruned_the_current_loop_is_not() {
     );
     assert_eq!(m[5], sent["messages"][5], "the current loop is untouched");
     assert_eq!(m[6], sent["messages"][6]);
+    let metrics = scrape_metrics(&gw).await;
+    assert!(
+        metrics.contains("nenya_context_rewrites_total{layer=\"prune\"} 1"),
+        "{metrics}"
+    );
 }
 
 #[tokio::test]

@@ -119,13 +119,7 @@ async fn usage_is_counted_per_agent_in_both_formats_streamed_and_not() {
         "the gateway counted what the client was told"
     );
 
-    let metrics = send(
-        http::Request::get(gw.url("/metrics"))
-            .body(nenya::Body::empty())
-            .unwrap(),
-    )
-    .await
-    .text();
+    let metrics = scrape_metrics(&gw).await;
     let line = format!(
         r#"nenya_tokens_total{{agent="coder",provider="up",model="upstream-model-1",kind="completion"}} {}"#,
         expected.1

@@ -109,7 +109,7 @@ async fn older_turns_are_replaced_by_the_engines_summary() {
     );
     let n = body["messages"].as_array().unwrap().len();
     assert_eq!(&msgs[2..], &body["messages"].as_array().unwrap()[n - 5..]);
-    let m = metrics(&gw).await;
+    let m = scrape_metrics(&gw).await;
     assert!(
         m.contains("nenya_context_summaries_total{outcome=\"ok\"} 1"),
         "{m}"
@@ -156,7 +156,7 @@ async fn an_engine_that_fails_leaves_the_request_to_the_trimmer() {
         got["messages"].as_array().unwrap().last().unwrap()["content"],
         "so what is left to do?"
     );
-    let m = metrics(&gw).await;
+    let m = scrape_metrics(&gw).await;
     assert!(
         m.contains("nenya_context_summaries_total{outcome=\"failed\"} 1"),
         "{m}"
@@ -224,14 +224,4 @@ fn a_summarize_window_without_a_reachable_engine_is_a_config_error() {
             .to_string();
         assert!(e.contains(needle) && e.contains("window."), "{e}");
     }
-}
-
-async fn metrics(gw: &Running) -> String {
-    send(
-        http::Request::get(gw.url("/metrics"))
-            .body(nenya::Body::empty())
-            .unwrap(),
-    )
-    .await
-    .text()
 }

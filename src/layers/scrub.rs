@@ -226,15 +226,25 @@ pub trait RequestRewriter: Clone {
 /// let layer: PruneLayer = RewriteLayer::new(PruneConfig::default());
 /// # let _ = layer;
 /// ```
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct RewriteLayer<T> {
     rewriter: T,
+    rewritten: Option<std::sync::Arc<std::sync::atomic::AtomicU64>>,
 }
 
 impl<T> RewriteLayer<T> {
     /// Rewrites with `rewriter`.
     pub fn new(rewriter: T) -> Self {
-        Self { rewriter }
+        Self {
+            rewriter,
+            rewritten: None,
+        }
+    }
+
+    /// Counts the requests it changed into `counter` (for metrics).
+    pub fn counting(mut self, counter: std::sync::Arc<std::sync::atomic::AtomicU64>) -> Self {
+        self.rewritten = Some(counter);
+        self
     }
 }
 
@@ -244,6 +254,7 @@ impl<S, T: Clone> Layer<S> for RewriteLayer<T> {
         Rewrite {
             inner,
             rewriter: self.rewriter.clone(),
+            rewritten: self.rewritten.clone(),
         }
     }
 }
@@ -253,6 +264,7 @@ impl<S, T: Clone> Layer<S> for RewriteLayer<T> {
 pub struct Rewrite<S, T> {
     inner: S,
     rewriter: T,
+    rewritten: Option<std::sync::Arc<std::sync::atomic::AtomicU64>>,
 }
 
 impl<S, T, R> Service<Request<ChatRequest>> for Rewrite<S, T>
@@ -272,6 +284,9 @@ where
         let report = self.rewriter.rewrite(req.body_mut());
         if let Some(r) = &report {
             tracing::debug!(report = %r, header = T::HEADER, "rewrote the request");
+            if let Some(c) = &self.rewritten {
+                c.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
         }
         crate::layers::guard::WithHeader::new(
             self.inner.call(req),

@@ -202,6 +202,17 @@ pub async fn post(url: &str, headers: &[(&str, &str)], body: impl Into<Body>) ->
     send(b.body(body.into()).unwrap()).await
 }
 
+/// `GET /metrics` of a gateway, as text.
+pub async fn scrape_metrics(gw: &Running) -> String {
+    send(
+        http::Request::get(gw.url("/metrics"))
+            .body(nenya::Body::empty())
+            .unwrap(),
+    )
+    .await
+    .text()
+}
+
 /// Posts `body` to the gateway's OpenAI chat endpoint with the client token.
 pub async fn post_chat(gw: &Running, body: &Value) -> Reply {
     let (k, v) = bearer();
