@@ -22,6 +22,7 @@
 //! | 8¾ | [`UsageLayer`] | taps each answer (already in the client's format) for token usage per agent, provider and model |
 //! | 9 | [`CircuitBreakerLayer`] | per provider+model, next to the provider so it sees raw upstream outcomes; an open circuit fails fast and the router moves on |
 //! | 10 | [`RateLimitLayer`] | per provider RPM/TPM, inside the breaker (a refusal is not an upstream failure, and an open circuit spends no budget) |
+//! | 10½ | [`ConcurrencyLimitLayer`] | per provider+model in-flight cap (`max_concurrent_requests`); the slot is held until the streamed body ends, so it counts real upstream concurrency |
 //! | 11 | [`ProviderService`] | encode once, send with the provider's auth, stream back |
 //!
 //! # Request extensions
@@ -47,6 +48,7 @@
 //! # }
 //! ```
 
+use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
@@ -67,10 +69,10 @@ use crate::layers::SummarizeLayer;
 use crate::layers::budget::{ContextStats, RelevanceQuery, WindowConfig, WindowMode};
 use crate::layers::{
     ApiKey, AuthLayer, BreakerConfig, BudgetConfig, BudgetTrimLayer, CacheConfig,
-    CircuitBreakerLayer, CompactConfig, CompactLayer, DecodeLayer, EntropyDetector, EntropyLayer,
-    ErrorResponseLayer, Metrics, MetricsLayer, OriginGuardLayer, PruneConfig, PruneLayer,
-    RateLimitConfig, RateLimitLayer, RedactLabel, RedactLayer, Redactor, RequestIdLayer,
-    ResponseCache, ResponseCacheLayer, UsageLabels, UsageLayer, UsageMeter,
+    CircuitBreakerLayer, CompactConfig, CompactLayer, ConcurrencyLimitLayer, DecodeLayer,
+    EntropyDetector, EntropyLayer, ErrorResponseLayer, Metrics, MetricsLayer, OriginGuardLayer,
+    PruneConfig, PruneLayer, RateLimitConfig, RateLimitLayer, RedactLabel, RedactLayer, Redactor,
+    RequestIdLayer, ResponseCache, ResponseCacheLayer, UsageLabels, UsageLayer, UsageMeter,
 };
 use crate::model::{ApiFormat, ChatRequest, CountTokens};
 use crate::services::{ProviderService, RouteTable, Router, Target, http_client};
@@ -88,6 +90,8 @@ pub struct GatewayBuilder {
     entropy: Option<EntropyDetector>,
     breaker: BreakerConfig,
     limits: RateLimitConfig,
+    limit_overrides: BTreeMap<String, RateLimitConfig>,
+    concurrency_queue: Duration,
     budget: BudgetConfig,
     metrics: Metrics,
     usage: UsageMeter,
@@ -106,7 +110,10 @@ pub struct GatewayBuilder {
 struct Carried {
     context_stats: ContextStats,
     breaker: (BreakerConfig, CircuitBreakerLayer<KeyFn>),
-    limiter: (RateLimitConfig, RateLimitLayer<KeyFn>),
+    limiter: (
+        (RateLimitConfig, BTreeMap<String, RateLimitConfig>),
+        RateLimitLayer<KeyFn>,
+    ),
     cache: Option<(CacheConfig, ResponseCache)>,
 }
 
@@ -187,6 +194,19 @@ impl GatewayBuilder {
         self
     }
 
+    /// Other limits for some providers (by name).
+    pub fn rate_limit_overrides(mut self, overrides: BTreeMap<String, RateLimitConfig>) -> Self {
+        self.limit_overrides = overrides;
+        self
+    }
+
+    /// How long a request waits for a concurrency slot of its provider and model (the caps
+    /// come from each provider's `max_concurrent`; default 30 s).
+    pub fn concurrency_queue(mut self, wait: Duration) -> Self {
+        self.concurrency_queue = wait;
+        self
+    }
+
     /// Requests and tokens per minute for each upstream provider (default: no limits).
     pub fn rate_limits(mut self, limits: RateLimitConfig) -> Self {
         self.limits = limits;
@@ -255,8 +275,11 @@ impl GatewayBuilder {
             _ => CircuitBreakerLayer::new(self.breaker, target_key as KeyFn),
         };
         let limiter = match carried {
-            Some(c) if c.limiter.0 == self.limits => c.limiter.1.clone(),
-            _ => RateLimitLayer::new(self.limits, provider_key as KeyFn),
+            Some(c) if c.limiter.0 == (self.limits, self.limit_overrides.clone()) => {
+                c.limiter.1.clone()
+            }
+            _ => RateLimitLayer::new(self.limits, provider_key as KeyFn)
+                .with_overrides(self.limit_overrides.clone()),
         };
         let cache = self
             .cache
@@ -284,8 +307,14 @@ impl GatewayBuilder {
             BudgetTrimLayer::new(self.budget, target_window as WindowFn)
                 .with_stats(self.context_stats.clone())
                 .layer(
-                    UsageLayer::new(self.usage.clone(), usage_labels as LabelFn)
-                        .layer(breaker.layer(limiter.layer(ProviderService::new()))),
+                    UsageLayer::new(self.usage.clone(), usage_labels as LabelFn).layer(
+                        breaker.layer(
+                            limiter.layer(
+                                ConcurrencyLimitLayer::new(self.concurrency_queue, concurrency_key)
+                                    .layer(ProviderService::new()),
+                            ),
+                        ),
+                    ),
                 ),
         )
         .context_retry(self.context_retry)
@@ -333,7 +362,7 @@ impl GatewayBuilder {
             carried: Carried {
                 context_stats: self.context_stats,
                 breaker: (self.breaker, breaker),
-                limiter: (self.limits, limiter),
+                limiter: ((self.limits, self.limit_overrides), limiter),
                 cache: self.cache.zip(cache),
             },
         }
@@ -498,6 +527,12 @@ fn register_context(metrics: &Metrics, stats: &ContextStats) {
 /// The routed target's context window.
 fn target_window(req: &Request<ChatRequest>) -> Option<u64> {
     req.extensions().get::<Target>().and_then(|t| t.max_context)
+}
+
+/// One slot pool per upstream provider and model, sized by the provider's cap.
+fn concurrency_key(req: &Request<ChatRequest>) -> Option<(Arc<str>, usize)> {
+    let t = req.extensions().get::<Target>()?;
+    Some((t.circuit_key.clone(), t.provider.max_concurrent?))
 }
 
 /// One rate-limit bucket per upstream provider.
@@ -730,6 +765,8 @@ impl Gateway {
             entropy: Some(EntropyDetector::default()),
             breaker: BreakerConfig::default(),
             limits: RateLimitConfig::default(),
+            limit_overrides: BTreeMap::new(),
+            concurrency_queue: Duration::from_secs(30),
             budget: BudgetConfig::default(),
             metrics: Metrics::new(),
             usage: UsageMeter::new(),
@@ -755,6 +792,26 @@ impl Gateway {
             .client_tokens(secrets.client_token.clone())
             .api_keys(secrets.rbac_keys()?)
             .allowed_browser_origins(cfg.governance.allowed_browser_origins.iter().cloned())
+            .rate_limit_overrides(
+                cfg.providers
+                    .iter()
+                    .filter(|(_, p)| p.ratelimit_max_rpm.is_some() || p.ratelimit_max_tpm.is_some())
+                    .map(|(n, p)| {
+                        let limits = RateLimitConfig {
+                            rpm: p
+                                .ratelimit_max_rpm
+                                .unwrap_or(cfg.governance.ratelimit_max_rpm),
+                            tpm: p
+                                .ratelimit_max_tpm
+                                .unwrap_or(cfg.governance.ratelimit_max_tpm),
+                        };
+                        (n.clone(), limits)
+                    })
+                    .collect(),
+            )
+            .concurrency_queue(Duration::from_secs(
+                cfg.governance.concurrency_queue_seconds,
+            ))
             .rate_limits(RateLimitConfig {
                 rpm: cfg.governance.ratelimit_max_rpm,
                 tpm: cfg.governance.ratelimit_max_tpm,

@@ -11,6 +11,16 @@ use nenya::services::MockConfig;
 use serde_json::json;
 
 async fn limited_gateway(a: &Running, b: Option<&Running>, governance: &str) -> Running {
+    limited_gateway_with(a, b, governance, "").await
+}
+
+/// As `limited_gateway`, with `a_extra` added to provider `a`'s settings.
+async fn limited_gateway_with(
+    a: &Running,
+    b: Option<&Running>,
+    governance: &str,
+    a_extra: &str,
+) -> Running {
     let b_provider = b.map_or(String::new(), |b| {
         format!(
             r#", "b": {{"url": "http://{}/v1/chat/completions", "auth_style": "bearer"}}"#,
@@ -24,7 +34,7 @@ async fn limited_gateway(a: &Running, b: Option<&Running>, governance: &str) -> 
     };
     let cfg = Config::from_json_str(&format!(
         r#"{{"governance": {governance},
-            "providers": {{"a": {{"url": "http://{}/v1/chat/completions", "auth_style": "bearer"}}{b_provider}}},
+            "providers": {{"a": {{"url": "http://{}/v1/chat/completions", "auth_style": "bearer"{a_extra}}}{b_provider}}},
             "agents": {{"chain": {{"strategy": "fallback", "models": [{{"provider": "a", "model": "m"}}{b_model}]}}}}}}"#,
         a.addr
     ))
@@ -142,4 +152,99 @@ async fn a_limited_target_is_skipped_and_429_only_when_all_are_limited() {
     .await;
     assert_eq!(r.status, 429);
     assert_eq!(r.json()["error"]["type"], "rate_limit_error");
+}
+
+fn stream_chat() -> String {
+    json!({"model": "chain", "stream": true, "messages": [{"role": "user", "content": "hi"}]})
+        .to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_concurrency_cap_holds_for_whole_streams_and_queues_the_rest() {
+    // Each answer streams 8 events 40 ms apart: ~320 ms in flight.
+    let (mock, a) = start_mock(MockConfig {
+        delay: std::time::Duration::from_millis(40),
+        ..MockConfig::default()
+    })
+    .await;
+    let gw = limited_gateway_with(&a, None, "{}", r#", "max_concurrent_requests": 2"#).await;
+    let url = gw.url("/v1/chat/completions");
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        let url = url.clone();
+        tasks.push(tokio::spawn(async move {
+            let (k, v) = bearer();
+            post(&url, &[(k, &v)], stream_chat()).await
+        }));
+    }
+    for t in tasks {
+        let r = t.await.unwrap();
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert!(r.text().contains("[DONE]"), "every stream completes");
+    }
+    assert_eq!(mock.received().len(), 8, "all were served, none refused");
+    assert_eq!(
+        mock.max_concurrent_streams(),
+        2,
+        "never more than the cap at once"
+    );
+}
+
+#[tokio::test]
+async fn a_request_that_waits_too_long_for_a_slot_is_rate_limited() {
+    // The first stream stalls after one event and holds the only slot.
+    let (_mock, a) = start_mock(MockConfig {
+        fault: Some("stall-after:1".parse().unwrap()),
+        ..MockConfig::default()
+    })
+    .await;
+    let gw = limited_gateway_with(
+        &a,
+        None,
+        r#"{"concurrency_queue_seconds": 1}"#,
+        r#", "max_concurrent_requests": 1"#,
+    )
+    .await;
+    let url = gw.url("/v1/chat/completions");
+    let (k, v) = bearer();
+    // Hold the slot: read the headers of a stream that never ends.
+    let holder = tokio::spawn({
+        let url = url.clone();
+        async move {
+            let (k, v) = bearer();
+            post(&url, &[(k, &v)], stream_chat()).await
+        }
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let started = std::time::Instant::now();
+    let r = post(&url, &[(k, &v)], chat("hi")).await;
+    assert_eq!(r.status, 429, "{}", r.text());
+    assert_eq!(r.json()["error"]["error_kind"], "rate_limited");
+    assert!(r.headers.contains_key("retry-after"));
+    let waited = started.elapsed();
+    assert!(
+        waited >= std::time::Duration::from_millis(900),
+        "{waited:?}"
+    );
+    holder.abort();
+}
+
+#[tokio::test]
+async fn a_provider_can_override_the_global_rpm() {
+    let (mock, a) = start_mock(MockConfig::default()).await;
+    let gw = limited_gateway_with(
+        &a,
+        None,
+        r#"{"ratelimit_max_rpm": 100}"#,
+        r#", "ratelimit_max_rpm": 2"#,
+    )
+    .await;
+    let (k, v) = bearer();
+    let url = gw.url("/v1/chat/completions");
+    let mut statuses = Vec::new();
+    for _ in 0..4 {
+        statuses.push(post(&url, &[(k, &v)], chat("hi")).await.status.as_u16());
+    }
+    assert_eq!(statuses, [200, 200, 429, 429]);
+    assert_eq!(mock.received().len(), 2);
 }

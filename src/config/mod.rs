@@ -268,6 +268,10 @@ pub struct WindowSection {
     pub other: BTreeMap<String, Value>,
 }
 
+fn default_queue_seconds() -> u64 {
+    30
+}
+
 fn default_active() -> usize {
     6
 }
@@ -442,6 +446,8 @@ impl Default for GovernanceConfig {
             ratelimit_max_rpm: 0,
             ratelimit_max_tpm: 0,
             auto_retry_on_context_limit: true,
+            max_concurrent_requests: 0,
+            concurrency_queue_seconds: default_queue_seconds(),
             other: BTreeMap::new(),
         }
     }
@@ -474,6 +480,13 @@ pub struct GovernanceConfig {
     /// aims at the window and a refusal means the count was off.
     #[serde(default = "yes")]
     pub auto_retry_on_context_limit: bool,
+    /// In-flight requests per provider and model (0: no cap); excess requests queue.
+    #[serde(default)]
+    pub max_concurrent_requests: usize,
+    /// How long a request queues for a concurrency slot before it counts as rate limited (and
+    /// the router moves on); default 30. A nenya addition.
+    #[serde(default = "default_queue_seconds")]
+    pub concurrency_queue_seconds: u64,
     /// Fields not implemented yet.
     #[serde(flatten)]
     pub other: BTreeMap<String, Value>,
@@ -558,6 +571,16 @@ pub struct ProviderConfig {
     /// TCP connect timeout.
     #[serde(default)]
     pub connect_timeout_seconds: Option<u64>,
+    /// In-flight requests per model of this provider (overrides
+    /// `governance.max_concurrent_requests`; 0: no cap).
+    #[serde(default)]
+    pub max_concurrent_requests: Option<usize>,
+    /// Requests per minute to this provider (overrides `governance.ratelimit_max_rpm`).
+    #[serde(default)]
+    pub ratelimit_max_rpm: Option<u32>,
+    /// Estimated input tokens per minute (overrides `governance.ratelimit_max_tpm`).
+    #[serde(default)]
+    pub ratelimit_max_tpm: Option<u32>,
     /// Capability overrides (`stream_options`, `auto_tool_choice`, `content_arrays`,
     /// `tool_calls`, `reasoning`, `vision`); unset ones keep the built-in or conservative value.
     #[serde(default)]

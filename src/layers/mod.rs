@@ -19,6 +19,7 @@
 //! | [`PruneLayer`] | `Request<ChatRequest>` | drops old thinking and summarises stale tool results in history (never the current tool loop) |
 //! | [`ResponseCacheLayer`] | `Request<ChatRequest>` → `Response<Body>` | exact-match cache of complete answers (deterministic requests), replayed frame for frame |
 //! | [`CircuitBreakerLayer`] | any `Request<B>` → `Response<R>` | per-target circuit: fail fast while an upstream keeps failing, probe, close |
+//! | [`ConcurrencyLimitLayer`] | any `Request<B>` → `Response<Body>` | in-flight cap per key (provider+model); a slot is held until the streamed body ends; excess requests queue, then `rate_limited` |
 //! | [`RateLimitLayer`] | `Request<ChatRequest>` | RPM / TPM per upstream (governor); over the limit → `rate_limited` + `Retry-After` |
 //! | [`UsageLayer`] | `Request<ChatRequest>` → `Response<Body>` | token usage per agent/provider/model from answers as they stream by (estimated when unreported) |
 //! | [`ScrubLayer`] | `Request<ChatRequest>` | any [`TextScrubber`] of your own, with the same fail-open handling |
@@ -28,6 +29,7 @@ pub mod budget;
 pub mod cache;
 pub mod circuit_breaker;
 pub mod compact;
+pub mod concurrency;
 pub mod decode;
 pub mod entropy;
 pub mod error_response;
@@ -46,6 +48,7 @@ pub use budget::{BudgetConfig, BudgetTrim, BudgetTrimLayer, SummarizeLayer, Trim
 pub use cache::{CacheConfig, ResponseCache, ResponseCacheLayer, ResponseCacheService};
 pub use circuit_breaker::{BreakerConfig, CircuitBreaker, CircuitBreakerLayer, CircuitOpen};
 pub use compact::{Compact, CompactConfig, CompactLayer};
+pub use concurrency::{ConcurrencyFuture, ConcurrencyLimit, ConcurrencyLimitLayer};
 pub use decode::{Decode, DecodeLayer};
 pub use entropy::{Entropy, EntropyDetector, EntropyLayer};
 pub use error_response::{ErrorResponse, ErrorResponseLayer};

@@ -149,6 +149,11 @@ impl Recorded {
 struct Inner {
     cfg: MockConfig,
     received: Mutex<Vec<Recorded>>,
+    /// Streams being sent now, and the most seen at once.
+    streaming: Arc<(
+        std::sync::atomic::AtomicUsize,
+        std::sync::atomic::AtomicUsize,
+    )>,
 }
 
 /// The mock provider service. Clones share the record of received requests.
@@ -175,11 +180,22 @@ impl MockProvider {
             inner: Arc::new(Inner {
                 cfg,
                 received: Mutex::new(Vec::new()),
+                streaming: Arc::default(),
             }),
         }
     }
 
     /// Everything received so far, oldest first.
+    /// The most streamed answers that were in flight at once (a stream counts from its
+    /// headers until its body ends or is dropped).
+    pub fn max_concurrent_streams(&self) -> usize {
+        self.inner
+            .streaming
+            .1
+            .load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Every request received so far, in order.
     pub fn received(&self) -> Vec<Recorded> {
         self.inner
             .received
@@ -382,6 +398,7 @@ impl MockProvider {
             sleep: None,
             sent: 0,
             fault: cfg.fault.clone(),
+            _live: Live::new(self.inner.streaming.clone()),
         }));
         let h = resp.headers_mut();
         h.insert(
@@ -696,8 +713,36 @@ fn error_event(format: ApiFormat) -> Bytes {
     }
 }
 
+/// Counts a stream in flight while it lives.
+struct Live(
+    Arc<(
+        std::sync::atomic::AtomicUsize,
+        std::sync::atomic::AtomicUsize,
+    )>,
+);
+
+impl Live {
+    fn new(
+        c: Arc<(
+            std::sync::atomic::AtomicUsize,
+            std::sync::atomic::AtomicUsize,
+        )>,
+    ) -> Self {
+        let now = c.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+        c.1.fetch_max(now, std::sync::atomic::Ordering::SeqCst);
+        Self(c)
+    }
+}
+
+impl Drop for Live {
+    fn drop(&mut self) {
+        self.0.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
 /// The mock's streamed body: one event per frame, with an optional delay and fault.
 struct MockStream {
+    _live: Live,
     events: VecDeque<Bytes>,
     delay: Duration,
     sleep: Option<Pin<Box<tokio::time::Sleep>>>,

@@ -74,6 +74,8 @@ pub struct ProviderSpec {
     pub caps: Capabilities,
     /// Its quirks.
     pub quirks: Quirks,
+    /// In-flight requests allowed per model of this provider (`None`: no cap).
+    pub max_concurrent: Option<usize>,
 }
 
 impl ProviderSpec {
@@ -89,6 +91,7 @@ impl ProviderSpec {
             transport,
             caps: Capabilities::ALL,
             quirks: Quirks::NONE,
+            max_concurrent: None,
         }
     }
 

@@ -190,7 +190,12 @@ impl RouteTable {
                         AuthStyle::Bearer
                     }),
             };
-            let mut spec = ProviderSpec::new(name, Transport::Http(client.clone()))
+            // A provider with its own connect timeout gets a client of its own.
+            let client = match pc.connect_timeout_seconds.filter(|s| *s > 0) {
+                Some(s) => super::http_client(Duration::from_secs(s)),
+                None => client.clone(),
+            };
+            let mut spec = ProviderSpec::new(name, Transport::Http(client))
                 .with_endpoint(format, url)
                 .with_auth(
                     auth,
@@ -245,6 +250,10 @@ impl RouteTable {
             }
             spec.quirks = builtin.map_or(Quirks::NONE, |b| b.quirks);
             spec.user_agent = user_agent.clone();
+            spec.max_concurrent = pc
+                .max_concurrent_requests
+                .or(Some(cfg.governance.max_concurrent_requests))
+                .filter(|n| *n > 0);
             providers.insert(name.to_owned(), Arc::new(spec));
         }
 

@@ -68,6 +68,9 @@ struct Bucket {
 
 struct Shared {
     cfg: RateLimitConfig,
+    overrides: HashMap<Arc<str>, RateLimitConfig>,
+    /// Whether any bucket has a limit at all (if not, nothing is checked).
+    any: bool,
     buckets: Mutex<HashMap<Arc<str>, Arc<Bucket>>>,
     clock: DefaultClock,
 }
@@ -78,9 +81,10 @@ impl Shared {
         map.entry(key.clone())
             .or_insert_with(|| {
                 let per_minute = |n: u32| NonZeroU32::new(n).map(|n| (Quota::per_minute(n), n));
+                let cfg = self.overrides.get(key).unwrap_or(&self.cfg);
                 Arc::new(Bucket {
-                    rpm: per_minute(self.cfg.rpm).map(|(q, _)| RateLimiter::direct(q)),
-                    tpm: per_minute(self.cfg.tpm).map(|(q, n)| (RateLimiter::direct(q), n)),
+                    rpm: per_minute(cfg.rpm).map(|(q, _)| RateLimiter::direct(q)),
+                    tpm: per_minute(cfg.tpm).map(|(q, n)| (RateLimiter::direct(q), n)),
                 })
             })
             .clone()
@@ -142,11 +146,44 @@ impl<K> RateLimitLayer<K> {
         Self {
             shared: Arc::new(Shared {
                 cfg,
+                overrides: HashMap::new(),
+                any: cfg.rpm > 0 || cfg.tpm > 0,
                 buckets: Mutex::new(HashMap::new()),
                 clock: DefaultClock::default(),
             }),
             key: Arc::new(key),
         }
+    }
+}
+
+impl<K> RateLimitLayer<K> {
+    /// Other limits for some buckets (per-provider `ratelimit_max_rpm` / `_tpm`). Call before
+    /// the layer is cloned or used.
+    ///
+    /// ```
+    /// use nenya::layers::{RateLimitConfig, RateLimitLayer};
+    /// let key = |_: &http::Request<nenya::model::ChatRequest>| Some(std::sync::Arc::<str>::from("slow-provider"));
+    /// let layer = RateLimitLayer::new(RateLimitConfig::default(), key)
+    ///     .with_overrides([("slow-provider", RateLimitConfig { rpm: 10, tpm: 0 })]);
+    /// # drop(layer);
+    /// ```
+    pub fn with_overrides<I, N>(mut self, overrides: I) -> Self
+    where
+        I: IntoIterator<Item = (N, RateLimitConfig)>,
+        N: Into<Arc<str>>,
+    {
+        let cfg = self.shared.cfg;
+        let overrides: HashMap<Arc<str>, RateLimitConfig> =
+            overrides.into_iter().map(|(k, v)| (k.into(), v)).collect();
+        let any = cfg.rpm > 0 || cfg.tpm > 0 || overrides.values().any(|c| c.rpm > 0 || c.tpm > 0);
+        self.shared = Arc::new(Shared {
+            cfg,
+            overrides,
+            any,
+            buckets: Mutex::new(HashMap::new()),
+            clock: DefaultClock::default(),
+        });
+        self
     }
 }
 
@@ -201,7 +238,9 @@ where
 
     fn call(&mut self, req: Request<ChatRequest>) -> Self::Future {
         if let Some(key) = (self.key)(&req) {
-            let limited = (self.shared.cfg.rpm > 0 || self.shared.cfg.tpm > 0)
+            let limited = self
+                .shared
+                .any
                 .then(|| self.shared.admit(&key, req.body().estimate_tokens()))
                 .and_then(Result::err);
             if let Some(wait) = limited {
