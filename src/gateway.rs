@@ -75,7 +75,7 @@ use crate::layers::{
     RequestIdLayer, ResponseCache, ResponseCacheLayer, UsageLabels, UsageLayer, UsageMeter,
 };
 use crate::model::{ApiFormat, ChatRequest, CountTokens};
-use crate::services::{ProviderService, RouteTable, Router, Target, http_client};
+use crate::services::{FailoverPolicy, ProviderService, RouteTable, Router, Target, http_client};
 use crate::{Body, BoxError};
 
 /// Assembles a [`Gateway`].
@@ -100,6 +100,7 @@ pub struct GatewayBuilder {
     compact: CompactConfig,
     context_retry: bool,
     auto_context_skip: bool,
+    failover: FailoverPolicy,
     context_stats: ContextStats,
     window: Option<WindowConfig>,
     carried: Option<Carried>,
@@ -244,6 +245,12 @@ impl GatewayBuilder {
         self
     }
 
+    /// When the router moves on to a chain's next target.
+    pub fn failover_policy(mut self, policy: FailoverPolicy) -> Self {
+        self.failover = policy;
+        self
+    }
+
     /// Summarises older turns near the window (`window` section; default off).
     pub fn window(mut self, window: Option<WindowConfig>) -> Self {
         self.window = window;
@@ -318,7 +325,8 @@ impl GatewayBuilder {
                 ),
         )
         .context_retry(self.context_retry)
-        .auto_context_skip(self.auto_context_skip);
+        .auto_context_skip(self.auto_context_skip)
+        .failover_policy(self.failover);
         // The window engine is the same routed stack: an agent name or `provider/model` picks
         // it, with its failover, breaker, limits and usage accounting.
         let window_table = table.clone();
@@ -775,6 +783,7 @@ impl Gateway {
             compact: CompactConfig::default(),
             context_retry: true,
             auto_context_skip: false,
+            failover: FailoverPolicy::default(),
             context_stats: ContextStats::default(),
             window: None,
             carried: None,
@@ -812,6 +821,15 @@ impl Gateway {
             .concurrency_queue(Duration::from_secs(
                 cfg.governance.concurrency_queue_seconds,
             ))
+            .failover_policy(FailoverPolicy {
+                retryable_status: cfg
+                    .governance
+                    .retryable_status_codes
+                    .as_deref()
+                    .map_or_else(|| FailoverPolicy::default().retryable_status, Arc::from),
+                early_stream_error_failover: cfg.governance.early_stream_error_failover,
+                empty_stream_as_error: cfg.governance.empty_stream_as_error,
+            })
             .rate_limits(RateLimitConfig {
                 rpm: cfg.governance.ratelimit_max_rpm,
                 tpm: cfg.governance.ratelimit_max_tpm,

@@ -266,3 +266,76 @@ fn round_robin_is_the_default_strategy_as_in_nenya() {
         ["m1", "m2", "m1"]
     );
 }
+
+/// As `two_target_gateway`, with a `governance` section and extra settings for provider `a`.
+async fn chain_with(a: &Running, b: &Running, governance: &str, a_extra: &str) -> Running {
+    let (mut cfg, secrets) = chain_config(
+        &a.url("/v1/chat/completions"),
+        &b.url("/v1/chat/completions"),
+        "bearer",
+        "fallback",
+        a_extra,
+    );
+    cfg.governance = Config::from_json_str(&format!(r#"{{"governance": {governance}}}"#))
+        .unwrap()
+        .governance;
+    start_gateway(Gateway::from_config(&cfg, &secrets).unwrap().build()).await
+}
+
+#[tokio::test]
+async fn retryable_status_codes_replace_the_defaults_and_a_provider_can_override_them() {
+    // Governance: only 503 fails over; a 500 reaches the client.
+    for (status, governance, a_extra, fails_over) in [
+        (500u16, r#"{"retryable_status_codes": [503]}"#, "", false),
+        (503, r#"{"retryable_status_codes": [503]}"#, "", true),
+        (418, r#"{"retryable_status_codes": [418]}"#, "", true),
+        // The provider's own list wins for its targets.
+        (
+            503,
+            r#"{"retryable_status_codes": [503]}"#,
+            r#", "retryable_status_codes": [500]"#,
+            false,
+        ),
+        (500, "{}", r#", "retryable_status_codes": [500]"#, true),
+    ] {
+        let (ma, a) = start_mock(faulty(Fault::Status(status))).await;
+        let (mb, b) = start_mock(MockConfig::default()).await;
+        let gw = chain_with(&a, &b, governance, a_extra).await;
+        let r = ask(&gw, false).await;
+        let case = format!("{status} {governance} {a_extra}");
+        if fails_over {
+            assert_eq!(r.status, 200, "{case}");
+            assert_eq!(mb.received().len(), 1, "{case}");
+        } else {
+            assert_eq!(r.status.as_u16(), status, "{case}");
+            assert!(mb.received().is_empty(), "{case}");
+        }
+        assert_eq!(ma.received().len(), 1, "{case}");
+    }
+}
+
+#[tokio::test]
+async fn an_empty_stream_fails_over_unless_configured_not_to() {
+    for (governance, fails_over) in [("{}", true), (r#"{"empty_stream_as_error": false}"#, false)] {
+        let (_ma, a) = start_mock(faulty(Fault::EmptyStream)).await;
+        let (mb, b) = start_mock(MockConfig::default()).await;
+        let gw = chain_with(&a, &b, governance, "").await;
+        let r = ask(&gw, true).await;
+        assert_eq!(r.status, 200, "{governance}");
+        assert_eq!(mb.received().len(), usize::from(fails_over), "{governance}");
+        if !fails_over {
+            assert_eq!(r.text(), "", "the empty stream is passed through");
+        }
+    }
+}
+
+#[tokio::test]
+async fn an_early_error_event_is_forwarded_when_failover_on_it_is_off() {
+    let (_ma, a) = start_mock(faulty(Fault::ErrorEvent)).await;
+    let (mb, b) = start_mock(MockConfig::default()).await;
+    let gw = chain_with(&a, &b, r#"{"early_stream_error_failover": false}"#, "").await;
+    let r = ask(&gw, true).await;
+    assert_eq!(r.status, 200);
+    assert!(r.text().contains("\"error\""), "{}", r.text());
+    assert!(mb.received().is_empty());
+}

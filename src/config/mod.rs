@@ -446,6 +446,9 @@ impl Default for GovernanceConfig {
             ratelimit_max_rpm: 0,
             ratelimit_max_tpm: 0,
             auto_retry_on_context_limit: true,
+            retryable_status_codes: None,
+            early_stream_error_failover: true,
+            empty_stream_as_error: true,
             max_concurrent_requests: 0,
             concurrency_queue_seconds: default_queue_seconds(),
             other: BTreeMap::new(),
@@ -480,6 +483,16 @@ pub struct GovernanceConfig {
     /// aims at the window and a refusal means the count was off.
     #[serde(default = "yes")]
     pub auto_retry_on_context_limit: bool,
+    /// Statuses that fail over to the next target (replaces the default 429, 500, 502, 503,
+    /// 504, 529 entirely, as in Nenya).
+    #[serde(default)]
+    pub retryable_status_codes: Option<Vec<u16>>,
+    /// A `200` stream whose first event is an error fails over (default true).
+    #[serde(default = "yes")]
+    pub early_stream_error_failover: bool,
+    /// A `200` stream without any event fails over (default true).
+    #[serde(default = "yes")]
+    pub empty_stream_as_error: bool,
     /// In-flight requests per provider and model (0: no cap); excess requests queue.
     #[serde(default)]
     pub max_concurrent_requests: usize,
@@ -581,6 +594,9 @@ pub struct ProviderConfig {
     /// Estimated input tokens per minute (overrides `governance.ratelimit_max_tpm`).
     #[serde(default)]
     pub ratelimit_max_tpm: Option<u32>,
+    /// Statuses that fail over for this provider (replaces the governance list).
+    #[serde(default)]
+    pub retryable_status_codes: Option<Vec<u16>>,
     /// Capability overrides (`stream_options`, `auto_tool_choice`, `content_arrays`,
     /// `tool_calls`, `reasoning`, `vision`); unset ones keep the built-in or conservative value.
     #[serde(default)]

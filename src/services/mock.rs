@@ -60,6 +60,8 @@ pub enum Fault {
     ErrorEvent,
     /// Answer `400` saying the prompt exceeds the model's context window.
     ContextExceeded,
+    /// Answer `200` with the stream's headers and an empty body.
+    EmptyStream,
     /// Refuse (as [`Fault::ContextExceeded`], naming the limit) a request body of more than
     /// this many o200k tokens; answer the others.
     ContextLimit(usize),
@@ -85,9 +87,10 @@ impl FromStr for Fault {
             "error-event" => Self::ErrorEvent,
             "context-exceeded" => Self::ContextExceeded,
             "context-limit" => Self::ContextLimit(n()?),
+            "empty" => Self::EmptyStream,
             _ => {
                 return Err(format!(
-                    "unknown fault `{s}` (status:N, stall, stall-after:N, drop-after:N, malformed, error-event, context-exceeded, context-limit:N)"
+                    "unknown fault `{s}` (status:N, stall, stall-after:N, drop-after:N, malformed, error-event, context-exceeded, context-limit:N, empty)"
                 ));
             }
         })
@@ -387,6 +390,7 @@ impl MockProvider {
             .and_then(Value::as_bool)
             .unwrap_or(false);
         let events = match format {
+            _ if self.inner.cfg.fault == Some(Fault::EmptyStream) => Vec::new(),
             _ if self.inner.cfg.fault == Some(Fault::ErrorEvent) => vec![error_event(format)],
             ApiFormat::Gemini => gemini_events(&model, &script, prompt_tokens),
             ApiFormat::Anthropic => anthropic_events(&model, &script, prompt_tokens),

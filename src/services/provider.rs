@@ -76,6 +76,8 @@ pub struct ProviderSpec {
     pub quirks: Quirks,
     /// In-flight requests allowed per model of this provider (`None`: no cap).
     pub max_concurrent: Option<usize>,
+    /// Statuses that fail over for this provider (`None`: the router's list).
+    pub retryable_status: Option<Arc<[u16]>>,
 }
 
 impl ProviderSpec {
@@ -92,6 +94,7 @@ impl ProviderSpec {
             caps: Capabilities::ALL,
             quirks: Quirks::NONE,
             max_concurrent: None,
+            retryable_status: None,
         }
     }
 

@@ -250,6 +250,7 @@ impl RouteTable {
             }
             spec.quirks = builtin.map_or(Quirks::NONE, |b| b.quirks);
             spec.user_agent = user_agent.clone();
+            spec.retryable_status = pc.retryable_status_codes.as_deref().map(Arc::<[u16]>::from);
             spec.max_concurrent = pc
                 .max_concurrent_requests
                 .or(Some(cfg.governance.max_concurrent_requests))
@@ -543,6 +544,35 @@ pub struct Router<S> {
     table: Arc<RouteTable>,
     context_retry: bool,
     auto_context_skip: bool,
+    policy: Arc<FailoverPolicy>,
+}
+
+/// When the router moves on to the next target (Nenya's `governance` names).
+///
+/// ```
+/// let p = nenya::services::FailoverPolicy::default();
+/// assert_eq!(&*p.retryable_status, &[429, 500, 502, 503, 504, 529]);
+/// assert!(p.early_stream_error_failover && p.empty_stream_as_error);
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FailoverPolicy {
+    /// Upstream statuses that fail over (`retryable_status_codes`; a provider's own list, when
+    /// it has one, replaces this for its targets).
+    pub retryable_status: Arc<[u16]>,
+    /// A `200` stream whose first event is an error fails over.
+    pub early_stream_error_failover: bool,
+    /// A `200` stream that ends without any event fails over.
+    pub empty_stream_as_error: bool,
+}
+
+impl Default for FailoverPolicy {
+    fn default() -> Self {
+        Self {
+            retryable_status: RETRYABLE_STATUS.into(),
+            early_stream_error_failover: true,
+            empty_stream_as_error: true,
+        }
+    }
 }
 
 impl<S> Router<S> {
@@ -553,7 +583,14 @@ impl<S> Router<S> {
             table,
             context_retry: false,
             auto_context_skip: false,
+            policy: Arc::default(),
         }
+    }
+
+    /// When to move on to the next target.
+    pub fn failover_policy(mut self, policy: FailoverPolicy) -> Self {
+        self.policy = Arc::new(policy);
+        self
     }
 
     /// Retry a context-exceeded attempt once on the same target, tighter (see the type docs).
@@ -638,6 +675,8 @@ where
                 state: RouterState::Ready { resp: Some(resp) },
                 retry: None,
                 attempts: 0,
+                policy: None,
+                retryable: None,
             };
         }
         // A template for the next attempts, only when there can be one.
@@ -664,13 +703,22 @@ where
             })
         });
         tracing::debug!(provider = %first.provider.name, model = %first.model, format = %first.format, "routed");
+        let retryable = retry.as_ref().map(|_| {
+            first
+                .provider
+                .retryable_status
+                .clone()
+                .unwrap_or_else(|| self.policy.retryable_status.clone())
+        });
         req.extensions_mut().insert(first);
         RouterFuture {
             state: RouterState::Calling {
                 fut: self.inner.call(req),
             },
+            policy: retry.as_ref().map(|_| self.policy.clone()),
             retry,
             attempts: 0,
+            retryable,
         }
     }
 }
@@ -745,6 +793,8 @@ enum Peek {
     Error,
     /// The stream ended without any event.
     Empty,
+    /// The body failed before any event.
+    Broken,
 }
 
 /// What one SSE event says about a stream's start; `None` when it is not meaningful
@@ -795,9 +845,9 @@ impl http_body::Body for Replay {
 const RETRYABLE_STATUS: &[u16] = &[429, 500, 502, 503, 504, 529];
 
 /// Whether an attempt's outcome should fail over (when there is a next target).
-fn should_fail_over(out: &Result<Response<Body>, Error>) -> Option<String> {
+fn should_fail_over(out: &Result<Response<Body>, Error>, retryable: &[u16]) -> Option<String> {
     match out {
-        Ok(r) if RETRYABLE_STATUS.contains(&r.status().as_u16()) => {
+        Ok(r) if retryable.contains(&r.status().as_u16()) => {
             Some(format!("upstream status {}", r.status().as_u16()))
         }
         Ok(_) => None,
@@ -819,6 +869,9 @@ pin_project_lite::pin_project! {
         state: RouterState<F>,
         retry: Option<Box<Retry<S>>>,
         attempts: u32,
+        policy: Option<Arc<FailoverPolicy>>,
+        // The statuses that fail over for the target being tried.
+        retryable: Option<Arc<[u16]>>,
     }
 }
 
@@ -842,6 +895,8 @@ impl<S, F> RouterFuture<S, F> {
             state: RouterState::Failed { err: Some(e) },
             retry: None,
             attempts: 0,
+            policy: None,
+            retryable: None,
         }
     }
 }
@@ -862,7 +917,8 @@ where
                     let more = this.retry.as_ref().is_some_and(|r| !r.next.is_empty());
                     let can_tighten = this.retry.as_ref().is_some_and(|r| !r.tightened);
                     if more {
-                        if let Some(why) = should_fail_over(&out) {
+                        let statuses = this.retryable.as_deref().unwrap_or(RETRYABLE_STATUS);
+                        if let Some(why) = should_fail_over(&out, statuses) {
                             tracing::warn!(attempt = *this.attempts, reason = %why, "failing over to the next target");
                             drop(out); // closes the failed upstream response
                             this.state.set(RouterState::Retrying);
@@ -931,10 +987,17 @@ where
                             }
                             Err(_trailers) => Peek::Content,
                         },
-                        Some(Err(_)) => Peek::Error,
+                        Some(Err(_)) => Peek::Broken,
                         None => Peek::Empty,
                     };
-                    if verdict == Peek::Content {
+                    let policy = this.policy.as_deref();
+                    let forward = match verdict {
+                        Peek::Content => true,
+                        Peek::Error => policy.is_some_and(|p| !p.early_stream_error_failover),
+                        Peek::Empty => policy.is_some_and(|p| !p.empty_stream_as_error),
+                        Peek::Broken => false,
+                    };
+                    if forward {
                         let (Some(h), Some(b)) = (head.take(), body.take()) else {
                             return Poll::Ready(Err(Error::new(ErrorKind::Internal, "peek state")));
                         };
@@ -1018,6 +1081,13 @@ where
                     if !retry.tightened {
                         retry.current = Some(t.clone());
                     }
+                    *this.retryable = Some(
+                        t.provider
+                            .retryable_status
+                            .clone()
+                            .or_else(|| this.policy.as_ref().map(|p| p.retryable_status.clone()))
+                            .unwrap_or_else(|| RETRYABLE_STATUS.into()),
+                    );
                     let req = retry.request(t);
                     // A tighter budget is for the target that refused, not the ones after it.
                     retry.extensions.remove::<ContextRetry>();
