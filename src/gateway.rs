@@ -106,11 +106,14 @@ pub struct GatewayBuilder {
     carried: Option<Carried>,
 }
 
+/// The breaker's settings: the default, and each agent circuit's own.
+type BreakerSettings = (BreakerConfig, Vec<(Arc<str>, BreakerConfig)>);
+
 /// What a reloaded gateway keeps from the one it replaces.
 #[derive(Clone)]
 struct Carried {
     context_stats: ContextStats,
-    breaker: (BreakerConfig, CircuitBreakerLayer<KeyFn>),
+    breaker: (BreakerSettings, CircuitBreakerLayer<KeyFn>),
     limiter: (
         (RateLimitConfig, BTreeMap<String, RateLimitConfig>),
         RateLimitLayer<KeyFn>,
@@ -277,9 +280,12 @@ impl GatewayBuilder {
     /// Builds the stack (see the module docs for its order).
     pub fn build(self) -> Gateway {
         let carried = self.carried.as_ref();
+        // Agents with their own `failure_threshold` / `cooldown_seconds`.
+        let breaker_cfg = (self.breaker, self.table.breaker_overrides(self.breaker));
         let breaker = match carried {
-            Some(c) if c.breaker.0 == self.breaker => c.breaker.1.clone(),
-            _ => CircuitBreakerLayer::new(self.breaker, target_key as KeyFn),
+            Some(c) if c.breaker.0 == breaker_cfg => c.breaker.1.clone(),
+            _ => CircuitBreakerLayer::new(self.breaker, target_key as KeyFn)
+                .with_overrides(breaker_cfg.1.iter().cloned()),
         };
         let limiter = match carried {
             Some(c) if c.limiter.0 == (self.limits, self.limit_overrides.clone()) => {
@@ -369,7 +375,7 @@ impl GatewayBuilder {
             usage: self.usage,
             carried: Carried {
                 context_stats: self.context_stats,
-                breaker: (self.breaker, breaker),
+                breaker: (breaker_cfg, breaker),
                 limiter: ((self.limits, self.limit_overrides), limiter),
                 cache: self.cache.zip(cache),
             },
@@ -540,7 +546,7 @@ fn target_window(req: &Request<ChatRequest>) -> Option<u64> {
 /// One slot pool per upstream provider and model, sized by the provider's cap.
 fn concurrency_key(req: &Request<ChatRequest>) -> Option<(Arc<str>, usize)> {
     let t = req.extensions().get::<Target>()?;
-    Some((t.circuit_key.clone(), t.provider.max_concurrent?))
+    Some((t.model_key.clone(), t.provider.max_concurrent?))
 }
 
 /// One rate-limit bucket per upstream provider.

@@ -226,3 +226,39 @@ async fn circuit_state_and_metrics_survive_a_reload() {
         "no duplicate families"
     );
 }
+
+#[tokio::test]
+async fn an_agent_sets_its_own_failure_threshold_and_its_circuits_are_its_own() {
+    let (ma, a, mb, b, _cfg, secrets) = failing_first_chain(503).await;
+    // Two agents over the same failing target: `strict` opens after one failure, `lenient`
+    // after the default five; each has its own circuit.
+    let cfg = nenya::config::Config::from_json_str(&format!(
+        r#"{{"providers": {{
+              "a": {{"url": "{}", "auth_style": "bearer"}},
+              "b": {{"url": "{}", "auth_style": "bearer"}}}},
+            "agents": {{
+              "strict": {{"strategy": "fallback", "failure_threshold": 1, "cooldown_seconds": 60,
+                "models": [{{"provider": "a", "model": "m-a"}}, {{"provider": "b", "model": "m-b"}}]}},
+              "lenient": {{"strategy": "fallback",
+                "models": [{{"provider": "a", "model": "m-a"}}, {{"provider": "b", "model": "m-b"}}]}}}}}}"#,
+        a.url("/v1/chat/completions"),
+        b.url("/v1/chat/completions")
+    ))
+    .unwrap();
+    let gw = start_gateway(Gateway::from_config(&cfg, &secrets).unwrap().build()).await;
+    let (k, v) = bearer();
+    for agent in [
+        "strict", "strict", "strict", "lenient", "lenient", "lenient",
+    ] {
+        let r = post(
+            &gw.url("/v1/chat/completions"),
+            &[(k, &v)],
+            json!({"model": agent, "messages": [{"role": "user", "content": "hi"}]}).to_string(),
+        )
+        .await;
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+    // strict: 1 attempt at `a`, then open; lenient: all 3 reach `a` (threshold 5).
+    assert_eq!(ma.received().len(), 1 + 3);
+    assert_eq!(mb.received().len(), 6);
+}

@@ -183,7 +183,7 @@ async fn failovers_and_open_circuits_are_counted() {
     let m = parse(&metrics.render());
     assert_eq!(m["nenya_failovers_total"], 6.0);
     assert_eq!(
-        m[r#"nenya_circuit_open{circuit="a/m-a"}"#], 1.0,
+        m[r#"nenya_circuit_open{circuit="chain:a/m-a"}"#], 1.0,
         "5 failures opened it"
     );
 }

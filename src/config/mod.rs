@@ -513,6 +513,12 @@ pub struct AgentConfig {
     pub strategy: Option<String>,
     /// The chain.
     pub models: Vec<ModelEntry>,
+    /// Consecutive failures that open a circuit of this agent (default 5).
+    #[serde(default)]
+    pub failure_threshold: Option<u32>,
+    /// First cool-down of an opened circuit, in seconds (doubles on each re-opening).
+    #[serde(default)]
+    pub cooldown_seconds: Option<u64>,
     /// Fields not implemented yet.
     #[serde(flatten)]
     pub other: BTreeMap<String, Value>,

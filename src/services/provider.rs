@@ -148,8 +148,11 @@ pub struct Target {
     pub url: Uri,
     /// Context window in tokens (config `max_context`, else the model registry), when known.
     pub max_context: Option<u64>,
-    /// `provider/model`: the circuit-breaker key (made once per configured target).
+    /// `agent:provider/model` (`provider/model` outside agents): the circuit-breaker key
+    /// (made once per configured target).
     pub circuit_key: Arc<str>,
+    /// `provider/model`: the concurrency-pool key.
+    pub model_key: Arc<str>,
     /// The provider's name: the rate-limit bucket key.
     pub provider_key: Arc<str>,
 }

@@ -23,6 +23,7 @@ use crate::adapters::providers::{
 };
 use crate::config::{Config, ConfigError, ModelEntry, Secrets};
 use crate::error::{Error, ErrorKind};
+use crate::layers::BreakerConfig;
 use crate::layers::budget::ContextRetry;
 use crate::model::{ApiFormat, ChatRequest, CountTokens, Principal};
 use crate::sse::Decoder;
@@ -33,6 +34,9 @@ use crate::tokens::TokenCache;
 struct Agent {
     chain: Vec<TargetSpec>,
     round_robin: bool,
+    /// The agent's own breaker settings (`failure_threshold`, `cooldown_seconds`).
+    failure_threshold: Option<u32>,
+    cooldown: Option<Duration>,
     /// Where the next round-robin walk starts.
     next: AtomicUsize,
 }
@@ -64,8 +68,10 @@ struct TargetSpec {
     format: Option<ApiFormat>,
     url: Option<Uri>,
     max_context: Option<u64>,
-    /// `provider/model` and `provider`, made once (per-target layers key on them).
+    /// `agent:provider/model` (or `provider/model` outside agents), `provider/model` and
+    /// `provider`, made once (per-target layers key on them).
     circuit_key: Arc<str>,
+    model_key: Arc<str>,
     provider_key: Arc<str>,
 }
 
@@ -77,8 +83,10 @@ impl TargetSpec {
         url: Option<Uri>,
         max_context: Option<u64>,
     ) -> Self {
+        let model_key: Arc<str> = format!("{}/{}", provider.name, model).into();
         Self {
-            circuit_key: format!("{}/{}", provider.name, model).into(),
+            circuit_key: model_key.clone(),
+            model_key,
             provider_key: provider.name.as_str().into(),
             provider,
             model,
@@ -86,6 +94,12 @@ impl TargetSpec {
             url,
             max_context,
         }
+    }
+
+    /// The target as a member of `agent`'s chain: its circuit is the agent's own.
+    fn in_agent(mut self, agent: &str) -> Self {
+        self.circuit_key = format!("{agent}:{}", self.model_key).into();
+        self
     }
 }
 
@@ -272,13 +286,16 @@ impl RouteTable {
                                 format!("`{name}` is not in the model registry; use {{\"provider\": …, \"model\": …}}"),
                             )
                         })?;
-                        chain.push(TargetSpec::new(
-                            providers[known.provider].clone(),
-                            name.clone(),
-                            None,
-                            None,
-                            None,
-                        ));
+                        chain.push(
+                            TargetSpec::new(
+                                providers[known.provider].clone(),
+                                name.clone(),
+                                None,
+                                None,
+                                None,
+                            )
+                            .in_agent(agent),
+                        );
                     }
                     ModelEntry::Object(o) => {
                         let pname = match (&o.provider, &o.model) {
@@ -318,13 +335,10 @@ impl RouteTable {
                             o.url.as_deref().map(parse_url).transpose().map_err(|m| {
                                 ConfigError::new(None, Some(format!("{at}.url")), m)
                             })?;
-                        chain.push(TargetSpec::new(
-                            provider,
-                            model,
-                            o.format,
-                            url,
-                            o.max_context,
-                        ));
+                        chain.push(
+                            TargetSpec::new(provider, model, o.format, url, o.max_context)
+                                .in_agent(agent),
+                        );
                     }
                 }
             }
@@ -355,6 +369,11 @@ impl RouteTable {
                 Arc::new(Agent {
                     chain,
                     round_robin,
+                    failure_threshold: ac.failure_threshold.filter(|n| *n > 0),
+                    cooldown: ac
+                        .cooldown_seconds
+                        .filter(|n| *n > 0)
+                        .map(Duration::from_secs),
                     next: AtomicUsize::new(0),
                 }),
             );
@@ -461,6 +480,27 @@ impl RouteTable {
         out
     }
 
+    /// Breaker settings of the circuits of agents that set their own (`failure_threshold`,
+    /// `cooldown_seconds`), on top of `base`; sorted by circuit key.
+    pub fn breaker_overrides(&self, base: BreakerConfig) -> Vec<(Arc<str>, BreakerConfig)> {
+        let mut out: Vec<(Arc<str>, BreakerConfig)> = self
+            .agents
+            .values()
+            .filter(|a| a.failure_threshold.is_some() || a.cooldown.is_some())
+            .flat_map(|a| {
+                let cfg = BreakerConfig {
+                    failure_threshold: a.failure_threshold.unwrap_or(base.failure_threshold),
+                    base_cooldown: a.cooldown.unwrap_or(base.base_cooldown),
+                    max_cooldown: base.max_cooldown.max(a.cooldown.unwrap_or_default()),
+                    ..base
+                };
+                a.chain.iter().map(move |t| (t.circuit_key.clone(), cfg))
+            })
+            .collect();
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        out
+    }
+
     /// Agent names, sorted.
     pub fn agent_names(&self) -> Vec<&str> {
         let mut v: Vec<&str> = self.agents.keys().map(String::as_str).collect();
@@ -497,6 +537,7 @@ fn target(t: &TargetSpec, client: ApiFormat) -> Result<Target, Error> {
             .max_context
             .or_else(|| known_model(&t.model).map(|k| u64::from(k.max_context))),
         circuit_key: t.circuit_key.clone(),
+        model_key: t.model_key.clone(),
         provider_key: t.provider_key.clone(),
     })
 }

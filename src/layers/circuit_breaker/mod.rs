@@ -139,6 +139,7 @@ enum Outcome {
 #[derive(Debug)]
 struct Shared {
     cfg: BreakerConfig,
+    overrides: HashMap<Arc<str>, BreakerConfig>,
     circuits: Mutex<HashMap<Arc<str>, State>>,
     jitter: RandomState,
 }
@@ -180,13 +181,13 @@ impl Shared {
             }
             (State::Open { .. }, Outcome::Success) => *st,
             (_, Outcome::Quota) => State::Open {
-                until: now + self.cfg.quota_cooldown,
+                until: now + self.cfg_for(key).quota_cooldown,
                 level: 0,
             },
             (State::Closed { failures }, Outcome::Failure) => {
-                if failures + 1 >= self.cfg.failure_threshold {
+                if failures + 1 >= self.cfg_for(key).failure_threshold {
                     State::Open {
-                        until: now + self.cooldown(0),
+                        until: now + self.cooldown(key, 0),
                         level: 0,
                     }
                 } else {
@@ -196,7 +197,7 @@ impl Shared {
                 }
             }
             (State::HalfOpen { level }, Outcome::Failure) => State::Open {
-                until: now + self.cooldown(level + 1),
+                until: now + self.cooldown(key, level + 1),
                 level: level + 1,
             },
             (State::Open { .. }, Outcome::Failure) => *st,
@@ -210,12 +211,16 @@ impl Shared {
         *st = next;
     }
 
-    fn cooldown(&self, level: u32) -> Duration {
-        let base = self
-            .cfg
+    fn cfg_for(&self, key: &Arc<str>) -> &BreakerConfig {
+        self.overrides.get(key).unwrap_or(&self.cfg)
+    }
+
+    fn cooldown(&self, key: &Arc<str>, level: u32) -> Duration {
+        let cfg = self.cfg_for(key);
+        let base = cfg
             .base_cooldown
             .saturating_mul(1u32 << level.min(16))
-            .min(self.cfg.max_cooldown);
+            .min(cfg.max_cooldown);
         // ±10% jitter.
         let r = self.jitter.hash_one(Instant::now()) % 2001;
         let factor = 0.9 + (r as f64) / 10_000.0;
@@ -252,11 +257,37 @@ impl<K> CircuitBreakerLayer<K> {
         Self {
             shared: Arc::new(Shared {
                 cfg,
+                overrides: HashMap::new(),
                 circuits: Mutex::new(HashMap::new()),
                 jitter: RandomState::new(),
             }),
             key: Arc::new(key),
         }
+    }
+
+    /// Other settings for some circuits (an agent's own `failure_threshold` and
+    /// `cooldown_seconds`). Call before the layer is cloned or used.
+    ///
+    /// ```
+    /// use nenya::layers::{BreakerConfig, CircuitBreakerLayer};
+    /// let strict = BreakerConfig { failure_threshold: 1, ..BreakerConfig::default() };
+    /// let key = |_: &http::Request<()>| Some(std::sync::Arc::<str>::from("build:up/m"));
+    /// let layer = CircuitBreakerLayer::new(BreakerConfig::default(), key)
+    ///     .with_overrides([("build:up/m", strict)]);
+    /// # drop(layer);
+    /// ```
+    pub fn with_overrides<I, N>(mut self, overrides: I) -> Self
+    where
+        I: IntoIterator<Item = (N, BreakerConfig)>,
+        N: Into<Arc<str>>,
+    {
+        self.shared = Arc::new(Shared {
+            cfg: self.shared.cfg,
+            overrides: overrides.into_iter().map(|(k, v)| (k.into(), v)).collect(),
+            circuits: Mutex::new(HashMap::new()),
+            jitter: RandomState::new(),
+        });
+        self
     }
 
     /// Keys whose circuit is open or half-open now (for health output and tests).
