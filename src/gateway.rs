@@ -75,7 +75,9 @@ use crate::layers::{
     RequestIdLayer, ResponseCache, ResponseCacheLayer, UsageLabels, UsageLayer, UsageMeter,
 };
 use crate::model::{ApiFormat, ChatRequest, CountTokens};
-use crate::services::{FailoverPolicy, ProviderService, RouteTable, Router, Target, http_client};
+use crate::services::{
+    FailoverPolicy, LatencyTracker, ProviderService, RouteTable, Router, Target, http_client,
+};
 use crate::{Body, BoxError};
 
 /// Assembles a [`Gateway`].
@@ -101,6 +103,8 @@ pub struct GatewayBuilder {
     context_retry: bool,
     auto_context_skip: bool,
     failover: FailoverPolicy,
+    reorder_by_latency: bool,
+    latency: LatencyTracker,
     context_stats: ContextStats,
     window: Option<WindowConfig>,
     carried: Option<Carried>,
@@ -113,6 +117,7 @@ type BreakerSettings = (BreakerConfig, Vec<(Arc<str>, BreakerConfig)>);
 #[derive(Clone)]
 struct Carried {
     context_stats: ContextStats,
+    latency: LatencyTracker,
     breaker: (BreakerSettings, CircuitBreakerLayer<KeyFn>),
     limiter: (
         (RateLimitConfig, BTreeMap<String, RateLimitConfig>),
@@ -248,6 +253,12 @@ impl GatewayBuilder {
         self
     }
 
+    /// Orders each agent's chain by recent median latency (`context.auto_reorder_by_latency`).
+    pub fn reorder_by_latency(mut self, on: bool) -> Self {
+        self.reorder_by_latency = on;
+        self
+    }
+
     /// When the router moves on to a chain's next target.
     pub fn failover_policy(mut self, policy: FailoverPolicy) -> Self {
         self.failover = policy;
@@ -272,6 +283,7 @@ impl GatewayBuilder {
     pub fn carry_state_from(mut self, previous: &Gateway) -> Self {
         self.metrics = previous.metrics.clone();
         self.context_stats = previous.carried.context_stats.clone();
+        self.latency = previous.carried.latency.clone();
         self.usage = previous.usage.clone();
         self.carried = Some(previous.carried.clone());
         self
@@ -332,7 +344,8 @@ impl GatewayBuilder {
         )
         .context_retry(self.context_retry)
         .auto_context_skip(self.auto_context_skip)
-        .failover_policy(self.failover);
+        .failover_policy(self.failover)
+        .reorder_by_latency(self.reorder_by_latency.then(|| self.latency.clone()));
         // The window engine is the same routed stack: an agent name or `provider/model` picks
         // it, with its failover, breaker, limits and usage accounting.
         let window_table = table.clone();
@@ -375,6 +388,7 @@ impl GatewayBuilder {
             usage: self.usage,
             carried: Carried {
                 context_stats: self.context_stats,
+                latency: self.latency.clone(),
                 breaker: (breaker_cfg, breaker),
                 limiter: ((self.limits, self.limit_overrides), limiter),
                 cache: self.cache.zip(cache),
@@ -790,6 +804,8 @@ impl Gateway {
             context_retry: true,
             auto_context_skip: false,
             failover: FailoverPolicy::default(),
+            reorder_by_latency: false,
+            latency: LatencyTracker::default(),
             context_stats: ContextStats::default(),
             window: None,
             carried: None,
@@ -866,6 +882,7 @@ impl Gateway {
             })
             .context_retry(cfg.governance.auto_retry_on_context_limit)
             .auto_context_skip(cfg.context.auto_context_skip)
+            .reorder_by_latency(cfg.context.auto_reorder_by_latency)
             .bouncer(&cfg.bouncer)
     }
 }

@@ -339,3 +339,36 @@ async fn an_early_error_event_is_forwarded_when_failover_on_it_is_off() {
     assert!(r.text().contains("\"error\""), "{}", r.text());
     assert!(mb.received().is_empty());
 }
+
+#[tokio::test]
+async fn with_latency_ordering_the_faster_target_takes_the_traffic() {
+    // `a` answers after 150 ms, `b` at once; fallback order would always ask `a` first.
+    let (ma, a) = start_mock(faulty(Fault::Slow(150))).await;
+    let (mb, b) = start_mock(MockConfig::default()).await;
+    let (mut cfg, secrets) = chain_config(
+        &a.url("/v1/chat/completions"),
+        &b.url("/v1/chat/completions"),
+        "bearer",
+        "fallback",
+        "",
+    );
+    cfg.context = Config::from_json_str(r#"{"context": {"auto_reorder_by_latency": true}}"#)
+        .unwrap()
+        .context;
+    let gw = start_gateway(Gateway::from_config(&cfg, &secrets).unwrap().build()).await;
+    for _ in 0..12 {
+        let r = ask(&gw, false).await;
+        assert_eq!(r.status, 200);
+        assert_eq!(
+            r.headers["x-nenya-attempts"], "1",
+            "no failover, only ordering"
+        );
+    }
+    // Both are measured once (unmeasured targets go first), then `b` wins every time.
+    assert_eq!(
+        ma.received().len(),
+        1,
+        "the slow target was asked only to measure it"
+    );
+    assert_eq!(mb.received().len(), 11);
+}

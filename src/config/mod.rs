@@ -203,6 +203,9 @@ pub struct ContextConfig {
     /// Skip a target whose `max_context` is smaller than the request's prompt.
     #[serde(default)]
     pub auto_context_skip: bool,
+    /// Order each chain by recent median latency, fastest first (±5% jitter).
+    #[serde(default)]
+    pub auto_reorder_by_latency: bool,
     /// Fields not implemented yet.
     #[serde(flatten)]
     pub other: BTreeMap<String, Value>,
@@ -225,6 +228,7 @@ impl Default for ContextConfig {
             truncation_strategy: None,
             tfidf_query_source: String::new(),
             auto_context_skip: false,
+            auto_reorder_by_latency: false,
             other: BTreeMap::new(),
         }
     }

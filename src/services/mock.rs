@@ -62,6 +62,8 @@ pub enum Fault {
     ContextExceeded,
     /// Answer `200` with the stream's headers and an empty body.
     EmptyStream,
+    /// Answer normally, after this many milliseconds.
+    Slow(u64),
     /// Refuse (as [`Fault::ContextExceeded`], naming the limit) a request body of more than
     /// this many o200k tokens; answer the others.
     ContextLimit(usize),
@@ -88,9 +90,10 @@ impl FromStr for Fault {
             "context-exceeded" => Self::ContextExceeded,
             "context-limit" => Self::ContextLimit(n()?),
             "empty" => Self::EmptyStream,
+            "slow" => Self::Slow(n()? as u64),
             _ => {
                 return Err(format!(
-                    "unknown fault `{s}` (status:N, stall, stall-after:N, drop-after:N, malformed, error-event, context-exceeded, context-limit:N, empty)"
+                    "unknown fault `{s}` (status:N, stall, stall-after:N, drop-after:N, malformed, error-event, context-exceeded, context-limit:N, empty, slow:MS)"
                 ));
             }
         })
@@ -281,6 +284,7 @@ impl MockProvider {
             Some(Fault::StallBeforeHeaders) => {
                 std::future::pending::<()>().await;
             }
+            Some(Fault::Slow(ms)) => tokio::time::sleep(Duration::from_millis(ms)).await,
             _ => {}
         }
         let model = match format {

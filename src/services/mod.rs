@@ -9,5 +9,5 @@ pub mod transport;
 
 pub use mock::{Fault, MockConfig, MockProvider, Recorded};
 pub use provider::{IdleTimeoutBody, ProviderService, ProviderSpec, Target, Timeouts};
-pub use router::{FailoverPolicy, ModelInfo, RouteTable, Router};
+pub use router::{FailoverPolicy, LatencyTracker, ModelInfo, RouteTable, Router};
 pub use transport::{HttpClient, Transport, http_client};

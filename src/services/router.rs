@@ -586,6 +586,74 @@ pub struct Router<S> {
     context_retry: bool,
     auto_context_skip: bool,
     policy: Arc<FailoverPolicy>,
+    latency: Option<LatencyTracker>,
+}
+
+/// Recent response times per upstream provider+model, for latency-aware ordering (Nenya's
+/// `auto_reorder_by_latency`). Cheap to clone (shared); it survives a config reload when the
+/// gateway carries it over.
+///
+/// ```
+/// use std::time::Duration;
+/// let t = nenya::services::LatencyTracker::default();
+/// t.record("up/m".into(), Duration::from_millis(30));
+/// t.record("up/m".into(), Duration::from_millis(10));
+/// t.record("up/m".into(), Duration::from_millis(20));
+/// assert_eq!(t.median("up/m"), Some(Duration::from_millis(20)));
+/// ```
+#[derive(Debug, Clone, Default)]
+pub struct LatencyTracker {
+    inner: Arc<std::sync::Mutex<HashMap<Arc<str>, VecDeque<u32>>>>,
+}
+
+/// Samples kept per target.
+const LATENCY_WINDOW: usize = 32;
+
+impl LatencyTracker {
+    /// Adds a time to response headers for `key` (`provider/model`).
+    pub fn record(&self, key: Arc<str>, took: Duration) {
+        let micros = u32::try_from(took.as_micros()).unwrap_or(u32::MAX);
+        let mut map = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let w = map.entry(key).or_default();
+        if w.len() == LATENCY_WINDOW {
+            w.pop_front();
+        }
+        w.push_back(micros);
+    }
+
+    /// The median of the recent times of `key`, if any were recorded.
+    pub fn median(&self, key: &str) -> Option<Duration> {
+        let map = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let w = map.get(key)?;
+        let mut v: Vec<u32> = w.iter().copied().collect();
+        let mid = v.len() / 2;
+        let (_, m, _) = v.select_nth_unstable(mid);
+        Some(Duration::from_micros(u64::from(*m)))
+    }
+
+    /// Orders `targets` fastest first by median, each scaled by a random ±5% so replicas do
+    /// not all pick the same target; targets never measured go first (so they get measured).
+    fn order(&self, targets: &mut VecDeque<Target>) {
+        use std::hash::BuildHasher;
+        let seed = std::collections::hash_map::RandomState::new();
+        let map = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let mut scored: Vec<(f64, Target)> = targets
+            .drain(..)
+            .enumerate()
+            .map(|(i, t)| {
+                let median = map.get(&t.model_key).map(|w| {
+                    let mut v: Vec<u32> = w.iter().copied().collect();
+                    let mid = v.len() / 2;
+                    f64::from(*v.select_nth_unstable(mid).1)
+                });
+                let jitter = 0.95 + (seed.hash_one(i) % 1001) as f64 / 10_000.0;
+                (median.map_or(-1.0, |m| m * jitter), t)
+            })
+            .collect();
+        drop(map);
+        scored.sort_by(|a, b| a.0.total_cmp(&b.0));
+        targets.extend(scored.into_iter().map(|(_, t)| t));
+    }
 }
 
 /// When the router moves on to the next target (Nenya's `governance` names).
@@ -625,7 +693,15 @@ impl<S> Router<S> {
             context_retry: false,
             auto_context_skip: false,
             policy: Arc::default(),
+            latency: None,
         }
+    }
+
+    /// Orders each chain by the targets' recent median latency (±5% jitter), recording into
+    /// and reading from `tracker`.
+    pub fn reorder_by_latency(mut self, tracker: Option<LatencyTracker>) -> Self {
+        self.latency = tracker;
+        self
     }
 
     /// When to move on to the next target.
@@ -700,6 +776,9 @@ where
                 fits
             });
         }
+        if let Some(t) = self.latency.as_ref().filter(|_| targets.len() > 1) {
+            t.order(&mut targets);
+        }
         let Some(first) = targets.pop_front() else {
             return RouterFuture::failed(Error::new(ErrorKind::ModelNotFound, "empty chain"));
         };
@@ -718,6 +797,7 @@ where
                 attempts: 0,
                 policy: None,
                 retryable: None,
+                timing: None,
             };
         }
         // A template for the next attempts, only when there can be one.
@@ -751,6 +831,13 @@ where
                 .clone()
                 .unwrap_or_else(|| self.policy.retryable_status.clone())
         });
+        let timing = self.latency.as_ref().map(|t| {
+            Box::new(Timing {
+                tracker: t.clone(),
+                key: first.model_key.clone(),
+                started: std::time::Instant::now(),
+            })
+        });
         req.extensions_mut().insert(first);
         RouterFuture {
             state: RouterState::Calling {
@@ -760,8 +847,16 @@ where
             retry,
             attempts: 0,
             retryable,
+            timing,
         }
     }
+}
+
+/// What latency recording needs for the attempt in flight.
+struct Timing {
+    tracker: LatencyTracker,
+    key: Arc<str>,
+    started: std::time::Instant,
 }
 
 /// What a retry needs: a service of its own and the request to rebuild.
@@ -913,6 +1008,8 @@ pin_project_lite::pin_project! {
         policy: Option<Arc<FailoverPolicy>>,
         // The statuses that fail over for the target being tried.
         retryable: Option<Arc<[u16]>>,
+        // Latency recording: the tracker, the attempt's target and start.
+        timing: Option<Box<Timing>>,
     }
 }
 
@@ -938,6 +1035,7 @@ impl<S, F> RouterFuture<S, F> {
             attempts: 0,
             policy: None,
             retryable: None,
+            timing: None,
         }
     }
 }
@@ -955,6 +1053,12 @@ where
                 RouterProj::Calling { fut } => {
                     let out = std::task::ready!(fut.poll(cx));
                     *this.attempts += 1;
+                    if let Some(t) = this.timing.as_ref() {
+                        // Only answers count: a failure's latency says nothing about speed.
+                        if out.as_ref().is_ok_and(|r| r.status().is_success()) {
+                            t.tracker.record(t.key.clone(), t.started.elapsed());
+                        }
+                    }
                     let more = this.retry.as_ref().is_some_and(|r| !r.next.is_empty());
                     let can_tighten = this.retry.as_ref().is_some_and(|r| !r.tightened);
                     if more {
@@ -1129,6 +1233,10 @@ where
                             .or_else(|| this.policy.as_ref().map(|p| p.retryable_status.clone()))
                             .unwrap_or_else(|| RETRYABLE_STATUS.into()),
                     );
+                    if let Some(timing) = this.timing.as_mut() {
+                        timing.key = t.model_key.clone();
+                        timing.started = std::time::Instant::now();
+                    }
                     let req = retry.request(t);
                     // A tighter budget is for the target that refused, not the ones after it.
                     retry.extensions.remove::<ContextRetry>();
