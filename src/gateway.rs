@@ -22,6 +22,7 @@
 //! | 8¾ | [`UsageLayer`] | taps each answer (already in the client's format) for token usage per agent, provider and model |
 //! | 9 | [`CircuitBreakerLayer`] | per provider+model, next to the provider so it sees raw upstream outcomes; an open circuit fails fast and the router moves on |
 //! | 10 | [`RateLimitLayer`] | per provider RPM/TPM, inside the breaker (a refusal is not an upstream failure, and an open circuit spends no budget) |
+//! | 10¼ | [`AccountsLayer`] | a provider's several keys: least recently used per model, a throttled key cools down (its 429 still fails over) |
 //! | 10½ | [`ConcurrencyLimitLayer`] | per provider+model in-flight cap (`max_concurrent_requests`); the slot is held until the streamed body ends, so it counts real upstream concurrency |
 //! | 11 | [`ProviderService`] | encode once, send with the provider's auth, stream back |
 //!
@@ -65,8 +66,8 @@ use tower::{Layer, Service, ServiceBuilder};
 
 use crate::config::{BouncerConfig, Config, ConfigError, DEFAULT_MAX_BODY_BYTES, Secret, Secrets};
 use crate::error::{Error, ErrorKind};
-use crate::layers::SummarizeLayer;
 use crate::layers::budget::{ContextStats, RelevanceQuery, WindowConfig, WindowMode};
+use crate::layers::{AccountsLayer, SummarizeLayer};
 use crate::layers::{
     ApiKey, AuthLayer, BreakerConfig, BudgetConfig, BudgetTrimLayer, CacheConfig,
     CircuitBreakerLayer, CompactConfig, CompactLayer, ConcurrencyLimitLayer, DecodeLayer,
@@ -335,8 +336,13 @@ impl GatewayBuilder {
                     UsageLayer::new(self.usage.clone(), usage_labels as LabelFn).layer(
                         breaker.layer(
                             limiter.layer(
-                                ConcurrencyLimitLayer::new(self.concurrency_queue, concurrency_key)
+                                AccountsLayer::new(account_pool).layer(
+                                    ConcurrencyLimitLayer::new(
+                                        self.concurrency_queue,
+                                        concurrency_key,
+                                    )
                                     .layer(ProviderService::new()),
+                                ),
                             ),
                         ),
                     ),
@@ -555,6 +561,14 @@ fn register_context(metrics: &Metrics, stats: &ContextStats) {
 /// The routed target's context window.
 fn target_window(req: &Request<ChatRequest>) -> Option<u64> {
     req.extensions().get::<Target>().and_then(|t| t.max_context)
+}
+
+/// A provider's accounts, one pool per model.
+fn account_pool(
+    req: &Request<ChatRequest>,
+) -> Option<(Arc<str>, Arc<[crate::layers::accounts::Account]>)> {
+    let t = req.extensions().get::<Target>()?;
+    Some((t.model_key.clone(), t.provider.accounts.clone()?))
 }
 
 /// One slot pool per upstream provider and model, sized by the provider's cap.

@@ -248,3 +248,62 @@ async fn a_provider_can_override_the_global_rpm() {
     assert_eq!(statuses, [200, 200, 429, 429]);
     assert_eq!(mock.received().len(), 2);
 }
+
+#[tokio::test]
+async fn accounts_rotate_least_recently_used_per_model() {
+    let (mock, a) = start_mock(MockConfig::default()).await;
+    let accounts = r#", "accounts": [
+        {"id": "one", "type": "apikey", "credential": "sk-account-one-111"},
+        {"id": "two", "type": "apikey", "credential": "sk-account-two-222"}]"#;
+    let gw = limited_gateway_with(&a, None, "{}", accounts).await;
+    let (k, v) = bearer();
+    let url = gw.url("/v1/chat/completions");
+    for _ in 0..4 {
+        assert_eq!(post(&url, &[(k, &v)], chat("hi")).await.status, 200);
+    }
+    let keys: Vec<String> = mock
+        .received()
+        .iter()
+        .map(|r| r.headers["authorization"].to_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(
+        keys,
+        [
+            "Bearer sk-account-one-111",
+            "Bearer sk-account-two-222",
+            "Bearer sk-account-one-111",
+            "Bearer sk-account-two-222"
+        ],
+        "least recently used first; the provider_keys entry is not used"
+    );
+}
+
+#[tokio::test]
+async fn when_every_account_is_throttled_the_gateway_answers_429_without_calling() {
+    let (mock, a) = start_mock(MockConfig {
+        fault: Some("status:429".parse().unwrap()),
+        ..MockConfig::default()
+    })
+    .await;
+    let accounts = r#", "accounts": [
+        {"id": "one", "credential": "sk-account-one-111"},
+        {"id": "two", "credential": "sk-account-two-222"}]"#;
+    let gw = limited_gateway_with(&a, None, "{}", accounts).await;
+    let (k, v) = bearer();
+    let url = gw.url("/v1/chat/completions");
+    // Each account gets one 429 and cools down.
+    for _ in 0..2 {
+        assert_eq!(post(&url, &[(k, &v)], chat("hi")).await.status, 429);
+    }
+    assert_eq!(mock.received().len(), 2);
+    let r = post(&url, &[(k, &v)], chat("hi")).await;
+    assert_eq!(r.status, 429);
+    assert_eq!(r.json()["error"]["error_kind"], "rate_limited");
+    assert!(r.headers.contains_key("retry-after"));
+    assert!(!r.text().contains("sk-account"), "no key in the error");
+    assert_eq!(
+        mock.received().len(),
+        2,
+        "no call while every account rests"
+    );
+}

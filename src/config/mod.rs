@@ -607,6 +607,10 @@ pub struct ProviderConfig {
     /// Statuses that fail over for this provider (replaces the governance list).
     #[serde(default)]
     pub retryable_status_codes: Option<Vec<u16>>,
+    /// Several accounts: the least recently used per model is sent; a throttled one cools
+    /// down. Takes precedence over `provider_keys` / `api_key`.
+    #[serde(default)]
+    pub accounts: Vec<AccountConfig>,
     /// Capability overrides (`stream_options`, `auto_tool_choice`, `content_arrays`,
     /// `tool_calls`, `reasoning`, `vision`); unset ones keep the built-in or conservative value.
     #[serde(default)]
@@ -614,6 +618,24 @@ pub struct ProviderConfig {
     /// Fields not implemented yet.
     #[serde(flatten)]
     pub other: BTreeMap<String, Value>,
+}
+
+/// One account of a provider (`{"id", "type": "apikey", "credential"}`).
+///
+/// ```
+/// let cfg = nenya::config::Config::from_json_str(r#"{"providers":{"openai":{"accounts":[
+///   {"id":"a1","type":"apikey","credential":"sk-one"},{"id":"a2","credential":"sk-two"}]}}}"#).unwrap();
+/// assert_eq!(cfg.providers["openai"].accounts.len(), 2);
+/// ```
+#[derive(Debug, Clone, Deserialize)]
+pub struct AccountConfig {
+    /// Its name in logs.
+    pub id: String,
+    /// `apikey` (the only kind nenya sends; OAuth tokens are sent the same way).
+    #[serde(default, rename = "type")]
+    pub kind: Option<String>,
+    /// The key.
+    pub credential: Secret,
 }
 
 fn de_format<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<ApiFormat>, D::Error> {

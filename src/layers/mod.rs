@@ -19,11 +19,13 @@
 //! | [`PruneLayer`] | `Request<ChatRequest>` | drops old thinking and summarises stale tool results in history (never the current tool loop) |
 //! | [`ResponseCacheLayer`] | `Request<ChatRequest>` → `Response<Body>` | exact-match cache of complete answers (deterministic requests), replayed frame for frame |
 //! | [`CircuitBreakerLayer`] | any `Request<B>` → `Response<R>` | per-target circuit: fail fast while an upstream keeps failing, probe, close |
+//! | [`AccountsLayer`] | any `Request<B>` → `Response<R>` | several keys per provider: least recently used per model, throttled accounts cool down |
 //! | [`ConcurrencyLimitLayer`] | any `Request<B>` → `Response<Body>` | in-flight cap per key (provider+model); a slot is held until the streamed body ends; excess requests queue, then `rate_limited` |
 //! | [`RateLimitLayer`] | `Request<ChatRequest>` | RPM / TPM per upstream (governor); over the limit → `rate_limited` + `Retry-After` |
 //! | [`UsageLayer`] | `Request<ChatRequest>` → `Response<Body>` | token usage per agent/provider/model from answers as they stream by (estimated when unreported) |
 //! | [`ScrubLayer`] | `Request<ChatRequest>` | any [`TextScrubber`] of your own, with the same fail-open handling |
 
+pub mod accounts;
 pub mod auth;
 pub mod budget;
 pub mod cache;
@@ -43,6 +45,7 @@ pub mod request_id;
 pub mod scrub;
 pub mod usage;
 
+pub use accounts::{Accounts, AccountsLayer};
 pub use auth::{ApiKey, Auth, AuthLayer, Principal, Role};
 pub use budget::{BudgetConfig, BudgetTrim, BudgetTrimLayer, SummarizeLayer, TrimReport};
 pub use cache::{CacheConfig, ResponseCache, ResponseCacheLayer, ResponseCacheService};

@@ -78,6 +78,9 @@ pub struct ProviderSpec {
     pub max_concurrent: Option<usize>,
     /// Statuses that fail over for this provider (`None`: the router's list).
     pub retryable_status: Option<Arc<[u16]>>,
+    /// Several accounts (`accounts`), used in place of `key` by the
+    /// [`AccountsLayer`](crate::layers::AccountsLayer).
+    pub accounts: Option<Arc<[crate::layers::accounts::Account]>>,
 }
 
 impl ProviderSpec {
@@ -95,6 +98,7 @@ impl ProviderSpec {
             quirks: Quirks::NONE,
             max_concurrent: None,
             retryable_status: None,
+            accounts: None,
         }
     }
 
@@ -291,7 +295,11 @@ fn build_upstream_request(
     for (k, v) in target.provider.quirks.extra_headers {
         h.insert(HeaderName::from_static(k), HeaderValue::from_static(v));
     }
-    apply_auth(h, &target.provider, target.format)?;
+    let account = parts
+        .extensions
+        .get::<crate::layers::accounts::Credential>()
+        .map(|c| &c.key);
+    apply_auth(h, &target.provider, target.format, account)?;
     let ctx = Ctx {
         idle: target.provider.timeouts.idle,
         client: client_format,
@@ -334,14 +342,19 @@ fn gemini_url(base: &Uri, model: &str, stream: bool) -> Result<Uri, Error> {
     })
 }
 
-fn apply_auth(h: &mut HeaderMap, p: &ProviderSpec, format: ApiFormat) -> Result<(), Error> {
+fn apply_auth(
+    h: &mut HeaderMap,
+    p: &ProviderSpec,
+    format: ApiFormat,
+    account: Option<&Secret>,
+) -> Result<(), Error> {
     if p.auth == AuthStyle::Anthropic && !h.contains_key("anthropic-version") {
         h.insert(
             "anthropic-version",
             HeaderValue::from_static(DEFAULT_VERSION),
         );
     }
-    let Some(key) = &p.key else {
+    let Some(key) = account.or(p.key.as_ref()) else {
         return Ok(());
     };
     let bad = || {

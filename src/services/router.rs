@@ -264,6 +264,16 @@ impl RouteTable {
             }
             spec.quirks = builtin.map_or(Quirks::NONE, |b| b.quirks);
             spec.user_agent = user_agent.clone();
+            if !pc.accounts.is_empty() {
+                let accounts: Vec<crate::layers::accounts::Account> = pc
+                    .accounts
+                    .iter()
+                    .map(|a| {
+                        crate::layers::accounts::Account::new(a.id.as_str(), a.credential.clone())
+                    })
+                    .collect();
+                spec.accounts = Some(accounts.into());
+            }
             spec.retryable_status = pc.retryable_status_codes.as_deref().map(Arc::<[u16]>::from);
             spec.max_concurrent = pc
                 .max_concurrent_requests
@@ -410,7 +420,7 @@ impl RouteTable {
         }
         let provider = known_model(model)
             .and_then(|k| self.providers.get(k.provider))
-            .filter(|p| p.key.is_some() || p.auth == AuthStyle::None)
+            .filter(|p| p.key.is_some() || p.accounts.is_some() || p.auth == AuthStyle::None)
             .or(self.catch_all.as_ref());
         match provider {
             Some(p) => Ok(vec![target(
@@ -464,10 +474,9 @@ impl RouteTable {
             })
             .collect();
         for k in KNOWN_MODELS {
-            let usable = self
-                .providers
-                .get(k.provider)
-                .is_some_and(|p| p.key.is_some() || p.auth == AuthStyle::None);
+            let usable = self.providers.get(k.provider).is_some_and(|p| {
+                p.key.is_some() || p.accounts.is_some() || p.auth == AuthStyle::None
+            });
             if usable && !self.agents.contains_key(k.id) {
                 out.push(ModelInfo {
                     id: k.id.to_owned(),
