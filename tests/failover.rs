@@ -372,3 +372,39 @@ async fn with_latency_ordering_the_faster_target_takes_the_traffic() {
     );
     assert_eq!(mb.received().len(), 11);
 }
+
+#[tokio::test]
+async fn a_stream_past_the_total_timeout_ends_with_a_clean_error_event() {
+    // 8 events 300 ms apart: lively (no idle timeout) but 2.4 s in all; the limit is 1 s.
+    let (_ma, a) = start_mock(MockConfig {
+        delay: std::time::Duration::from_millis(300),
+        ..MockConfig::default()
+    })
+    .await;
+    let (mb, b) = start_mock(MockConfig::default()).await;
+    let gw = chain_with(&a, &b, "{}", r#", "upstream_timeout_seconds": 1"#).await;
+    let started = std::time::Instant::now();
+    let r = ask(&gw, true).await;
+    let took = started.elapsed();
+    assert_eq!(r.status, 200);
+    let events = sse_events(&r.text());
+    assert!(
+        events.iter().any(|(_, d)| d.contains("word0")),
+        "the partial answer arrived"
+    );
+    let last_error = events
+        .iter()
+        .rev()
+        .find(|(_, d)| d.contains("\"error\""))
+        .unwrap();
+    assert!(
+        last_error.1.contains("upstream_timeout"),
+        "{}",
+        last_error.1
+    );
+    assert!(took < std::time::Duration::from_millis(2_000), "{took:?}");
+    assert!(
+        mb.received().is_empty(),
+        "no failover once content has started"
+    );
+}

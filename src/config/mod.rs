@@ -451,6 +451,8 @@ impl Default for GovernanceConfig {
             ratelimit_max_tpm: 0,
             auto_retry_on_context_limit: true,
             retryable_status_codes: None,
+            upstream_timeout_seconds: None,
+            stream_idle_timeout_seconds: None,
             early_stream_error_failover: true,
             empty_stream_as_error: true,
             max_concurrent_requests: 0,
@@ -497,6 +499,13 @@ pub struct GovernanceConfig {
     /// A `200` stream without any event fails over (default true).
     #[serde(default = "yes")]
     pub empty_stream_as_error: bool,
+    /// Longest whole upstream exchange, headers to the end of the stream (0 or absent:
+    /// unbounded; Nenya defaults to 300 s, which cuts long reasoning streams).
+    #[serde(default)]
+    pub upstream_timeout_seconds: Option<u64>,
+    /// Longest silence in an upstream stream (default 300; providers may override).
+    #[serde(default)]
+    pub stream_idle_timeout_seconds: Option<u64>,
     /// In-flight requests per provider and model (0: no cap); excess requests queue.
     #[serde(default)]
     pub max_concurrent_requests: usize,
@@ -607,6 +616,10 @@ pub struct ProviderConfig {
     /// Statuses that fail over for this provider (replaces the governance list).
     #[serde(default)]
     pub retryable_status_codes: Option<Vec<u16>>,
+    /// Longest whole exchange with this provider, headers to the end of the stream
+    /// (overrides `governance.upstream_timeout_seconds`; 0: unbounded).
+    #[serde(default)]
+    pub upstream_timeout_seconds: Option<u64>,
     /// Several accounts: the least recently used per model is sent; a throttled one cools
     /// down. Takes precedence over `provider_keys` / `api_key`.
     #[serde(default)]

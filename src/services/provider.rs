@@ -34,6 +34,9 @@ pub struct Timeouts {
     pub first_byte: Duration,
     /// Longest silence allowed between body frames.
     pub idle: Duration,
+    /// Longest whole exchange, headers to the end of the body (`None`: unbounded; a long
+    /// reasoning stream can run for many minutes).
+    pub total: Option<Duration>,
 }
 
 impl Default for Timeouts {
@@ -41,6 +44,7 @@ impl Default for Timeouts {
         Self {
             first_byte: Duration::from_secs(300),
             idle: Duration::from_secs(300),
+            total: None,
         }
     }
 }
@@ -202,7 +206,15 @@ impl Service<Request<ChatRequest>> for ProviderService {
             Ok((target, upstream, ctx)) => ResponseFuture {
                 state: State::Waiting {
                     fut: target.provider.transport.send(upstream),
-                    deadline: tokio::time::sleep(target.provider.timeouts.first_byte),
+                    deadline: tokio::time::sleep(
+                        target
+                            .provider
+                            .timeouts
+                            .total
+                            .map_or(target.provider.timeouts.first_byte, |t| {
+                                t.min(target.provider.timeouts.first_byte)
+                            }),
+                    ),
                     ctx,
                 },
             },
@@ -217,6 +229,8 @@ impl Service<Request<ChatRequest>> for ProviderService {
 #[derive(Debug, Clone, Copy)]
 struct Ctx {
     idle: Duration,
+    /// When the whole exchange must be over.
+    deadline: Option<Instant>,
     client: ApiFormat,
     upstream: ApiFormat,
     stream: bool,
@@ -302,6 +316,7 @@ fn build_upstream_request(
     apply_auth(h, &target.provider, target.format, account)?;
     let ctx = Ctx {
         idle: target.provider.timeouts.idle,
+        deadline: target.provider.timeouts.total.map(|t| Instant::now() + t),
         client: client_format,
         upstream: target.format,
         stream,
@@ -533,10 +548,11 @@ fn respond(resp: Response<Body>, ctx: Ctx) -> Respond {
         }
         let sse_format =
             (is_sse || (ctx.stream && parts.status.is_success())).then_some(ctx.client);
-        let body = Body::new(IdleTimeoutBody::new(body, ctx.idle, sse_format));
+        let body =
+            Body::new(IdleTimeoutBody::new(body, ctx.idle, sse_format).with_deadline(ctx.deadline));
         return Respond::Done(Response::from_parts(parts, body));
     }
-    let body = IdleTimeoutBody::new(body, ctx.idle, None);
+    let body = IdleTimeoutBody::new(body, ctx.idle, None).with_deadline(ctx.deadline);
     if is_sse && parts.status.is_success() {
         parts.headers.remove(header::CONTENT_LENGTH);
         let conv = StreamConverter::new(ctx.upstream, ctx.client, ctx.include_usage);
@@ -567,6 +583,8 @@ pin_project! {
         #[pin]
         sleep: Sleep,
         idle: Duration,
+        // Boxed: only bodies with a total limit pay for a second timer.
+        total: Option<Pin<Box<Sleep>>>,
         sse_format: Option<ApiFormat>,
         done: bool,
     }
@@ -579,9 +597,16 @@ impl<B> IdleTimeoutBody<B> {
             inner,
             sleep: tokio::time::sleep(idle),
             idle,
+            total: None,
             sse_format,
             done: false,
         }
+    }
+
+    /// Also ends the body (with a timeout error) at `deadline`, however lively it is.
+    pub fn with_deadline(mut self, deadline: Option<Instant>) -> Self {
+        self.total = deadline.map(|d| Box::pin(tokio::time::sleep_until(d)));
+        self
     }
 }
 
@@ -634,6 +659,15 @@ where
                 Poll::Ready(None)
             }
             Poll::Pending => {
+                if let Some(total) = this.total.as_mut() {
+                    if total.as_mut().poll(cx).is_ready() {
+                        return fail(
+                            &mut this,
+                            ErrorKind::UpstreamTimeout,
+                            "the upstream answer ran past the total timeout",
+                        );
+                    }
+                }
                 ready!(this.sleep.as_mut().poll(cx));
                 fail(
                     &mut this,

@@ -236,9 +236,18 @@ impl RouteTable {
             if let Some(s) = pc.response_header_timeout_seconds.or(pc.timeout_seconds) {
                 t.first_byte = secs(s.max(1));
             }
-            if let Some(s) = pc.stream_idle_timeout_seconds.filter(|s| *s > 0) {
+            if let Some(s) = pc
+                .stream_idle_timeout_seconds
+                .or(cfg.governance.stream_idle_timeout_seconds)
+                .filter(|s| *s > 0)
+            {
                 t.idle = secs(s);
             }
+            t.total = pc
+                .upstream_timeout_seconds
+                .or(cfg.governance.upstream_timeout_seconds)
+                .filter(|s| *s > 0)
+                .map(secs);
             spec = spec.with_timeouts(t);
             // Known providers keep their capabilities even at a custom URL; unknown ones are
             // treated as conservative OpenAI-compatible upstreams.
