@@ -83,6 +83,60 @@ fn bench(c: &mut Criterion) {
         )
     });
 
+    // The same with the two per-target layers added since: a concurrency cap (never reached)
+    // and two accounts rotating.
+    let accounts: Arc<[nenya::layers::accounts::Account]> = vec![
+        nenya::layers::accounts::Account::new("one", nenya::config::Secret::new("k1")),
+        nenya::layers::accounts::Account::new("two", nenya::config::Secret::new("k2")),
+    ]
+    .into();
+    let cfg2 = Config::from_json_str(
+        r#"{"providers": {"a": {"url": "http://127.0.0.1:9/v1/chat/completions"},
+                          "b": {"url": "http://127.0.0.1:9/v1/chat/completions"}},
+            "agents": {"coder": {"models": [{"provider": "a", "model": "m1"}, {"provider": "b", "model": "m2"}]}}}"#,
+    )
+    .unwrap();
+    let table2 =
+        RouteTable::from_config(&cfg2, &secrets, &http_client(Duration::from_secs(1))).unwrap();
+    let full = Router::new(
+        Arc::new(table2),
+        CircuitBreakerLayer::new(BreakerConfig::default(), key).layer(
+            RateLimitLayer::new(limits, provider_key).layer(
+                nenya::layers::AccountsLayer::new(move |r: &http::Request<ChatRequest>| {
+                    let t = r.extensions().get::<Target>()?;
+                    Some((t.model_key.clone(), accounts.clone()))
+                })
+                .layer(
+                    nenya::layers::ConcurrencyLimitLayer::new(
+                        Duration::from_secs(1),
+                        |r: &http::Request<ChatRequest>| {
+                            let t = r.extensions().get::<Target>()?;
+                            Some((t.model_key.clone(), 1_000))
+                        },
+                    )
+                    .layer(provider),
+                ),
+            ),
+        ),
+    );
+    c.bench_function(
+        "router+breaker+limiter+accounts+concurrency/healthy_two_target_chain",
+        |b| {
+            b.iter_batched(
+                || http::Request::new(template.clone()),
+                |req| {
+                    rt.block_on(async {
+                        let mut s = full.clone();
+                        let resp = s.ready().await.unwrap().call(req).await.unwrap();
+                        // Dropped here: its concurrency slot is given back.
+                        black_box(resp.status())
+                    })
+                },
+                BatchSize::SmallInput,
+            )
+        },
+    );
+
     // The usage tap on a 20-event OpenAI stream with a usage chunk, against the bare stream.
     let mut events = String::new();
     for i in 0..20 {

@@ -824,8 +824,9 @@ where
                 >= first.max_context.map_or(CONTEXT_RETRY_MIN_TOKENS, |w| {
                     (w / 2).min(CONTEXT_RETRY_MIN_TOKENS)
                 });
-        if !targets.is_empty() || tighten {
-            // Message counts are shared by every attempt's budget layer.
+        if tighten || (!targets.is_empty() && estimate >= CONTEXT_RETRY_MIN_TOKENS) {
+            // Message counts are shared by every attempt's budget layer (a small request is
+            // never tokenised: its byte length proves it fits).
             req.extensions_mut().insert(TokenCache::default());
         }
         let retry = (!targets.is_empty() || tighten).then(|| {
