@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh checkout. Installs what the tests need when it is missing
-# (a Python venv with the official OpenAI/Anthropic SDKs, cargo-deny), then runs the format
+# (a Python venv with the official OpenAI/Anthropic SDKs, cargo-deny, Debian's
+# systemd-socket-activate and Prometheus' promtool), then runs the format
 # check, clippy, every test (unit, property, black-box, examples, SDK, doc tests), the docs
 # build and cargo-deny. `.ci/run` calls exactly this.
 set -euo pipefail
@@ -14,6 +15,26 @@ if ! .venv/bin/python -c "import openai, anthropic" 2>/dev/null; then
   .venv/bin/pip install --quiet --disable-pip-version-check -r tests/sdk/requirements.txt
 fi
 export NENYA_SDK_PYTHON="$PWD/.venv/bin/python"
+
+step "systemd-socket-activate (socket-activation test) and promtool (metrics format test)"
+apt_ready=""
+apt_update() { [ -n "$apt_ready" ] || { apt-get update -qq && apt_ready=1; }; }
+if ! command -v systemd-socket-activate >/dev/null 2>&1; then
+  apt_update && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq systemd >/dev/null
+fi
+# promtool comes in Debian's prometheus package; only the one binary is unpacked (installing
+# the package would also set up a Prometheus server).
+if ! command -v promtool >/dev/null 2>&1 && [ ! -x .tools/promtool ]; then
+  apt_update
+  rm -rf .tools/deb && mkdir -p .tools/deb
+  (cd .tools/deb && apt-get download -qq prometheus)
+  dpkg-deb -x .tools/deb/prometheus_*.deb .tools/deb/x
+  cp .tools/deb/x/usr/bin/promtool .tools/promtool
+  rm -rf .tools/deb
+fi
+if [ -x .tools/promtool ]; then export PATH="$PWD/.tools:$PATH"; fi
+promtool --version | head -1
+export NENYA_REQUIRE_PROMTOOL=1
 
 step "cargo-deny"
 if ! command -v cargo-deny >/dev/null 2>&1; then

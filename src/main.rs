@@ -164,14 +164,37 @@ fn config_path(flag: Option<PathBuf>) -> Option<PathBuf> {
         })
 }
 
+/// Where secrets come from, in Nenya's order: systemd credentials (`$CREDENTIALS_DIRECTORY/
+/// secrets`, then `secrets.d/`), then `NENYA_SECRETS_DIR` (a directory or one file), then
+/// `/run/secrets/nenya`.
+fn secrets_path() -> Option<PathBuf> {
+    let env = |k: &str| {
+        std::env::var_os(k)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    };
+    if let Some(creds) = env("CREDENTIALS_DIRECTORY") {
+        for name in ["secrets", "secrets.d"] {
+            let p = creds.join(name);
+            if p.exists() {
+                return Some(p);
+            }
+        }
+    }
+    env("NENYA_SECRETS_DIR").or_else(|| {
+        let d = PathBuf::from("/run/secrets/nenya");
+        d.is_dir().then_some(d)
+    })
+}
+
 /// Reads config and secrets and assembles a gateway builder (the same for start-up and reload).
 fn load(path: Option<&std::path::Path>) -> Result<(Config, Secrets, GatewayBuilder), String> {
     let cfg = match path {
         Some(p) => Config::load(p).map_err(|e| e.to_string())?,
         None => Config::default(),
     };
-    let secrets = match std::env::var_os("NENYA_SECRETS_DIR").filter(|v| !v.is_empty()) {
-        Some(d) => Secrets::load_dir(std::path::Path::new(&d)).map_err(|e| e.to_string())?,
+    let secrets = match secrets_path() {
+        Some(d) => Secrets::load_dir(&d).map_err(|e| e.to_string())?,
         None => Secrets::default(),
     };
     let mock_mode = path.is_none() && secrets.provider_keys.is_empty();
@@ -212,10 +235,16 @@ async fn run_serve(args: ServeArgs, log: LogFormat) -> Result<(), String> {
     tokio::task::spawn_blocking(nenya::tokens::warm_up);
 
     let shutdown = nenya::server::shutdown_signal();
-    let addr = listen_addr(args.listen.as_deref(), cfg.server.listen_addr.as_deref())?;
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+    let listener = match inherited_listener()? {
+        // systemd socket activation (nenya.socket): serve on the socket systemd bound.
+        Some(l) => l,
+        None => {
+            let addr = listen_addr(args.listen.as_deref(), cfg.server.listen_addr.as_deref())?;
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|e| format!("cannot listen on {addr}: {e}"))?
+        }
+    };
     let local = listener.local_addr().map_err(|e| e.to_string())?;
     tracing::info!(%local, "nenya listening on {local}");
     nenya::server::serve(listener, gateway, shutdown, GRACE)
@@ -223,6 +252,24 @@ async fn run_serve(args: ServeArgs, log: LogFormat) -> Result<(), String> {
         .map_err(|e| e.to_string())?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The first socket passed by systemd (`LISTEN_FDS`, for this process's `LISTEN_PID`), if any.
+fn inherited_listener() -> Result<Option<tokio::net::TcpListener>, String> {
+    let mut fds = listenfd::ListenFd::from_env();
+    if fds.len() == 0 {
+        return Ok(None);
+    }
+    let std = fds
+        .take_tcp_listener(0)
+        .map_err(|e| format!("the inherited socket is not a TCP listener: {e}"))?;
+    let Some(std) = std else {
+        return Ok(None);
+    };
+    std.set_nonblocking(true).map_err(|e| e.to_string())?;
+    let l = tokio::net::TcpListener::from_std(std).map_err(|e| e.to_string())?;
+    tracing::info!("serving on the socket passed by the service manager (socket activation)");
+    Ok(Some(l))
 }
 
 /// On `SIGHUP`: re-read config and secrets, validate, and swap the gateway in; circuit and

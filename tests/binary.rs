@@ -235,3 +235,140 @@ async fn sighup_reloads_the_config_and_a_broken_one_keeps_the_old() {
     assert_eq!(ask("build", false).await.status, 200);
     assert_eq!(mb.received().len(), 2);
 }
+
+/// systemd credentials: `LoadCredential=secrets:…` puts one JSON file at
+/// `$CREDENTIALS_DIRECTORY/secrets`; it wins over `NENYA_SECRETS_DIR`.
+#[tokio::test]
+async fn secrets_come_from_the_systemd_credentials_directory() {
+    let dir = temp_dir("bin-creds");
+    std::fs::write(
+        dir.join("secrets"),
+        json!({"client_token": CLIENT_TOKEN}).to_string(),
+    )
+    .unwrap();
+    let other = temp_dir("bin-creds-other");
+    std::fs::write(
+        other.join("a.json"),
+        json!({"client_token": "not-this-one-0123456789"}).to_string(),
+    )
+    .unwrap();
+    let bin = spawn_nenya(
+        &["--listen", "127.0.0.1:0"],
+        &[
+            ("CREDENTIALS_DIRECTORY", dir.to_str().unwrap()),
+            ("NENYA_SECRETS_DIR", other.to_str().unwrap()),
+        ],
+    );
+    let body = json!({"model": "m", "messages": [{"role": "user", "content": "hi"}]}).to_string();
+    let r = post(&bin.url("/v1/chat/completions"), &[], body.clone()).await;
+    assert_eq!(r.status, 401, "the credential's token is required");
+    let (k, v) = bearer();
+    let r = post(&bin.url("/v1/chat/completions"), &[(k, &v)], body).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+}
+
+/// Socket activation: `systemd-socket-activate` binds the port and starts nenya on the first
+/// connection with the socket as `LISTEN_FDS`; nenya serves on it without binding its own.
+#[test]
+fn serves_on_a_socket_passed_by_the_service_manager() {
+    let tool = which("systemd-socket-activate").expect(
+        "systemd-socket-activate is needed (Debian's systemd package; scripts/test.sh installs it)",
+    );
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let child = std::process::Command::new(tool)
+        .args([
+            "-l",
+            &format!("127.0.0.1:{port}"),
+            env!("CARGO_BIN_EXE_nenya"),
+        ])
+        .env_remove("NENYA_CONFIG_FILE")
+        .env_remove("NENYA_CONFIG_DIR")
+        .env_remove("NENYA_SECRETS_DIR")
+        .env_remove("PORT")
+        .env("RUST_LOG", "info")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut activated = Activated {
+        child,
+        log: Default::default(),
+    };
+    activated.collect_logs();
+    let url = format!("http://127.0.0.1:{port}/healthz");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    // The first connection is what starts nenya: it waits in the socket's backlog meanwhile.
+    let reply = rt.block_on(async {
+        tokio::time::timeout(
+            Duration::from_secs(20),
+            send(http::Request::get(&url).body(nenya::Body::empty()).unwrap()),
+        )
+        .await
+    });
+    let reply = reply.unwrap_or_else(|_| panic!("no answer; log:\n{}", activated.log()));
+    assert_eq!(reply.status, 200);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !activated.log().contains("socket activation") && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        activated.log().contains("socket activation"),
+        "{}",
+        activated.log()
+    );
+    assert!(
+        !activated.log().contains("cannot listen"),
+        "{}",
+        activated.log()
+    );
+}
+
+/// A process under the activator, killed on drop, its output collected.
+struct Activated {
+    child: std::process::Child,
+    log: std::sync::Arc<std::sync::Mutex<String>>,
+}
+
+impl Activated {
+    fn collect_logs(&mut self) {
+        use std::io::{BufRead, BufReader};
+        let out = self.child.stdout.take().unwrap();
+        let err = self.child.stderr.take().unwrap();
+        for stream in [
+            Box::new(out) as Box<dyn std::io::Read + Send>,
+            Box::new(err),
+        ] {
+            let log = self.log.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                    log.lock().unwrap().push_str(&(line + "\n"));
+                }
+            });
+        }
+    }
+
+    fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+}
+
+impl Drop for Activated {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn which(name: &str) -> Option<std::path::PathBuf> {
+    std::env::var_os("PATH")
+        .into_iter()
+        .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+}

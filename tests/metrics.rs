@@ -138,7 +138,14 @@ async fn metrics_match_a_scripted_mix_of_requests() {
         "never the secret itself"
     );
 
-    if let Ok(out) = std::process::Command::new("promtool")
+    // scripts/test.sh unpacks promtool into .tools/ and sets NENYA_REQUIRE_PROMTOOL.
+    let local = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(".tools/promtool");
+    let promtool = if local.is_file() {
+        local
+    } else {
+        std::path::PathBuf::from("promtool")
+    };
+    if let Ok(out) = std::process::Command::new(&promtool)
         .args(["check", "metrics"])
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
@@ -156,6 +163,10 @@ async fn metrics_match_a_scripted_mix_of_requests() {
             String::from_utf8_lossy(&out.stderr)
         );
     } else {
+        assert!(
+            std::env::var_os("NENYA_REQUIRE_PROMTOOL").is_none(),
+            "promtool is required here but was not found"
+        );
         println!("promtool not installed: format checked by this test's own parser only");
     }
 }

@@ -156,20 +156,27 @@ impl Secrets {
         parse(None, v)
     }
 
-    /// Loads and merges every `*.json` file of `dir` in name order.
+    /// Loads and merges every `*.json` file of `dir` in name order (or reads `dir` itself when
+    /// it is a file).
     pub fn load_dir(dir: &Path) -> Result<Self, ConfigError> {
-        let rd = std::fs::read_dir(dir).map_err(|e| {
-            ConfigError::new(
-                Some(dir),
-                None,
-                format!("cannot read secrets directory: {e}"),
-            )
-        })?;
-        let mut files: Vec<_> = rd
-            .filter_map(Result::ok)
-            .map(|e| e.path())
-            .filter(|p| p.extension().is_some_and(|x| x == "json"))
-            .collect();
+        // One file (a systemd credential, or `NENYA_SECRETS_DIR` naming a file) is read as is.
+        let mut files: Vec<_> = if dir.is_file() {
+            vec![dir.to_path_buf()]
+        } else {
+            let rd = std::fs::read_dir(dir).map_err(|e| {
+                ConfigError::new(
+                    Some(dir),
+                    None,
+                    format!("cannot read secrets directory: {e}"),
+                )
+            })?;
+            rd.filter_map(Result::ok)
+                .map(|e| e.path())
+                .filter(|p| p.extension().is_some_and(|x| x == "json"))
+                // A config.json in a secrets directory is configuration, not secrets.
+                .filter(|p| p.file_name().is_none_or(|n| n != "config.json"))
+                .collect()
+        };
         files.sort();
         let mut merged = Value::Object(Default::default());
         for f in &files {

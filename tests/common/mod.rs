@@ -282,6 +282,7 @@ pub fn spawn_nenya(args: &[&str], envs: &[(&str, &str)]) -> Binary {
         .env_remove("NENYA_CONFIG_FILE")
         .env_remove("NENYA_CONFIG_DIR")
         .env_remove("NENYA_SECRETS_DIR")
+        .env_remove("CREDENTIALS_DIRECTORY")
         .env_remove("PORT")
         .env_remove("HOST")
         .env("RUST_LOG", "info")
