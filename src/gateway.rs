@@ -81,6 +81,48 @@ use crate::services::{
 };
 use crate::{Body, BoxError};
 
+/// Lets `POST /admin/reload` ask whoever owns the configuration (the binary's reloader) to
+/// reload it, and wait for the verdict. The trigger holds no reference to any gateway.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// let (trigger, mut requests) = nenya::ReloadTrigger::channel();
+/// tokio::spawn(async move {
+///     while let Some(reply) = requests.recv().await {
+///         let _ = reply.send(Ok(())); // reload here
+///     }
+/// });
+/// assert_eq!(trigger.reload().await, Ok(()));
+/// # }
+/// ```
+#[derive(Debug, Clone)]
+pub struct ReloadTrigger {
+    tx: tokio::sync::mpsc::Sender<ReloadReply>,
+}
+
+/// Where a reload's verdict goes (`Err`: why the configuration was rejected).
+pub type ReloadReply = tokio::sync::oneshot::Sender<Result<(), String>>;
+
+impl ReloadTrigger {
+    /// A trigger and the receiving end the reloader serves.
+    pub fn channel() -> (Self, tokio::sync::mpsc::Receiver<ReloadReply>) {
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        (Self { tx }, rx)
+    }
+
+    /// Asks for a reload and waits for the verdict.
+    pub async fn reload(&self) -> Result<(), String> {
+        let (reply, verdict) = tokio::sync::oneshot::channel();
+        self.tx
+            .send(reply)
+            .await
+            .map_err(|_| "no reloader is running".to_owned())?;
+        verdict
+            .await
+            .map_err(|_| "the reloader stopped before answering".to_owned())?
+    }
+}
+
 /// Assembles a [`Gateway`].
 #[derive(Debug, Clone)]
 pub struct GatewayBuilder {
@@ -108,6 +150,8 @@ pub struct GatewayBuilder {
     latency: LatencyTracker,
     context_stats: ContextStats,
     window: Option<WindowConfig>,
+    reload: Option<ReloadTrigger>,
+    generation: u64,
     carried: Option<Carried>,
 }
 
@@ -117,6 +161,7 @@ type BreakerSettings = (BreakerConfig, Vec<(Arc<str>, BreakerConfig)>);
 /// What a reloaded gateway keeps from the one it replaces.
 #[derive(Clone)]
 struct Carried {
+    generation: u64,
     context_stats: ContextStats,
     latency: LatencyTracker,
     breaker: (BreakerSettings, CircuitBreakerLayer<KeyFn>),
@@ -266,6 +311,12 @@ impl GatewayBuilder {
         self
     }
 
+    /// Serves `POST /admin/reload` (admin keys only) through `trigger`.
+    pub fn reload_trigger(mut self, trigger: Option<ReloadTrigger>) -> Self {
+        self.reload = trigger;
+        self
+    }
+
     /// Summarises older turns near the window (`window` section; default off).
     pub fn window(mut self, window: Option<WindowConfig>) -> Self {
         self.window = window;
@@ -284,6 +335,7 @@ impl GatewayBuilder {
     pub fn carry_state_from(mut self, previous: &Gateway) -> Self {
         self.metrics = previous.metrics.clone();
         self.context_stats = previous.carried.context_stats.clone();
+        self.generation = previous.carried.generation + 1;
         self.latency = previous.carried.latency.clone();
         self.usage = previous.usage.clone();
         self.carried = Some(previous.carried.clone());
@@ -316,7 +368,13 @@ impl GatewayBuilder {
         if let Some(c) = &cache {
             register_cache(&self.metrics, c);
         }
-        let statsz = statsz(&self.metrics, &self.usage, self.redactor.clone(), &breaker);
+        let statsz = statsz(
+            &self.metrics,
+            &self.usage,
+            self.redactor.clone(),
+            &breaker,
+            self.generation,
+        );
         register_usage(&self.metrics, &self.usage);
         register_context(&self.metrics, &self.context_stats);
         let (pruned, compacted) = (Arc::<AtomicU64>::default(), Arc::<AtomicU64>::default());
@@ -387,12 +445,14 @@ impl GatewayBuilder {
                 table,
                 metrics: self.metrics.clone(),
                 statsz,
+                reload: self.reload,
             });
         Gateway {
             svc: BoxCloneSyncService::new(svc),
             metrics: self.metrics,
             usage: self.usage,
             carried: Carried {
+                generation: self.generation,
                 context_stats: self.context_stats,
                 latency: self.latency.clone(),
                 breaker: (breaker_cfg, breaker),
@@ -590,6 +650,7 @@ fn statsz(
     usage: &UsageMeter,
     redactor: Option<Redactor>,
     breaker: &CircuitBreakerLayer<KeyFn>,
+    generation: u64,
 ) -> Arc<dyn Fn() -> String + Send + Sync> {
     let started = std::time::Instant::now();
     let (metrics, usage, breaker) = (metrics.clone(), usage.clone(), breaker.clone());
@@ -621,6 +682,7 @@ fn statsz(
         open.sort();
         serde_json::json!({
             "status": "ok",
+            "config_generation": generation,
             "uptime_seconds": started.elapsed().as_secs(),
             "requests": m.requests,
             "errors": m.errors,
@@ -822,6 +884,8 @@ impl Gateway {
             latency: LatencyTracker::default(),
             context_stats: ContextStats::default(),
             window: None,
+            reload: None,
+            generation: 1,
             carried: None,
         }
     }
@@ -928,6 +992,7 @@ struct Dispatch<C> {
     table: Arc<RouteTable>,
     metrics: Metrics,
     statsz: Arc<dyn Fn() -> String + Send + Sync>,
+    reload: Option<ReloadTrigger>,
 }
 
 impl<C: std::fmt::Debug> std::fmt::Debug for Dispatch<C> {
@@ -980,6 +1045,42 @@ where
                 HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
             );
             return ready(Ok(r));
+        }
+        if path == "/admin/reload" {
+            // The auth layer lets only admin keys reach `/admin`.
+            if req.method() != Method::POST {
+                return ready(Err(Error::new(
+                    ErrorKind::MethodNotAllowed,
+                    "/admin/reload only accepts POST",
+                )));
+            }
+            let Some(trigger) = self.reload.clone() else {
+                return ready(Err(Error::new(
+                    ErrorKind::NotFound,
+                    "this gateway was not started with a reloadable configuration",
+                )));
+            };
+            return DispatchFuture::Reload {
+                fut: Box::pin(async move {
+                    match trigger.reload().await {
+                        Ok(()) => Ok(json_ok(r#"{"reloaded":true}"#)),
+                        Err(e) => {
+                            let mut r = Response::new(Body::from(
+                                serde_json::json!({"reloaded": false, "error": {
+                                    "message": format!("reload rejected, the previous configuration keeps serving: {e}"),
+                                    "error_kind": "invalid_config"}})
+                                .to_string(),
+                            ));
+                            *r.status_mut() = http::StatusCode::UNPROCESSABLE_ENTITY;
+                            r.headers_mut().insert(
+                                header::CONTENT_TYPE,
+                                HeaderValue::from_static("application/json"),
+                            );
+                            Ok(r)
+                        }
+                    }
+                }),
+            };
         }
         if ApiFormat::from_path(path).is_some() {
             if req.method() != Method::POST {
@@ -1066,6 +1167,7 @@ pin_project! {
     enum DispatchFuture<F> {
         Chat { #[pin] fut: F },
         Ready { res: Option<Result<Response<Body>, Error>> },
+        Reload { fut: Pin<Box<dyn Future<Output = Result<Response<Body>, Error>> + Send>> },
     }
 }
 
@@ -1077,6 +1179,7 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.project() {
             DispatchProj::Chat { fut } => fut.poll(cx),
+            DispatchProj::Reload { fut } => fut.as_mut().poll(cx),
             DispatchProj::Ready { res } => Poll::Ready(res.take().unwrap_or_else(|| {
                 Err(Error::new(
                     ErrorKind::Internal,

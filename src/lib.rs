@@ -33,7 +33,7 @@ pub mod tokens;
 
 pub use body::Body;
 pub use error::{Error, ErrorKind};
-pub use gateway::{Gateway, GatewayBuilder, ReloadableGateway};
+pub use gateway::{Gateway, GatewayBuilder, ReloadReply, ReloadTrigger, ReloadableGateway};
 
 /// A boxed, thread-safe error, used only at boundaries with other crates.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;

@@ -9,7 +9,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use nenya::config::{Config, Secrets};
 use nenya::services::{Fault, MockConfig, MockProvider, RouteTable};
-use nenya::{Gateway, GatewayBuilder, ReloadableGateway};
+use nenya::{Gateway, GatewayBuilder, ReloadTrigger, ReloadableGateway};
 use tracing_subscriber::EnvFilter;
 
 /// Drain time for in-flight requests after a shutdown signal.
@@ -229,8 +229,9 @@ async fn run_serve(args: ServeArgs, log: LogFormat) -> Result<(), String> {
     if secrets.client_token.is_none() && secrets.api_keys.is_empty() {
         tracing::warn!("no client_token in secrets: clients are not authenticated");
     }
-    let gateway = ReloadableGateway::new(builder.build());
-    spawn_reloader(path.clone(), gateway.clone());
+    let (trigger, requests) = ReloadTrigger::channel();
+    let gateway = ReloadableGateway::new(builder.reload_trigger(Some(trigger.clone())).build());
+    spawn_reloader(path.clone(), gateway.clone(), trigger, requests);
     // The tokenizer tables load off the request path (about 50 ms, once).
     tokio::task::spawn_blocking(nenya::tokens::warm_up);
 
@@ -272,41 +273,65 @@ fn inherited_listener() -> Result<Option<tokio::net::TcpListener>, String> {
     Ok(Some(l))
 }
 
-/// On `SIGHUP`: re-read config and secrets, validate, and swap the gateway in; circuit and
-/// limiter state and metrics carry over. A config that fails to load is logged and the running
-/// one keeps serving. (The listen address is not changed by a reload.)
-fn spawn_reloader(path: Option<PathBuf>, gateway: ReloadableGateway) {
+/// On `SIGHUP` or `POST /admin/reload`: re-read config and secrets, validate, and swap the
+/// gateway in; circuit and limiter state and metrics carry over. A config that fails to load
+/// is logged (and reported to the admin request) and the running one keeps serving. (The
+/// listen address is not changed by a reload.)
+fn spawn_reloader(
+    path: Option<PathBuf>,
+    gateway: ReloadableGateway,
+    trigger: ReloadTrigger,
+    mut requests: tokio::sync::mpsc::Receiver<nenya::ReloadReply>,
+) {
     #[cfg(unix)]
-    {
+    let mut hup = {
         use tokio::signal::unix::{SignalKind, signal};
-        let mut hup = match signal(SignalKind::hangup()) {
-            Ok(s) => s,
+        match signal(SignalKind::hangup()) {
+            Ok(s) => Some(s),
             Err(e) => {
-                tracing::warn!("no SIGHUP handler, hot reload disabled: {e}");
-                return;
+                tracing::warn!("no SIGHUP handler, reload by signal disabled: {e}");
+                None
             }
-        };
-        tokio::spawn(async move {
-            while hup.recv().await.is_some() {
-                match load(path.as_deref()) {
-                    Ok((cfg, _, builder)) => {
-                        gateway.replace(builder.carry_state_from(&gateway.current()).build());
-                        for w in cfg.warnings() {
-                            tracing::warn!("{w}");
-                        }
-                        tracing::info!("configuration reloaded");
+        }
+    };
+    tokio::spawn(async move {
+        loop {
+            #[cfg(unix)]
+            let reply = tokio::select! {
+                Some(()) = async { match hup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => None,
+                r = requests.recv() => match r { Some(r) => Some(r), None => return },
+            };
+            #[cfg(not(unix))]
+            let reply = match requests.recv().await {
+                Some(r) => Some(r),
+                None => return,
+            };
+            let verdict = match load(path.as_deref()) {
+                Ok((cfg, _, builder)) => {
+                    gateway.replace(
+                        builder
+                            .reload_trigger(Some(trigger.clone()))
+                            .carry_state_from(&gateway.current())
+                            .build(),
+                    );
+                    for w in cfg.warnings() {
+                        tracing::warn!("{w}");
                     }
-                    Err(e) => tracing::error!(
-                        "reload rejected, the previous configuration keeps serving: {e}"
-                    ),
+                    tracing::info!("configuration reloaded");
+                    Ok(())
                 }
+                Err(e) => {
+                    tracing::error!(
+                        "reload rejected, the previous configuration keeps serving: {e}"
+                    );
+                    Err(e)
+                }
+            };
+            if let Some(r) = reply {
+                let _ = r.send(verdict);
             }
-        });
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = (path, gateway);
-    }
+        }
+    });
 }
 
 /// `--listen` > `PORT`/`HOST` > `server.listen_addr` > 127.0.0.1:8080.

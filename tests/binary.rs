@@ -236,6 +236,80 @@ async fn sighup_reloads_the_config_and_a_broken_one_keeps_the_old() {
     assert_eq!(mb.received().len(), 2);
 }
 
+#[tokio::test]
+async fn post_admin_reload_swaps_the_config_for_admins_only() {
+    let (ma, a) = start_mock(MockConfig::default()).await;
+    let (mb, b) = start_mock(MockConfig::default()).await;
+    let dir = temp_dir("bin-admin-reload");
+    let cfg = dir.join("nenya.json");
+    let write = |target: &Running| {
+        let c = json!({
+            "providers": {"up": {"url": format!("http://{}/v1/chat/completions", target.addr), "auth_style": "none"}},
+            "agents": {"build": {"models": [{"provider": "up", "model": "m"}]}}
+        });
+        std::fs::write(&cfg, c.to_string()).unwrap();
+    };
+    write(&a);
+    let secrets = dir.join("secrets.json");
+    std::fs::write(
+        &secrets,
+        json!({"client_token": CLIENT_TOKEN, "api_keys": {"dev": {"name": "dev",
+            "token": "nk-dev-user-0123456789abcdef", "roles": ["user"]}}})
+        .to_string(),
+    )
+    .unwrap();
+    let bin = spawn_nenya(
+        &["serve", "--listen", "127.0.0.1:0"],
+        &[
+            ("NENYA_CONFIG_FILE", cfg.to_str().unwrap()),
+            ("NENYA_SECRETS_DIR", secrets.to_str().unwrap()),
+        ],
+    );
+    let (k, admin) = bearer();
+    let user = "Bearer nk-dev-user-0123456789abcdef";
+    let ask = || {
+        let url = bin.url("/v1/chat/completions");
+        async move {
+            let body = json!({"model": "build", "messages": [{"role": "user", "content": "hi"}]});
+            post(&url, &[("authorization", user)], body.to_string()).await
+        }
+    };
+    let statsz = || async {
+        send(
+            http::Request::get(bin.url("/statsz"))
+                .body(nenya::Body::empty())
+                .unwrap(),
+        )
+        .await
+        .json()
+    };
+    assert_eq!(ask().await.status, 200);
+    assert_eq!(statsz().await["config_generation"], 1);
+    write(&b);
+    let reload = bin.url("/admin/reload");
+    let r = post(&reload, &[("authorization", user)], "").await;
+    assert_eq!(r.status, 403, "a user key may not reload: {}", r.text());
+    let r = post(&reload, &[(k, &admin)], "").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["reloaded"], true);
+    assert_eq!(ask().await.status, 200);
+    assert_eq!(
+        (ma.received().len(), mb.received().len()),
+        (1, 1),
+        "the new target"
+    );
+    assert_eq!(statsz().await["config_generation"], 2);
+    // A broken config: 422 saying why; the previous one keeps serving.
+    std::fs::write(&cfg, r#"{"agents": {"build": {"models": []}}}"#).unwrap();
+    let r = post(&reload, &[(k, &admin)], "").await;
+    assert_eq!(r.status, 422, "{}", r.text());
+    assert_eq!(r.json()["reloaded"], false);
+    assert!(r.text().contains("agents.build.models"), "{}", r.text());
+    assert_eq!(ask().await.status, 200);
+    assert_eq!(mb.received().len(), 2);
+    assert_eq!(statsz().await["config_generation"], 2);
+}
+
 /// systemd credentials: `LoadCredential=secrets:…` puts one JSON file at
 /// `$CREDENTIALS_DIRECTORY/secrets`; it wins over `NENYA_SECRETS_DIR`.
 #[tokio::test]
