@@ -77,7 +77,8 @@ use crate::layers::{
 };
 use crate::model::{ApiFormat, ChatRequest, CountTokens};
 use crate::services::{
-    FailoverPolicy, LatencyTracker, ProviderService, RouteTable, Router, Target, http_client,
+    FailoverPolicy, LatencyTracker, LiveModels, ProviderService, RouteTable, Router, Target,
+    http_client,
 };
 use crate::{Body, BoxError};
 
@@ -152,6 +153,7 @@ pub struct GatewayBuilder {
     window: Option<WindowConfig>,
     reload: Option<ReloadTrigger>,
     generation: u64,
+    live_models: LiveModels,
     carried: Option<Carried>,
 }
 
@@ -162,6 +164,7 @@ type BreakerSettings = (BreakerConfig, Vec<(Arc<str>, BreakerConfig)>);
 #[derive(Clone)]
 struct Carried {
     generation: u64,
+    live_models: LiveModels,
     context_stats: ContextStats,
     latency: LatencyTracker,
     breaker: (BreakerSettings, CircuitBreakerLayer<KeyFn>),
@@ -336,6 +339,8 @@ impl GatewayBuilder {
         self.metrics = previous.metrics.clone();
         self.context_stats = previous.carried.context_stats.clone();
         self.generation = previous.carried.generation + 1;
+        // Until the new fetch answers, the previous lists stand (of providers still configured).
+        self.live_models = previous.carried.live_models.seeded_for(&self.table);
         self.latency = previous.carried.latency.clone();
         self.usage = previous.usage.clone();
         self.carried = Some(previous.carried.clone());
@@ -386,6 +391,17 @@ impl GatewayBuilder {
             &breaker,
         );
         let table = self.table.clone();
+        // Each provider's live model list, fetched in the background (at start and on every
+        // reload); `GET /v1/models` merges what has arrived.
+        let discoverable = table.discoverable();
+        if !discoverable.is_empty() {
+            if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                rt.spawn(crate::services::refresh_models(
+                    discoverable,
+                    self.live_models.clone(),
+                ));
+            }
+        }
         let routed = Router::new(
             self.table,
             BudgetTrimLayer::new(self.budget, target_window as WindowFn)
@@ -446,6 +462,7 @@ impl GatewayBuilder {
                 metrics: self.metrics.clone(),
                 statsz,
                 reload: self.reload,
+                live_models: self.live_models.clone(),
             });
         Gateway {
             svc: BoxCloneSyncService::new(svc),
@@ -453,6 +470,7 @@ impl GatewayBuilder {
             usage: self.usage,
             carried: Carried {
                 generation: self.generation,
+                live_models: self.live_models.clone(),
                 context_stats: self.context_stats,
                 latency: self.latency.clone(),
                 breaker: (breaker_cfg, breaker),
@@ -886,6 +904,7 @@ impl Gateway {
             window: None,
             reload: None,
             generation: 1,
+            live_models: LiveModels::default(),
             carried: None,
         }
     }
@@ -993,6 +1012,7 @@ struct Dispatch<C> {
     metrics: Metrics,
     statsz: Arc<dyn Fn() -> String + Send + Sync>,
     reload: Option<ReloadTrigger>,
+    live_models: LiveModels,
 }
 
 impl<C: std::fmt::Debug> std::fmt::Debug for Dispatch<C> {
@@ -1028,7 +1048,7 @@ where
                     "/v1/models only accepts GET",
                 )));
             }
-            return ready(Ok(model_list(&self.table, &req)));
+            return ready(Ok(model_list(&self.table, &self.live_models, &req)));
         }
         if path == "/statsz" && req.method() == Method::GET {
             let mut r = Response::new(Body::from((self.statsz)()));
@@ -1107,10 +1127,25 @@ where
 
 /// `GET /v1/models` in the client's format (Anthropic's when it sent `anthropic-version`),
 /// limited to the agents a scoped API key may use.
-fn model_list(table: &RouteTable, req: &Request<Body>) -> Response<Body> {
+fn model_list(table: &RouteTable, live: &LiveModels, req: &Request<Body>) -> Response<Body> {
     let principal = req.extensions().get::<crate::model::Principal>();
-    let models: Vec<_> = table
-        .models()
+    let mut models = table.models();
+    // The providers' own lists add what the static registry does not know.
+    let mut seen: std::collections::HashSet<String> = models.iter().map(|m| m.id.clone()).collect();
+    for (provider, ids) in live.snapshot() {
+        for id in ids {
+            if seen.insert(id.clone()) {
+                let known = crate::adapters::providers::known_model(&id);
+                models.push(crate::services::ModelInfo {
+                    owned_by: provider.clone(),
+                    context_window: known.map(|k| k.max_context),
+                    max_output_tokens: known.map(|k| k.max_output),
+                    id,
+                });
+            }
+        }
+    }
+    let models: Vec<_> = models
         .into_iter()
         .filter(|m| principal.is_none_or(|p| p.may_use(&m.id)))
         .collect();

@@ -97,3 +97,58 @@ async fn a_scoped_key_sees_only_its_agents_and_writes_are_refused() {
     assert_eq!(r.status, 405);
     assert_eq!(list(&gw, &[]).await.status, 401, "not an open route");
 }
+
+#[tokio::test]
+async fn live_provider_lists_are_merged_and_a_dead_provider_is_skipped() {
+    let (mock, up) = start_mock(nenya::services::MockConfig::default()).await;
+    let cfg = Config::from_json_str(&format!(
+        r#"{{"providers": {{
+              "up": {{"url": "http://{}/v1/chat/completions", "auth_style": "bearer"}},
+              "dead": {{"url": "http://127.0.0.1:9/v1/chat/completions", "auth_style": "none"}}}},
+            "agents": {{"build": {{"models": [{{"provider": "up", "model": "m"}}]}}}}}}"#,
+        up.addr
+    ))
+    .unwrap();
+    let secrets = Secrets::from_json_str(&format!(
+        r#"{{"client_token": "{CLIENT_TOKEN}", "provider_keys": {{"up": "{PROVIDER_KEY}"}}}}"#
+    ))
+    .unwrap();
+    let gw = start_gateway(Gateway::from_config(&cfg, &secrets).unwrap().build()).await;
+    let (k, v) = bearer();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let body = loop {
+        let r = list(&gw, &[(k, &v)]).await;
+        assert_eq!(r.status, 200);
+        let body = r.json();
+        if ids(&body).contains(&"mock-live-2".to_string()) {
+            break body;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no live models: {body}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
+    let got = ids(&body);
+    assert_eq!(got[0], "build", "agents first");
+    assert_eq!(got.iter().filter(|i| *i == "mock-live-1").count(), 1);
+    let m = body["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["id"] == "mock-live-1")
+        .unwrap();
+    assert_eq!(m["owned_by"], "up");
+    // The fetch used the provider's auth, as a GET to the /models next to its chat URL.
+    let fetched = mock
+        .listings()
+        .into_iter()
+        .find(|r| r.uri.ends_with("/v1/models"))
+        .unwrap();
+    assert!(mock.received().is_empty(), "no chat request was made");
+    assert_eq!(fetched.method, http::Method::GET);
+    assert_eq!(
+        fetched.headers["authorization"],
+        format!("Bearer {PROVIDER_KEY}")
+    );
+}

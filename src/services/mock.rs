@@ -155,6 +155,7 @@ impl Recorded {
 struct Inner {
     cfg: MockConfig,
     received: Mutex<Vec<Recorded>>,
+    listings: Mutex<Vec<Recorded>>,
     /// Streams being sent now, and the most seen at once.
     streaming: Arc<(
         std::sync::atomic::AtomicUsize,
@@ -186,6 +187,7 @@ impl MockProvider {
             inner: Arc::new(Inner {
                 cfg,
                 received: Mutex::new(Vec::new()),
+                listings: Mutex::new(Vec::new()),
                 streaming: Arc::default(),
             }),
         }
@@ -201,7 +203,16 @@ impl MockProvider {
             .load(std::sync::atomic::Ordering::SeqCst)
     }
 
-    /// Every request received so far, in order.
+    /// The `GET …/models` requests received so far (not in [`MockProvider::received`]).
+    pub fn listings(&self) -> Vec<Recorded> {
+        self.inner
+            .listings
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Every other request received so far, in order.
     pub fn received(&self) -> Vec<Recorded> {
         self.inner
             .received
@@ -222,16 +233,23 @@ impl MockProvider {
     async fn handle(self, req: Request<Body>) -> Result<Response<Body>, BoxError> {
         let (parts, body) = req.into_parts();
         let body = body.collect().await?.to_bytes();
-        self.inner
-            .received
-            .lock()
+        let record = Recorded {
+            method: parts.method.clone(),
+            uri: parts.uri.to_string(),
+            headers: parts.headers.clone(),
+            body: body.clone(),
+        };
+        // Model-list fetches (a gateway's discovery, in the background) are kept apart, so
+        // `received()` counts exactly the requests clients caused.
+        let listing = parts.method == Method::GET && parts.uri.path().ends_with("/models");
+        let log = if listing {
+            &self.inner.listings
+        } else {
+            &self.inner.received
+        };
+        log.lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .push(Recorded {
-                method: parts.method.clone(),
-                uri: parts.uri.to_string(),
-                headers: parts.headers.clone(),
-                body: body.clone(),
-            });
+            .push(record);
         let cfg = &self.inner.cfg;
         let path = parts.uri.path();
         let gemini_stream = path.ends_with(":streamGenerateContent");
@@ -240,6 +258,15 @@ impl MockProvider {
         } else {
             ApiFormat::from_path(path)
         };
+        if parts.method == Method::GET && path.ends_with("/models") {
+            // A provider's live model list (OpenAI's shape; Anthropic's has the same `data`).
+            return Ok(json_response(
+                StatusCode::OK,
+                json!({"object": "list", "data": [
+                    {"id": "mock-live-1", "object": "model", "owned_by": "mock"},
+                    {"id": "mock-live-2", "object": "model", "owned_by": "mock"}]}),
+            ));
+        }
         let Some(format) = format else {
             return Ok(json_response(
                 StatusCode::NOT_FOUND,

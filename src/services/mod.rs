@@ -2,11 +2,14 @@
 //! mock provider, and the transports beneath them.
 
 pub mod convert;
+mod discovery;
 pub mod mock;
 pub mod provider;
 pub mod router;
 pub mod transport;
 
+pub use discovery::LiveModels;
+pub(crate) use discovery::refresh_models;
 pub use mock::{Fault, MockConfig, MockProvider, Recorded};
 pub use provider::{IdleTimeoutBody, ProviderService, ProviderSpec, Target, Timeouts};
 pub use router::{FailoverPolicy, LatencyTracker, ModelInfo, RouteTable, Router};

@@ -357,7 +357,7 @@ fn gemini_url(base: &Uri, model: &str, stream: bool) -> Result<Uri, Error> {
     })
 }
 
-fn apply_auth(
+pub(crate) fn apply_auth(
     h: &mut HeaderMap,
     p: &ProviderSpec,
     format: ApiFormat,

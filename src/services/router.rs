@@ -117,6 +117,8 @@ pub struct RouteTable {
     providers: HashMap<String, Arc<ProviderSpec>>,
     /// Serves every model no other rule matched (the mock, when nothing is configured).
     catch_all: Option<Arc<ProviderSpec>>,
+    /// Providers whose live `/models` list is fetched: configured or given a key, usable.
+    discoverable: Vec<Arc<ProviderSpec>>,
 }
 
 /// The in-process mock's endpoints (the host is never contacted).
@@ -136,6 +138,7 @@ impl RouteTable {
             agents: HashMap::new(),
             providers,
             catch_all: Some(spec),
+            discoverable: Vec::new(),
         }
     }
 
@@ -397,11 +400,27 @@ impl RouteTable {
                 }),
             );
         }
+        let mut discoverable: Vec<Arc<ProviderSpec>> = providers
+            .iter()
+            .filter(|(name, p)| {
+                (cfg.providers.contains_key(*name) || secrets.provider_keys.contains_key(*name))
+                    && (p.key.is_some() || p.accounts.is_some() || p.auth == AuthStyle::None)
+                    && matches!(p.transport, Transport::Http(_))
+            })
+            .map(|(_, p)| p.clone())
+            .collect();
+        discoverable.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(Self {
             agents,
             providers,
             catch_all: None,
+            discoverable,
         })
+    }
+
+    /// Providers whose live model list is worth fetching (configured, usable, over HTTP).
+    pub(crate) fn discoverable(&self) -> Vec<Arc<ProviderSpec>> {
+        self.discoverable.clone()
     }
 
     /// The targets for `model`, in order, for a client speaking `client`.
