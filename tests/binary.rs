@@ -377,7 +377,17 @@ fn serves_on_a_socket_passed_by_the_service_manager() {
         .enable_all()
         .build()
         .unwrap();
-    // The first connection is what starts nenya: it waits in the socket's backlog meanwhile.
+    // Wait until the activator has bound the port (it starts nenya on the first connection).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "the activator never listened: {}",
+            activated.log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // A request waits in the socket's backlog until nenya accepts it.
     let reply = rt.block_on(async {
         tokio::time::timeout(
             Duration::from_secs(20),

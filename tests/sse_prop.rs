@@ -175,3 +175,83 @@ proptest! {
         }
     }
 }
+
+/// Runs `frames` through an `SseGuard` for `format` and concatenates what comes out.
+fn guarded(frames: Vec<Vec<u8>>, format: ApiFormat) -> Vec<u8> {
+    use http_body_util::BodyExt;
+    let frames: Vec<Result<http_body::Frame<bytes::Bytes>, std::convert::Infallible>> = frames
+        .into_iter()
+        .map(|f| Ok(http_body::Frame::data(bytes::Bytes::from(f))))
+        .collect();
+    let body = http_body_util::StreamBody::new(futures_stream(frames));
+    let guard = nenya::services::SseGuard::new(body, format);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    rt.block_on(async { guard.collect().await.unwrap().to_bytes().to_vec() })
+}
+
+fn futures_stream<T: Unpin>(items: Vec<T>) -> impl futures_core::Stream<Item = T> + Unpin {
+    struct Iter<T>(std::collections::VecDeque<T>);
+    impl<T: Unpin> futures_core::Stream for Iter<T> {
+        type Item = T;
+        fn poll_next(
+            mut self: std::pin::Pin<&mut Self>,
+            _cx: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Option<T>> {
+            std::task::Poll::Ready(self.0.pop_front())
+        }
+    }
+    Iter(items.into())
+}
+
+fn split(bytes: &[u8], cuts: &[usize]) -> Vec<Vec<u8>> {
+    let mut cuts: Vec<usize> = cuts.iter().map(|c| c % (bytes.len() + 1)).collect();
+    cuts.sort_unstable();
+    let mut out = Vec::new();
+    let mut at = 0;
+    for c in cuts {
+        out.push(bytes[at..c].to_vec());
+        at = c;
+    }
+    out.push(bytes[at..].to_vec());
+    out
+}
+
+const OPENAI_STREAM: &str = "data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"na\u{ef}ve \u{2615}\"}}]}\n\n\
+data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\" two\"}}]}\r\n\r\n\
+data: {\"choices\":[],\"usage\":{\"prompt_tokens\":3}}\n\n\
+data: [DONE]\n\n";
+
+const ANTHROPIC_STREAM: &str = "event: message_start\ndata: {\"type\":\"message_start\"}\n\n\
+event: ping\ndata: {\"type\": \"ping\"}\n\n\
+event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"delta\":{\"text\":\"hi\"}}\n\n\
+event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n";
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    /// A well-formed stream passes the guard byte for byte, however it is framed.
+    #[test]
+    fn a_valid_stream_passes_the_guard_unchanged(cuts in prop::collection::vec(any::<usize>(), 0..12)) {
+        for (text, format) in [(OPENAI_STREAM, ApiFormat::OpenAi), (ANTHROPIC_STREAM, ApiFormat::Anthropic)] {
+            let out = guarded(split(text.as_bytes(), &cuts), format);
+            prop_assert_eq!(String::from_utf8(out).unwrap(), text);
+        }
+    }
+
+    /// A stream cut short anywhere ends with exactly one error event after whole events only.
+    #[test]
+    fn a_truncated_stream_ends_with_an_error_event(cut in 0usize..200, cuts in prop::collection::vec(any::<usize>(), 0..6)) {
+        let full = OPENAI_STREAM.as_bytes();
+        let cut = cut % (full.len() - 1);
+        let out = String::from_utf8(guarded(split(&full[..cut], &cuts), ApiFormat::OpenAi)).unwrap();
+        let events = decode_all(&[out.as_bytes()]);
+        let last = events.last().unwrap();
+        prop_assert!(last.data.contains("upstream_protocol_error"), "{}", out);
+        prop_assert_eq!(events.iter().filter(|e| e.data.contains("\"error\"")).count(), 1);
+        for e in &events[..events.len() - 1] {
+            prop_assert!(e.data == "[DONE]" || serde_json::from_str::<serde_json::Value>(&e.data).is_ok());
+        }
+    }
+}

@@ -64,6 +64,14 @@ pub enum Fault {
     EmptyStream,
     /// Answer normally, after this many milliseconds.
     Slow(u64),
+    /// Answer this status with `Retry-After: 1`.
+    StatusRetryAfter(u16),
+    /// After the first event, send one whose data is not valid UTF-8, then the rest.
+    InvalidUtf8,
+    /// After the first event, send one event of this many bytes, then the rest.
+    HugeEvent(usize),
+    /// Answer `200` with `text/html` and an HTML page.
+    WrongContentType,
     /// Refuse (as [`Fault::ContextExceeded`], naming the limit) a request body of more than
     /// this many o200k tokens; answer the others.
     ContextLimit(usize),
@@ -91,9 +99,16 @@ impl FromStr for Fault {
             "context-limit" => Self::ContextLimit(n()?),
             "empty" => Self::EmptyStream,
             "slow" => Self::Slow(n()? as u64),
+            "status-retry-after" => Self::StatusRetryAfter(
+                v.parse()
+                    .map_err(|_| format!("fault `{s}` needs a status"))?,
+            ),
+            "invalid-utf8" => Self::InvalidUtf8,
+            "huge-event" => Self::HugeEvent(n()?),
+            "wrong-content-type" => Self::WrongContentType,
             _ => {
                 return Err(format!(
-                    "unknown fault `{s}` (status:N, stall, stall-after:N, drop-after:N, malformed, error-event, context-exceeded, context-limit:N, empty, slow:MS)"
+                    "unknown fault `{s}` (status:N, stall, stall-after:N, drop-after:N, malformed, error-event, context-exceeded, context-limit:N, empty, slow:MS, status-retry-after:N, invalid-utf8, huge-event:N, wrong-content-type)"
                 ));
             }
         })
@@ -312,6 +327,21 @@ impl MockProvider {
                 std::future::pending::<()>().await;
             }
             Some(Fault::Slow(ms)) => tokio::time::sleep(Duration::from_millis(ms)).await,
+            Some(Fault::StatusRetryAfter(code)) => {
+                let mut r = error_response(format, code, "mock: injected failure");
+                r.headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+                return Ok(r);
+            }
+            Some(Fault::WrongContentType) => {
+                let mut r =
+                    Response::new(Body::from("<html><body>upstream proxy error</body></html>"));
+                r.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("text/html; charset=utf-8"),
+                );
+                return Ok(r);
+            }
             _ => {}
         }
         let model = match format {
@@ -813,6 +843,22 @@ impl http_body::Body for MockStream {
         match this.fault {
             Some(Fault::DropAfter(n)) if this.sent >= n => {
                 return Poll::Ready(Some(Err("mock: injected connection drop".into())));
+            }
+            Some(Fault::InvalidUtf8) if this.sent == 1 => {
+                this.sent += 1;
+                return Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(
+                    b"data: {\"choices\": [{\"index\": 0, \"delta\": {\"content\": \"\xff\xfe\"}}]}\n\n",
+                )))));
+            }
+            Some(Fault::HugeEvent(n)) if this.sent == 1 => {
+                this.sent += 1;
+                let mut e = Vec::with_capacity(n + 100);
+                e.extend_from_slice(
+                    b"data: {\"choices\": [{\"index\": 0, \"delta\": {\"content\": \"",
+                );
+                e.resize(e.len() + n, b'x');
+                e.extend_from_slice(b"\"}}]}\n\n");
+                return Poll::Ready(Some(Ok(Frame::data(Bytes::from(e)))));
             }
             Some(Fault::MalformedSse) if this.sent == 1 => {
                 this.sent += 1;

@@ -11,6 +11,8 @@ pub mod transport;
 pub use discovery::LiveModels;
 pub(crate) use discovery::refresh_models;
 pub use mock::{Fault, MockConfig, MockProvider, Recorded};
-pub use provider::{IdleTimeoutBody, ProviderService, ProviderSpec, Target, Timeouts};
+pub use provider::{
+    AllowEmptyStream, IdleTimeoutBody, ProviderService, ProviderSpec, SseGuard, Target, Timeouts,
+};
 pub use router::{FailoverPolicy, LatencyTracker, ModelInfo, RouteTable, Router};
 pub use transport::{HttpClient, Transport, http_client};

@@ -229,6 +229,8 @@ impl Service<Request<ChatRequest>> for ProviderService {
 #[derive(Debug, Clone, Copy)]
 struct Ctx {
     idle: Duration,
+    /// `empty_stream_as_error` is off: an empty stream is passed on as it is.
+    allow_empty: bool,
     /// When the whole exchange must be over.
     deadline: Option<Instant>,
     client: ApiFormat,
@@ -315,6 +317,7 @@ fn build_upstream_request(
         .map(|c| &c.key);
     apply_auth(h, &target.provider, target.format, account)?;
     let ctx = Ctx {
+        allow_empty: parts.extensions.get::<AllowEmptyStream>().is_some(),
         idle: target.provider.timeouts.idle,
         deadline: target.provider.timeouts.total.map(|t| Instant::now() + t),
         client: client_format,
@@ -472,6 +475,22 @@ impl Future for ResponseFuture {
                             )));
                         }
                     };
+                    // A success that is neither JSON nor an event stream (a proxy's HTML error
+                    // page, say) is not an answer a client could read.
+                    let unexpected = resp.status().is_success()
+                        && resp
+                            .headers()
+                            .get(header::CONTENT_TYPE)
+                            .and_then(|v| v.to_str().ok())
+                            .is_some_and(|ct| {
+                                !ct.contains("json") && !ct.starts_with("text/event-stream")
+                            });
+                    if unexpected {
+                        return Poll::Ready(Err(Error::new(
+                            ErrorKind::UpstreamProtocol,
+                            "the upstream answered with neither JSON nor an event stream",
+                        )));
+                    }
                     match respond(resp, *ctx) {
                         Respond::Done(r) => return Poll::Ready(Ok(r)),
                         Respond::Convert(parts, body) => State::Converting {
@@ -548,8 +567,12 @@ fn respond(resp: Response<Body>, ctx: Ctx) -> Respond {
         }
         let sse_format =
             (is_sse || (ctx.stream && parts.status.is_success())).then_some(ctx.client);
-        let body =
-            Body::new(IdleTimeoutBody::new(body, ctx.idle, sse_format).with_deadline(ctx.deadline));
+        let body = IdleTimeoutBody::new(body, ctx.idle, sse_format).with_deadline(ctx.deadline);
+        let body = if is_sse && parts.status.is_success() {
+            Body::new(SseGuard::new(body, ctx.client).allow_empty(ctx.allow_empty))
+        } else {
+            Body::new(body)
+        };
         return Respond::Done(Response::from_parts(parts, body));
     }
     let body = IdleTimeoutBody::new(body, ctx.idle, None).with_deadline(ctx.deadline);
@@ -680,5 +703,207 @@ where
 
     fn is_end_stream(&self) -> bool {
         self.done || self.inner.is_end_stream()
+    }
+}
+
+/// Request extension (inserted by the router when `empty_stream_as_error` is off): an upstream
+/// stream without a single byte reaches the client as it is, not as an error event.
+#[derive(Debug, Clone, Copy)]
+pub struct AllowEmptyStream;
+
+/// Largest partial event held while waiting for its end (a larger one ends the stream).
+const MAX_PENDING_EVENT: usize = 8 << 20;
+
+pin_project! {
+    /// A same-format event stream passed through with its events checked: frames go on as
+    /// whole events (a partial event waits for its end), each event's data must be JSON (or
+    /// `[DONE]`), and the stream must end with its format's final event (`[DONE]`,
+    /// `message_stop`) or an error event. A malformed event, an oversized one, or an early end
+    /// becomes a well-formed error event in the client's format, and the stream ends there.
+    /// Cost: one JSON validation per event (no allocation), no re-encoding.
+    pub struct SseGuard<B> {
+        #[pin]
+        inner: B,
+        format: ApiFormat,
+        pending: bytes::BytesMut,
+        queued: Option<Bytes>,
+        finished: bool,
+        done: bool,
+        allow_empty: bool,
+        seen_bytes: bool,
+    }
+}
+
+impl<B> SseGuard<B> {
+    /// Lets a stream with no bytes at all end without an error event (`empty_stream_as_error`
+    /// off: the client gets the upstream's empty stream).
+    pub fn allow_empty(mut self, allow: bool) -> Self {
+        self.allow_empty = allow;
+        self
+    }
+}
+
+impl<B> SseGuard<B> {
+    /// Guards `inner`, a stream in `format`.
+    pub fn new(inner: B, format: ApiFormat) -> Self {
+        Self {
+            inner,
+            format,
+            pending: bytes::BytesMut::new(),
+            queued: None,
+            finished: false,
+            done: false,
+            allow_empty: false,
+            seen_bytes: false,
+        }
+    }
+}
+
+/// End of the last complete event in `buf` (after its blank line), if any.
+fn last_event_end(buf: &[u8]) -> Option<usize> {
+    let lf = buf.windows(2).rposition(|w| w == b"\n\n").map(|i| i + 2);
+    let crlf = buf
+        .windows(4)
+        .rposition(|w| w == b"\r\n\r\n")
+        .map(|i| i + 4);
+    lf.max(crlf)
+}
+
+/// Checks the complete events in `chunk`: `Ok(finished)` (a final or error event was seen),
+/// or `Err(offset)` of the first malformed event.
+fn check_events(chunk: &[u8], format: ApiFormat, mut finished: bool) -> Result<bool, usize> {
+    let mut start = 0;
+    let mut data = Vec::new();
+    let mut name_final = false;
+    let mut event_start = 0;
+    for line in chunk.split_inclusive(|b| *b == b'\n') {
+        let end = start + line.len();
+        let l = line.strip_suffix(b"\n").unwrap_or(line);
+        let l = l.strip_suffix(b"\r").unwrap_or(l);
+        if l.is_empty() {
+            if !data.is_empty() || name_final {
+                let d = std::mem::take(&mut data);
+                let ok =
+                    d == b"[DONE]" || serde_json::from_slice::<serde::de::IgnoredAny>(&d).is_ok();
+                if !ok {
+                    return Err(event_start);
+                }
+                let is_error = d.starts_with(b"{\"error\"")
+                    || d.windows(16)
+                        .any(|w| w == b"\"type\":\"error\"," || w == b"\"type\": \"error\"");
+                finished = finished
+                    || name_final
+                    || (format == ApiFormat::OpenAi && (d == b"[DONE]" || is_error));
+            }
+            name_final = false;
+            event_start = end;
+        } else if let Some(v) = l.strip_prefix(b"data:") {
+            if !data.is_empty() {
+                data.push(b'\n');
+            }
+            data.extend_from_slice(v.strip_prefix(b" ").unwrap_or(v));
+        } else if let Some(v) = l.strip_prefix(b"event:") {
+            let v = v.strip_prefix(b" ").unwrap_or(v);
+            name_final = v == b"message_stop" || v == b"error";
+        }
+        start = end;
+    }
+    Ok(finished)
+}
+
+impl<B> http_body::Body for SseGuard<B>
+where
+    B: http_body::Body<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let mut this = self.project();
+        loop {
+            if *this.done {
+                return Poll::Ready(None);
+            }
+            if let Some(q) = this.queued.take() {
+                *this.done = true;
+                return Poll::Ready(Some(Ok(Frame::data(q))));
+            }
+            let fail = |done: &mut bool, format: ApiFormat, msg: &'static str| {
+                *done = true;
+                tracing::warn!("upstream stream broken: {msg}");
+                Poll::Ready(Some(Ok(Frame::data(sse_error_event(
+                    format,
+                    ErrorKind::UpstreamProtocol,
+                    msg,
+                )))))
+            };
+            match ready!(this.inner.as_mut().poll_frame(cx)) {
+                Some(Ok(frame)) => {
+                    let data = match frame.into_data() {
+                        Ok(d) => d,
+                        Err(other) => return Poll::Ready(Some(Ok(other))),
+                    };
+                    *this.seen_bytes |= !data.is_empty();
+                    this.pending.extend_from_slice(&data);
+                    let Some(end) = last_event_end(this.pending) else {
+                        if this.pending.len() > MAX_PENDING_EVENT {
+                            return fail(
+                                this.done,
+                                *this.format,
+                                "an upstream event was too large",
+                            );
+                        }
+                        continue;
+                    };
+                    let complete = this.pending.split_to(end).freeze();
+                    match check_events(&complete, *this.format, *this.finished) {
+                        Ok(f) => {
+                            *this.finished = f;
+                            return Poll::Ready(Some(Ok(Frame::data(complete))));
+                        }
+                        Err(0) => {
+                            return fail(
+                                this.done,
+                                *this.format,
+                                "the upstream sent a malformed event",
+                            );
+                        }
+                        Err(at) => {
+                            // The good events first; the error event on the next poll.
+                            tracing::warn!("upstream stream broken: a malformed event");
+                            *this.queued = Some(sse_error_event(
+                                *this.format,
+                                ErrorKind::UpstreamProtocol,
+                                "the upstream sent a malformed event",
+                            ));
+                            return Poll::Ready(Some(Ok(Frame::data(complete.slice(..at)))));
+                        }
+                    }
+                }
+                // The idle/total timeout body below already turned its own failures into an
+                // error event; a transport error is passed on.
+                Some(Err(e)) => return Poll::Ready(Some(Err(e.into()))),
+                None => {
+                    let empty_ok = *this.allow_empty && !*this.seen_bytes;
+                    if (!*this.finished || !this.pending.is_empty()) && !empty_ok {
+                        return fail(
+                            this.done,
+                            *this.format,
+                            "the upstream stream ended before its final event",
+                        );
+                    }
+                    *this.done = true;
+                    return Poll::Ready(None);
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.done
     }
 }

@@ -837,6 +837,10 @@ where
                 timing: None,
             };
         }
+        if !self.policy.empty_stream_as_error {
+            req.extensions_mut()
+                .insert(super::provider::AllowEmptyStream);
+        }
         // A template for the next attempts, only when there can be one.
         let tighten = self.context_retry
             && estimate

@@ -1,0 +1,201 @@
+//! The fault matrix: every way an upstream is known to break, for both client formats, streamed
+//! and not, to an upstream of the same format and of the other one. Whatever happens, the
+//! client gets a well-formed answer in its own format (a complete stream, a stream that ends
+//! with an error event, or a JSON error in its shape), within a bound, and the gateway goes on
+//! serving the next request.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use nenya::Gateway;
+use nenya::config::{Config, Secrets};
+use nenya::model::ApiFormat;
+use nenya::services::{Fault, MockConfig};
+use serde_json::{Value, json};
+
+/// Upstream faults, by their mock spelling (`refuse`: nothing listens).
+const FAULTS: &[&str] = &[
+    "refuse",
+    "status:500",
+    "status:503",
+    "status:529",
+    "status:429",
+    "status-retry-after:429",
+    "status-retry-after:503",
+    "stall",
+    "stall-after:2",
+    "drop-after:2",
+    "malformed",
+    "invalid-utf8",
+    "huge-event:2000000",
+    "empty",
+    "wrong-content-type",
+    "error-event",
+];
+
+struct Setup {
+    gw: Running,
+    _upstreams: Vec<Running>,
+}
+
+/// A gateway whose agents reach a faulty upstream in the client's own format (`same-openai`,
+/// `same-anthropic`) or the other one (`to-openai`, `to-anthropic`), and a healthy one
+/// (`healthy`). Timeouts are short so stalls end quickly.
+async fn setup(fault: &str) -> Setup {
+    let mut upstreams = Vec::new();
+    let faulty_addr = if fault == "refuse" {
+        // Bound, then closed: connecting is refused.
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let a = l.local_addr().unwrap();
+        drop(l);
+        a
+    } else {
+        let (_m, up) = start_mock(MockConfig {
+            fault: Some(fault.parse::<Fault>().unwrap()),
+            chunks: 4,
+            ..MockConfig::default()
+        })
+        .await;
+        let a = up.addr;
+        upstreams.push(up);
+        a
+    };
+    let (_h, healthy) = start_mock(MockConfig::default()).await;
+    let t = r#""response_header_timeout_seconds": 1, "stream_idle_timeout_seconds": 1"#;
+    let cfg = Config::from_json_str(&format!(
+        r#"{{"providers": {{
+              "bad": {{"url": "http://{faulty_addr}/v1/chat/completions",
+                       "format_urls": {{"anthropic": "http://{faulty_addr}/v1/messages"}},
+                       "auth_style": "bearer", {t}}},
+              "ok": {{"url": "http://{}/v1/chat/completions",
+                      "format_urls": {{"anthropic": "http://{}/v1/messages"}}, "auth_style": "bearer"}}}},
+            "agents": {{
+              "same": {{"models": [{{"provider": "bad", "model": "m"}}]}},
+              "to-openai": {{"models": [{{"provider": "bad", "model": "m", "format": "openai"}}]}},
+              "to-anthropic": {{"models": [{{"provider": "bad", "model": "m", "format": "anthropic"}}]}},
+              "healthy": {{"models": [{{"provider": "ok", "model": "m"}}]}}}}}}"#,
+        healthy.addr, healthy.addr
+    ))
+    .unwrap();
+    upstreams.push(healthy);
+    let secrets = Secrets::from_json_str(&format!(
+        r#"{{"client_token": "{CLIENT_TOKEN}", "provider_keys": {{"bad": "k", "ok": "k"}}}}"#
+    ))
+    .unwrap();
+    let gw = start_gateway(Gateway::from_config(&cfg, &secrets).unwrap().build()).await;
+    Setup {
+        gw,
+        _upstreams: upstreams,
+    }
+}
+
+async fn ask(gw: &Running, client: ApiFormat, agent: &str, stream: bool) -> Reply {
+    let (k, v) = bearer();
+    match client {
+        ApiFormat::Anthropic => {
+            let body = json!({"model": agent, "max_tokens": 100, "stream": stream,
+                "messages": [{"role": "user", "content": "hi"}]});
+            post(
+                &gw.url("/v1/messages"),
+                &[(k, &v), ("anthropic-version", "2023-06-01")],
+                body.to_string(),
+            )
+            .await
+        }
+        _ => {
+            let body = json!({"model": agent, "stream": stream,
+                "messages": [{"role": "user", "content": "hi"}]});
+            post(
+                &gw.url("/v1/chat/completions"),
+                &[(k, &v)],
+                body.to_string(),
+            )
+            .await
+        }
+    }
+}
+
+/// Why `r` is not a well-formed answer in `client`'s format, if it is not.
+fn malformed(client: ApiFormat, stream: bool, r: &Reply) -> Option<String> {
+    let text = r.text();
+    if r.status != 200 {
+        let Ok(v) = serde_json::from_str::<Value>(&text) else {
+            return Some(format!("error {} is not JSON: {text:.200}", r.status));
+        };
+        let shaped = match client {
+            ApiFormat::Anthropic => v["type"] == "error" && v["error"]["message"].is_string(),
+            _ => v["error"]["message"].is_string(),
+        };
+        return (!shaped).then(|| format!("error {} not in the client's shape: {v}", r.status));
+    }
+    if !stream {
+        let Ok(v) = serde_json::from_str::<Value>(&text) else {
+            return Some(format!("200 body is not JSON: {text:.200}"));
+        };
+        let shaped = match client {
+            ApiFormat::Anthropic => v["type"] == "message" && v["content"].is_array(),
+            _ => v["choices"].is_array(),
+        };
+        return (!shaped).then(|| format!("200 body not in the client's shape: {v}"));
+    }
+    let events = sse_events(&text);
+    for (_, d) in &events {
+        if d != "[DONE]" && serde_json::from_str::<Value>(d).is_err() {
+            return Some(format!("an event is not JSON: {d:.200}"));
+        }
+    }
+    let Some((name, data)) = events.last() else {
+        return Some("an empty stream".to_owned());
+    };
+    let ended = match client {
+        ApiFormat::Anthropic => {
+            matches!(name.as_deref(), Some("message_stop") | Some("error"))
+        }
+        _ => data == "[DONE]" || data.contains("\"error\""),
+    };
+    (!ended).then(|| format!("the stream does not end cleanly: {name:?} {data:.200}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_upstream_fault_gives_a_well_formed_answer_and_the_gateway_keeps_serving() {
+    let mut failures = Vec::new();
+    for fault in FAULTS {
+        let s = setup(fault).await;
+        for client in [ApiFormat::OpenAi, ApiFormat::Anthropic] {
+            let cross = match client {
+                ApiFormat::Anthropic => "to-openai",
+                _ => "to-anthropic",
+            };
+            for agent in ["same", cross] {
+                for stream in [false, true] {
+                    let case = format!("{fault} {client} client, agent {agent}, stream {stream}");
+                    let r = tokio::time::timeout(
+                        Duration::from_secs(10),
+                        ask(&s.gw, client, agent, stream),
+                    )
+                    .await;
+                    match r {
+                        Err(_) => failures.push(format!("{case}: no answer within 10 s")),
+                        Ok(r) => {
+                            if let Some(why) = malformed(client, stream, &r) {
+                                failures.push(format!("{case}: {why}"));
+                            }
+                        }
+                    }
+                    let h = ask(&s.gw, client, "healthy", stream).await;
+                    if h.status != 200 || malformed(client, stream, &h).is_some() {
+                        failures.push(format!("{case}: the next request failed: {}", h.status));
+                    }
+                }
+            }
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} cases failed:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+}
