@@ -199,3 +199,123 @@ async fn every_upstream_fault_gives_a_well_formed_answer_and_the_gateway_keeps_s
         failures.join("\n")
     );
 }
+
+/// Raw HTTP/1.1 over one TCP connection: writes `raw`, reads until `responses` answers or EOF.
+async fn raw_exchange(addr: std::net::SocketAddr, raw: &[u8]) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(raw).await.unwrap();
+    let mut out = Vec::new();
+    let mut buf = [0u8; 8192];
+    loop {
+        match tokio::time::timeout(Duration::from_millis(1500), s.read(&mut buf)).await {
+            Ok(Ok(0)) | Err(_) | Ok(Err(_)) => break,
+            Ok(Ok(n)) => out.extend_from_slice(&buf[..n]),
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn chat_request(body: &str) -> String {
+    format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {CLIENT_TOKEN}\r\n\
+         content-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    )
+}
+
+#[tokio::test]
+async fn pipelined_requests_are_answered_in_order() {
+    let s = setup("slow:1").await;
+    let a =
+        json!({"model": "healthy", "messages": [{"role": "user", "content": "first"}]}).to_string();
+    let b =
+        json!({"model": "nope-no-such-model", "messages": [{"role": "user", "content": "second"}]})
+            .to_string();
+    let out = raw_exchange(
+        s.gw.addr,
+        format!("{}{}", chat_request(&a), chat_request(&b)).as_bytes(),
+    )
+    .await;
+    let first = out.find("HTTP/1.1 200").expect(&out);
+    let second = out.find("HTTP/1.1 404").expect(&out);
+    assert!(first < second, "in order: {out}");
+}
+
+#[tokio::test]
+async fn headers_over_the_limit_are_refused_and_the_gateway_goes_on() {
+    let s = setup("slow:1").await;
+    let huge = "a".repeat(512 * 1024);
+    let raw = format!("GET /healthz HTTP/1.1\r\nhost: x\r\nx-huge: {huge}\r\n\r\n");
+    let out = raw_exchange(s.gw.addr, raw.as_bytes()).await;
+    assert!(
+        out.is_empty() || out.starts_with("HTTP/1.1 431"),
+        "refused or closed: {:.100}",
+        out
+    );
+    let h = ask(&s.gw, ApiFormat::OpenAi, "healthy", false).await;
+    assert_eq!(h.status, 200);
+}
+
+#[tokio::test]
+async fn a_chunked_body_over_the_size_limit_is_413_in_the_clients_shape() {
+    let s = setup("slow:1").await;
+    // 11 MiB in 1 MiB chunks, no content-length: the limit (10 MiB) is found while reading.
+    let chunk = "x".repeat(1 << 20);
+    let mut raw = format!(
+        "POST /v1/messages HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {CLIENT_TOKEN}\r\n\
+         anthropic-version: 2023-06-01\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n"
+    );
+    for _ in 0..11 {
+        raw.push_str(&format!("{:x}\r\n{chunk}\r\n", chunk.len()));
+    }
+    raw.push_str("0\r\n\r\n");
+    let out = raw_exchange(s.gw.addr, raw.as_bytes()).await;
+    assert!(out.starts_with("HTTP/1.1 413"), "{:.300}", out);
+    assert!(
+        out.contains("\"type\":\"error\"") && out.contains("body_too_large"),
+        "{:.600}",
+        out
+    );
+}
+
+#[tokio::test]
+async fn a_client_that_hangs_up_mid_stream_cancels_the_upstream_stream() {
+    let (mock, up) = start_mock(MockConfig {
+        chunks: 200,
+        delay: Duration::from_millis(20),
+        ..MockConfig::default()
+    })
+    .await;
+    let gw = gateway_for_mock(&up, "").await;
+    let body =
+        json!({"model": "coder", "stream": true, "messages": [{"role": "user", "content": "hi"}]});
+    let raw = chat_request(&body.to_string());
+    {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut s = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+        s.write_all(raw.as_bytes()).await.unwrap();
+        let mut buf = [0u8; 4096];
+        let n = s.read(&mut buf).await.unwrap();
+        assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+        assert_eq!(mock.streams_in_flight(), 1, "the upstream is streaming");
+        // Hang up.
+    }
+    let started = std::time::Instant::now();
+    while mock.streams_in_flight() > 0 {
+        assert!(
+            started.elapsed() < Duration::from_millis(300),
+            "the upstream stream was not cancelled"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // One event interval (20 ms) is how long the mock takes to notice; nenya passes it on at once.
+    let took = started.elapsed();
+    assert!(took < Duration::from_millis(300), "{took:?}");
+    let r = post_chat(
+        &gw,
+        &json!({"model": "coder", "messages": [{"role": "user", "content": "again"}]}),
+    )
+    .await;
+    assert_eq!(r.status, 200);
+}

@@ -209,6 +209,14 @@ impl MockProvider {
     }
 
     /// Everything received so far, oldest first.
+    /// Streamed answers in flight now.
+    pub fn streams_in_flight(&self) -> usize {
+        self.inner
+            .streaming
+            .0
+            .load(std::sync::atomic::Ordering::SeqCst)
+    }
+
     /// The most streamed answers that were in flight at once (a stream counts from its
     /// headers until its body ends or is dropped).
     pub fn max_concurrent_streams(&self) -> usize {
