@@ -33,6 +33,8 @@ pub enum ErrorKind {
     InvalidRequest,
     /// The request body exceeds `server.max_body_bytes`.
     BodyTooLarge,
+    /// The client did not send its whole body in time.
+    RequestTimeout,
     /// Missing or wrong client credentials.
     Unauthorized,
     /// Credentials are valid but not allowed to do this.
@@ -68,6 +70,7 @@ impl ErrorKind {
             Self::InvalidJson => "invalid_json",
             Self::InvalidRequest => "invalid_request",
             Self::BodyTooLarge => "body_too_large",
+            Self::RequestTimeout => "request_timeout",
             Self::Unauthorized => "unauthorized",
             Self::Forbidden => "forbidden",
             Self::ForbiddenOrigin => "forbidden_origin",
@@ -89,6 +92,7 @@ impl ErrorKind {
         match self {
             Self::InvalidJson | Self::InvalidRequest => StatusCode::BAD_REQUEST,
             Self::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             Self::Unauthorized => StatusCode::UNAUTHORIZED,
             Self::Forbidden | Self::ForbiddenOrigin => StatusCode::FORBIDDEN,
             Self::ModelNotFound | Self::NotFound => StatusCode::NOT_FOUND,
@@ -108,6 +112,7 @@ impl ErrorKind {
             Self::InvalidJson
             | Self::InvalidRequest
             | Self::BodyTooLarge
+            | Self::RequestTimeout
             | Self::ModelNotFound
             | Self::NotFound
             | Self::MethodNotAllowed
@@ -129,7 +134,7 @@ impl ErrorKind {
             Self::InvalidJson | Self::InvalidRequest | Self::UnsupportedConversion => {
                 "invalid_request_error"
             }
-            Self::MethodNotAllowed => "invalid_request_error",
+            Self::MethodNotAllowed | Self::RequestTimeout => "invalid_request_error",
             Self::BodyTooLarge => "request_too_large",
             Self::Unauthorized => "authentication_error",
             Self::Forbidden | Self::ForbiddenOrigin => "permission_error",

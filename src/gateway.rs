@@ -129,6 +129,7 @@ impl ReloadTrigger {
 pub struct GatewayBuilder {
     table: Arc<RouteTable>,
     max_body_bytes: u64,
+    body_read_timeout: Duration,
     tokens: Vec<Secret>,
     api_keys: Vec<ApiKey>,
     origins: Vec<String>,
@@ -185,6 +186,12 @@ impl GatewayBuilder {
     /// Sets the request body limit (default 10 MiB).
     pub fn max_body_bytes(mut self, n: u64) -> Self {
         self.max_body_bytes = n;
+        self
+    }
+
+    /// How long a client may take to send its body (default 60 s; then `request_timeout`).
+    pub fn body_read_timeout(mut self, t: Duration) -> Self {
+        self.body_read_timeout = t;
         self
     }
 
@@ -436,7 +443,7 @@ impl GatewayBuilder {
             .with_stats(self.context_stats.clone())
         });
         let chat = ServiceBuilder::new()
-            .layer(DecodeLayer::new(self.max_body_bytes))
+            .layer(DecodeLayer::new(self.max_body_bytes).with_read_timeout(self.body_read_timeout))
             .option_layer(self.redactor.map(RedactLayer::new))
             .option_layer(self.entropy.map(EntropyLayer::new))
             .option_layer(
@@ -880,6 +887,7 @@ impl Gateway {
         GatewayBuilder {
             table: Arc::new(table),
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+            body_read_timeout: crate::layers::decode::DEFAULT_BODY_READ_TIMEOUT,
             tokens: Vec::new(),
             api_keys: Vec::new(),
             origins: Vec::new(),
@@ -917,6 +925,9 @@ impl Gateway {
         Self::builder(table)
             .window(window)
             .max_body_bytes(cfg.server.max_body_bytes)
+            .body_read_timeout(Duration::from_secs(
+                cfg.server.body_read_timeout_seconds.max(1),
+            ))
             .client_tokens(secrets.client_token.clone())
             .api_keys(secrets.rbac_keys()?)
             .allowed_browser_origins(cfg.governance.allowed_browser_origins.iter().cloned())

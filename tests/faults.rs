@@ -319,3 +319,32 @@ async fn a_client_that_hangs_up_mid_stream_cancels_the_upstream_stream() {
     .await;
     assert_eq!(r.status, 200);
 }
+
+#[tokio::test]
+async fn a_client_that_sends_its_body_too_slowly_gets_408_and_the_connection_is_freed() {
+    let (_m, up) = start_mock(MockConfig::default()).await;
+    let (cfg, secrets) = config_for(&up, "");
+    let gw = start_gateway(
+        Gateway::from_config(&cfg, &secrets)
+            .unwrap()
+            .body_read_timeout(Duration::from_secs(1))
+            .build(),
+    )
+    .await;
+    // Declares 100 bytes, sends 10, then waits.
+    let raw = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {CLIENT_TOKEN}\r\n\
+         content-type: application/json\r\ncontent-length: 100\r\n\r\n{{\"model\":"
+    );
+    let started = std::time::Instant::now();
+    let out = raw_exchange(gw.addr, raw.as_bytes()).await;
+    assert!(out.starts_with("HTTP/1.1 408"), "{out:.300}");
+    assert!(out.contains("request_timeout"), "{out:.400}");
+    // The 408 came after ~1 s and the connection closed right after it (the reader stops at
+    // EOF; an open connection would keep it waiting 1.5 s more).
+    assert!(
+        started.elapsed() < Duration::from_millis(2_400),
+        "{:?}",
+        started.elapsed()
+    );
+}

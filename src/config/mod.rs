@@ -88,9 +88,16 @@ pub struct ServerConfig {
     /// `User-Agent` sent upstream.
     #[serde(default)]
     pub user_agent: Option<String>,
+    /// How long a client may take to send its request body (default 60; a nenya addition).
+    #[serde(default = "default_body_read")]
+    pub body_read_timeout_seconds: u64,
     /// Fields not implemented yet.
     #[serde(flatten)]
     pub other: BTreeMap<String, Value>,
+}
+
+fn default_body_read() -> u64 {
+    60
 }
 
 fn default_max_body() -> u64 {
@@ -104,6 +111,7 @@ impl Default for ServerConfig {
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             log_level: None,
             user_agent: None,
+            body_read_timeout_seconds: default_body_read(),
             other: BTreeMap::new(),
         }
     }

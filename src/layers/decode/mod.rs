@@ -26,4 +26,4 @@
 
 mod service;
 
-pub use service::{Decode, DecodeLayer, ResponseFuture};
+pub use service::{DEFAULT_BODY_READ_TIMEOUT, Decode, DecodeLayer, ResponseFuture};

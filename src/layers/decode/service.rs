@@ -1,6 +1,7 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::request::Parts;
@@ -20,14 +21,27 @@ use crate::{Body, BoxError};
 #[derive(Debug, Clone, Copy)]
 pub struct DecodeLayer {
     max_body_bytes: usize,
+    read_timeout: Duration,
 }
 
+/// How long a client may take to send its whole body, by default.
+pub const DEFAULT_BODY_READ_TIMEOUT: Duration = Duration::from_secs(60);
+
 impl DecodeLayer {
-    /// Decodes bodies of at most `max_body_bytes`.
+    /// Decodes bodies of at most `max_body_bytes`, read within
+    /// [`DEFAULT_BODY_READ_TIMEOUT`].
     pub fn new(max_body_bytes: u64) -> Self {
         Self {
             max_body_bytes: usize::try_from(max_body_bytes).unwrap_or(usize::MAX),
+            read_timeout: DEFAULT_BODY_READ_TIMEOUT,
         }
+    }
+
+    /// A client that has not sent its whole body within `timeout` gets `request_timeout`
+    /// (408), so a slow sender cannot hold a connection and its buffer forever.
+    pub fn with_read_timeout(mut self, timeout: Duration) -> Self {
+        self.read_timeout = timeout;
+        self
     }
 }
 
@@ -37,6 +51,7 @@ impl<S> Layer<S> for DecodeLayer {
         Decode {
             inner,
             max_body_bytes: self.max_body_bytes,
+            read_timeout: self.read_timeout,
         }
     }
 }
@@ -46,6 +61,7 @@ impl<S> Layer<S> for DecodeLayer {
 pub struct Decode<S> {
     inner: S,
     max_body_bytes: usize,
+    read_timeout: Duration,
 }
 
 impl<S, B> Service<Request<B>> for Decode<S>
@@ -85,6 +101,8 @@ where
                 svc: Some(svc),
                 format,
                 limit: self.max_body_bytes,
+                deadline: tokio::time::sleep(self.read_timeout),
+                timeout: self.read_timeout,
             },
         }
     }
@@ -122,6 +140,8 @@ pin_project! {
             svc: Option<S>,
             format: ApiFormat,
             limit: usize,
+            #[pin] deadline: tokio::time::Sleep,
+            timeout: Duration,
         },
         Calling { #[pin] fut: F },
         Failed { err: Option<Error> },
@@ -158,8 +178,23 @@ where
                     svc,
                     format,
                     limit,
+                    deadline,
+                    timeout,
                 } => {
-                    let bytes = match ready!(fut.poll(cx)) {
+                    let read = match fut.poll(cx) {
+                        Poll::Ready(r) => r,
+                        Poll::Pending => {
+                            ready!(deadline.poll(cx));
+                            return Poll::Ready(Err(Error::new(
+                                ErrorKind::RequestTimeout,
+                                format!(
+                                    "the request body did not arrive within {} s",
+                                    timeout.as_secs()
+                                ),
+                            )));
+                        }
+                    };
+                    let bytes = match read {
                         Ok(c) => c.to_bytes(),
                         Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => {
                             return Poll::Ready(Err(too_large(*limit)));
