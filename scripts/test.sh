@@ -55,6 +55,10 @@ cargo build --examples --locked
 step "cargo test (lib, binary, integration, examples, benches in test mode)"
 cargo test --all-targets --locked
 
+step "the otlp feature: clippy and its export test against the real binary"
+cargo clippy --locked --features otlp --bin nenya --test otlp -- -D warnings
+cargo test --locked --features otlp --test otlp
+
 step "doc tests"
 cargo test --doc --locked
 

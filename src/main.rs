@@ -90,16 +90,79 @@ enum LogFormat {
 }
 
 fn init_logging(format: LogFormat, level: Option<&str>) {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
     let filter = EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| EnvFilter::new(level.unwrap_or("info")));
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
-    let b = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(ansi);
+    let fmt = tracing_subscriber::fmt::layer().with_ansi(ansi);
+    let registry = tracing_subscriber::registry()
+        .with(filter)
+        .with(otel::layer());
     match format {
-        LogFormat::Json => b.json().init(),
-        LogFormat::Text => b.init(),
+        LogFormat::Json => registry.with(fmt.json()).init(),
+        LogFormat::Text => registry.with(fmt).init(),
     }
+}
+
+/// OpenTelemetry export (cargo feature `otlp`): when `OTEL_EXPORTER_OTLP_ENDPOINT` (or
+/// `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`) is set, every request's span (and its children) is
+/// exported over OTLP/HTTP in batches; `otel::shutdown` flushes at exit.
+#[cfg(feature = "otlp")]
+mod otel {
+    use opentelemetry::trace::TracerProvider as _;
+    use opentelemetry_sdk::trace::SdkTracerProvider;
+    use std::sync::OnceLock;
+
+    static PROVIDER: OnceLock<SdkTracerProvider> = OnceLock::new();
+
+    pub(crate) fn layer<S>() -> Option<impl tracing_subscriber::Layer<S>>
+    where
+        S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+    {
+        let set = |k: &str| std::env::var_os(k).is_some_and(|v| !v.is_empty());
+        if !set("OTEL_EXPORTER_OTLP_ENDPOINT") && !set("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") {
+            return None;
+        }
+        let exporter = match opentelemetry_otlp::SpanExporter::builder()
+            .with_http()
+            .build()
+        {
+            Ok(e) => e,
+            Err(e) => {
+                eprintln!("nenya: OTLP export disabled: {e}");
+                return None;
+            }
+        };
+        use opentelemetry_sdk::trace::span_processor_with_async_runtime::BatchSpanProcessor;
+        let processor =
+            BatchSpanProcessor::builder(exporter, opentelemetry_sdk::runtime::Tokio).build();
+        let resource = opentelemetry_sdk::Resource::builder()
+            .with_service_name("nenya")
+            .build();
+        let provider = SdkTracerProvider::builder()
+            .with_span_processor(processor)
+            .with_resource(resource)
+            .build();
+        let tracer = provider.tracer("nenya");
+        let _ = PROVIDER.set(provider);
+        Some(tracing_opentelemetry::layer().with_tracer(tracer))
+    }
+
+    pub(crate) fn shutdown() {
+        if let Some(p) = PROVIDER.get() {
+            let _ = p.shutdown();
+        }
+    }
+}
+
+#[cfg(not(feature = "otlp"))]
+mod otel {
+    pub(crate) fn layer() -> Option<tracing_subscriber::layer::Identity> {
+        None
+    }
+
+    pub(crate) fn shutdown() {}
 }
 
 fn main() -> ExitCode {
@@ -252,6 +315,7 @@ async fn run_serve(args: ServeArgs, log: LogFormat) -> Result<(), String> {
         .await
         .map_err(|e| e.to_string())?;
     tracing::info!("stopped");
+    otel::shutdown();
     Ok(())
 }
 
