@@ -242,10 +242,10 @@ fn images(c: &Content) -> u64 {
     }
 }
 
-/// Loads the BPE tables now (about 50 ms) rather than on the first large request.
+/// Loads the o200k tables now (about 50 ms) rather than on the first large request. (cl100k,
+/// for GPT-4 and GPT-3.5 only, loads on first use: each table costs tens of MiB of memory.)
 pub fn warm_up() {
     let _ = bpe_openai::o200k_base().count("warm");
-    let _ = bpe_openai::cl100k_base().count("warm");
 }
 
 /// Per-request cache of message counts, keyed by family and a hash of the message's texts.
