@@ -138,6 +138,7 @@ pub struct GatewayBuilder {
     breaker: BreakerConfig,
     limits: RateLimitConfig,
     limit_overrides: BTreeMap<String, RateLimitConfig>,
+    key_limits: BTreeMap<String, RateLimitConfig>,
     concurrency_queue: Duration,
     budget: BudgetConfig,
     metrics: Metrics,
@@ -256,6 +257,13 @@ impl GatewayBuilder {
     /// Circuit-breaker settings for every upstream target.
     pub fn circuit_breaker(mut self, cfg: BreakerConfig) -> Self {
         self.breaker = cfg;
+        self
+    }
+
+    /// Request rates of some API keys, by key name (`api_keys.<id>.ratelimit_max_rpm`); over
+    /// it a key gets `429 rate_limited` with `Retry-After`.
+    pub fn key_limits(mut self, limits: BTreeMap<String, RateLimitConfig>) -> Self {
+        self.key_limits = limits;
         self
     }
 
@@ -442,8 +450,14 @@ impl GatewayBuilder {
             })
             .with_stats(self.context_stats.clone())
         });
+        // Per-key request rates (only keys that have one are limited).
+        let key_limiter = (!self.key_limits.is_empty()).then(|| {
+            RateLimitLayer::new(RateLimitConfig::default(), principal_key as KeyFn)
+                .with_overrides(self.key_limits.clone())
+        });
         let chat = ServiceBuilder::new()
             .layer(DecodeLayer::new(self.max_body_bytes).with_read_timeout(self.body_read_timeout))
+            .option_layer(key_limiter)
             .option_layer(self.redactor.map(RedactLayer::new))
             .option_layer(self.entropy.map(EntropyLayer::new))
             .option_layer(
@@ -660,6 +674,13 @@ fn account_pool(
 fn concurrency_key(req: &Request<ChatRequest>) -> Option<(Arc<str>, usize)> {
     let t = req.extensions().get::<Target>()?;
     Some((t.model_key.clone(), t.provider.max_concurrent?))
+}
+
+/// One rate-limit bucket per API key.
+fn principal_key(req: &Request<ChatRequest>) -> Option<Arc<str>> {
+    req.extensions()
+        .get::<crate::model::Principal>()
+        .map(|p| p.name.clone())
 }
 
 /// One rate-limit bucket per upstream provider.
@@ -896,6 +917,7 @@ impl Gateway {
             breaker: BreakerConfig::default(),
             limits: RateLimitConfig::default(),
             limit_overrides: BTreeMap::new(),
+            key_limits: BTreeMap::new(),
             concurrency_queue: Duration::from_secs(30),
             budget: BudgetConfig::default(),
             metrics: Metrics::new(),
@@ -930,6 +952,7 @@ impl Gateway {
             ))
             .client_tokens(secrets.client_token.clone())
             .api_keys(secrets.rbac_keys()?)
+            .key_limits(secrets.key_limits())
             .allowed_browser_origins(cfg.governance.allowed_browser_origins.iter().cloned())
             .rate_limit_overrides(
                 cfg.providers

@@ -266,6 +266,7 @@ fn load(path: Option<&std::path::Path>) -> Result<(Config, Secrets, GatewayBuild
             .max_body_bytes(cfg.server.max_body_bytes)
             .client_tokens(secrets.client_token.clone())
             .api_keys(secrets.rbac_keys().map_err(|e| e.to_string())?)
+            .key_limits(secrets.key_limits())
             .allowed_browser_origins(cfg.governance.allowed_browser_origins.iter().cloned())
             .bouncer(&cfg.bouncer)
             .map_err(|e| e.to_string())?

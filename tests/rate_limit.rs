@@ -307,3 +307,44 @@ async fn when_every_account_is_throttled_the_gateway_answers_429_without_calling
         "no call while every account rests"
     );
 }
+
+#[tokio::test]
+async fn an_api_key_with_its_own_rpm_is_limited_and_others_are_not() {
+    let (mock, a) = start_mock(MockConfig::default()).await;
+    let cfg = Config::from_json_str(&format!(
+        r#"{{"providers": {{"a": {{"url": "http://{}/v1/chat/completions", "auth_style": "none"}}}},
+            "agents": {{"chain": {{"models": [{{"provider": "a", "model": "m"}}]}}}}}}"#,
+        a.addr
+    ))
+    .unwrap();
+    let secrets = Secrets::from_json_str(
+        r#"{"api_keys": {
+            "slow": {"token": "nk-slow-0123456789abcdef", "roles": ["user"], "ratelimit_max_rpm": 2},
+            "free": {"token": "nk-free-0123456789abcdef", "roles": ["user"]}}}"#,
+    )
+    .unwrap();
+    let gw = start_gateway(Gateway::from_config(&cfg, &secrets).unwrap().build()).await;
+    let url = gw.url("/v1/chat/completions");
+    let slow = [("authorization", "Bearer nk-slow-0123456789abcdef")];
+    let free = [("authorization", "Bearer nk-free-0123456789abcdef")];
+    let mut statuses = Vec::new();
+    for _ in 0..3 {
+        statuses.push(post(&url, &slow, chat("hi")).await.status.as_u16());
+    }
+    assert_eq!(statuses, [200, 200, 429]);
+    let r = post(&url, &slow, chat("hi")).await;
+    assert_eq!(r.json()["error"]["error_kind"], "rate_limited");
+    assert!(r.headers.contains_key("retry-after"));
+    for _ in 0..5 {
+        assert_eq!(
+            post(&url, &free, chat("hi")).await.status,
+            200,
+            "another key is not limited"
+        );
+    }
+    assert_eq!(
+        mock.received().len(),
+        2 + 5,
+        "refused requests never reach the upstream"
+    );
+}

@@ -99,6 +99,9 @@ pub struct ApiKeyConfig {
     /// Off switch (default on).
     #[serde(default = "enabled_default")]
     pub enabled: bool,
+    /// Requests per minute this key may make (0 or absent: no limit of its own).
+    #[serde(default)]
+    pub ratelimit_max_rpm: Option<u32>,
     /// Other fields (`created_at`, `cache_salt`, …), accepted and ignored.
     #[serde(flatten)]
     pub other: BTreeMap<String, Value>,
@@ -149,6 +152,24 @@ impl Secrets {
 }
 
 impl Secrets {
+    /// Each RBAC key's own request rate (`api_keys.<id>.ratelimit_max_rpm`), by key name.
+    ///
+    /// ```
+    /// let s = nenya::config::Secrets::from_json_str(r#"{"api_keys": {"dev": {"token": "nk-0123456789abcdef",
+    ///   "roles": ["user"], "ratelimit_max_rpm": 30}}}"#).unwrap();
+    /// assert_eq!(s.key_limits()["dev"].rpm, 30);
+    /// ```
+    pub fn key_limits(&self) -> std::collections::BTreeMap<String, crate::layers::RateLimitConfig> {
+        self.api_keys
+            .iter()
+            .filter_map(|(id, k)| {
+                let rpm = k.ratelimit_max_rpm.filter(|n| *n > 0)?;
+                let name = k.name.clone().unwrap_or_else(|| id.clone());
+                Some((name, crate::layers::RateLimitConfig { rpm, tpm: 0 }))
+            })
+            .collect()
+    }
+
     /// Parses one JSON document.
     pub fn from_json_str(s: &str) -> Result<Self, ConfigError> {
         let v: Value = serde_json::from_str(s)
