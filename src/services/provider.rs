@@ -726,7 +726,7 @@ pin_project! {
         inner: B,
         format: ApiFormat,
         pending: bytes::BytesMut,
-        queued: Option<Bytes>,
+        decoder: crate::sse::Decoder,
         finished: bool,
         done: bool,
         allow_empty: bool,
@@ -750,7 +750,7 @@ impl<B> SseGuard<B> {
             inner,
             format,
             pending: bytes::BytesMut::new(),
-            queued: None,
+            decoder: crate::sse::Decoder::new(MAX_PENDING_EVENT),
             finished: false,
             done: false,
             allow_empty: false,
@@ -769,46 +769,36 @@ fn last_event_end(buf: &[u8]) -> Option<usize> {
     lf.max(crlf)
 }
 
-/// Checks the complete events in `chunk`: `Ok(finished)` (a final or error event was seen),
-/// or `Err(offset)` of the first malformed event.
-fn check_events(chunk: &[u8], format: ApiFormat, mut finished: bool) -> Result<bool, usize> {
-    let mut start = 0;
-    let mut data = Vec::new();
-    let mut name_final = false;
-    let mut event_start = 0;
-    for line in chunk.split_inclusive(|b| *b == b'\n') {
-        let end = start + line.len();
-        let l = line.strip_suffix(b"\n").unwrap_or(line);
-        let l = l.strip_suffix(b"\r").unwrap_or(l);
-        if l.is_empty() {
-            if !data.is_empty() || name_final {
-                let d = std::mem::take(&mut data);
-                let ok =
-                    d == b"[DONE]" || serde_json::from_slice::<serde::de::IgnoredAny>(&d).is_ok();
-                if !ok {
-                    return Err(event_start);
-                }
-                let is_error = d.starts_with(b"{\"error\"")
-                    || d.windows(16)
-                        .any(|w| w == b"\"type\":\"error\"," || w == b"\"type\": \"error\"");
-                finished = finished
-                    || name_final
-                    || (format == ApiFormat::OpenAi && (d == b"[DONE]" || is_error));
-            }
-            name_final = false;
-            event_start = end;
-        } else if let Some(v) = l.strip_prefix(b"data:") {
-            if !data.is_empty() {
-                data.push(b'\n');
-            }
-            data.extend_from_slice(v.strip_prefix(b" ").unwrap_or(v));
-        } else if let Some(v) = l.strip_prefix(b"event:") {
-            let v = v.strip_prefix(b" ").unwrap_or(v);
-            name_final = v == b"message_stop" || v == b"error";
+/// Checks the complete events in `chunk` with the shared SSE decoder: `Some(finished)` (a
+/// final or error event was seen), or `None` when an event is malformed (data neither JSON nor
+/// `[DONE]`, or not UTF-8).
+fn check_events(
+    decoder: &mut crate::sse::Decoder,
+    chunk: &[u8],
+    format: ApiFormat,
+    mut finished: bool,
+) -> Option<bool> {
+    let mut bad = false;
+    let fed = decoder.feed(chunk, |ev| {
+        if matches!(ev.event.as_deref(), Some("message_stop" | "error")) {
+            finished = true;
         }
-        start = end;
-    }
-    Ok(finished)
+        let d = ev.data.as_str();
+        if bad || d.is_empty() {
+            return;
+        }
+        if d != "[DONE]" && serde_json::from_str::<serde::de::IgnoredAny>(d).is_err() {
+            bad = true;
+            return;
+        }
+        let is_error = d.starts_with("{\"error\"")
+            || d.contains("\"type\":\"error\"")
+            || d.contains("\"type\": \"error\"");
+        if format == ApiFormat::OpenAi && (d == "[DONE]" || is_error) {
+            finished = true;
+        }
+    });
+    (fed.is_ok() && !bad).then_some(finished)
 }
 
 impl<B> http_body::Body for SseGuard<B>
@@ -827,10 +817,6 @@ where
         loop {
             if *this.done {
                 return Poll::Ready(None);
-            }
-            if let Some(q) = this.queued.take() {
-                *this.done = true;
-                return Poll::Ready(Some(Ok(Frame::data(q))));
             }
             let fail = |done: &mut bool, format: ApiFormat, msg: &'static str| {
                 *done = true;
@@ -860,27 +846,19 @@ where
                         continue;
                     };
                     let complete = this.pending.split_to(end).freeze();
-                    match check_events(&complete, *this.format, *this.finished) {
-                        Ok(f) => {
+                    match check_events(this.decoder, &complete, *this.format, *this.finished) {
+                        Some(f) => {
                             *this.finished = f;
                             return Poll::Ready(Some(Ok(Frame::data(complete))));
                         }
-                        Err(0) => {
+                        // The whole chunk is held back: the client sees whole, valid events
+                        // and then one error event.
+                        None => {
                             return fail(
                                 this.done,
                                 *this.format,
                                 "the upstream sent a malformed event",
                             );
-                        }
-                        Err(at) => {
-                            // The good events first; the error event on the next poll.
-                            tracing::warn!("upstream stream broken: a malformed event");
-                            *this.queued = Some(sse_error_event(
-                                *this.format,
-                                ErrorKind::UpstreamProtocol,
-                                "the upstream sent a malformed event",
-                            ));
-                            return Poll::Ready(Some(Ok(Frame::data(complete.slice(..at)))));
                         }
                     }
                 }

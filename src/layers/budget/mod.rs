@@ -632,13 +632,14 @@ where
             };
             budget = Some((base as f64 * retry.factor) as u64);
         }
-        let model = req
-            .extensions()
-            .get::<crate::services::Target>()
-            .map_or(req.body().model.as_str(), |t| t.model.as_str());
-        let counter = TokenCounter::for_model(model);
-        let cache = req.extensions().get::<TokenCache>().cloned();
+        // Only a request with a budget needs its tokenizer (and its model name lowercased).
         let report = budget.and_then(|b| {
+            let model = req
+                .extensions()
+                .get::<crate::services::Target>()
+                .map_or(req.body().model.as_str(), |t| t.model.as_str());
+            let counter = TokenCounter::for_model(model);
+            let cache = req.extensions().get::<TokenCache>().cloned();
             let r = trim_with(req.body_mut(), b, &self.cfg, counter, cache.as_ref());
             if let Some(r) = &r {
                 tracing::info!(
