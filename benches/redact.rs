@@ -24,6 +24,7 @@ fn source_mib() -> String {
                 && !p.to_string_lossy().contains("/redact/")
                 && !p.to_string_lossy().contains("/entropy/")
                 && !p.ends_with("layers/scrub.rs")
+                && !p.ends_with("src/telemetry.rs")
             {
                 files.push(p);
             }

@@ -13,7 +13,7 @@ if ! command -v cargo-fuzz >/dev/null 2>&1; then
 fi
 export RUSTC_BOOTSTRAP=1
 cargo fuzz build -s none -O
-for target in sse_decoder stream_convert request_decode config_load; do
+for target in sse_decoder stream_convert request_decode config_load redact; do
   echo "fuzzing $target for ${seconds}s"
   # Run on a scratch copy of the seeds so the committed corpus only ever holds seeds.
   work="$(mktemp -d)"

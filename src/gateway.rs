@@ -7,6 +7,7 @@
 //! | 0 | [`RequestIdLayer`] | outermost: every log line of the request, refusals included, carries its id |
 //! | 0 | [`MetricsLayer`] | so it counts every answer, refusals and errors included |
 //! | 1 | [`ErrorResponseLayer`] | every failure below becomes client-format JSON; hyper never sees an `Err` |
+//! | 1½ | [`CatchPanicLayer`] | a panic anywhere below becomes an `internal_error` answer (still in the client's format), not a reset connection |
 //! | 2 | [`OriginGuardLayer`] | refuse browser-context requests (DNS rebinding) on every route, before anything else |
 //! | 3 | [`AuthLayer`] | refuse unauthenticated clients and forbidden endpoints before reading any body |
 //! | 4 | `Dispatch` | `/healthz`, `/statsz`, `/metrics`, `GET /v1/models`, chat paths, 404/405 for the rest |
@@ -67,7 +68,7 @@ use tower::{Layer, Service, ServiceBuilder};
 use crate::config::{BouncerConfig, Config, ConfigError, DEFAULT_MAX_BODY_BYTES, Secret, Secrets};
 use crate::error::{Error, ErrorKind};
 use crate::layers::budget::{ContextStats, RelevanceQuery, WindowConfig, WindowMode};
-use crate::layers::{AccountsLayer, SummarizeLayer};
+use crate::layers::{AccountsLayer, CatchPanicLayer, SummarizeLayer};
 use crate::layers::{
     ApiKey, AuthLayer, BreakerConfig, BudgetConfig, BudgetTrimLayer, CacheConfig,
     CircuitBreakerLayer, CompactConfig, CompactLayer, ConcurrencyLimitLayer, DecodeLayer,
@@ -475,6 +476,7 @@ impl GatewayBuilder {
             .layer(RequestIdLayer::new())
             .layer(MetricsLayer::new(self.metrics.clone()))
             .layer(ErrorResponseLayer::new())
+            .layer(CatchPanicLayer::new())
             .layer(OriginGuardLayer::new(&self.origins))
             .layer(AuthLayer::new(self.tokens).with_api_keys(self.api_keys))
             .service(Dispatch {

@@ -29,6 +29,7 @@ pub mod model;
 pub mod server;
 pub mod services;
 pub mod sse;
+pub mod telemetry;
 pub mod tokens;
 
 pub use body::Body;

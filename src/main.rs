@@ -4,11 +4,13 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use nenya::config::{Config, Secrets};
 use nenya::services::{Fault, MockConfig, MockProvider, RouteTable};
+use nenya::telemetry::{ScrubbingMakeWriter, SecretFilter, install_panic_hook};
 use nenya::{Gateway, GatewayBuilder, ReloadTrigger, ReloadableGateway};
 use tracing_subscriber::EnvFilter;
 
@@ -89,13 +91,26 @@ enum LogFormat {
     Json,
 }
 
+/// Every log line passes this filter: known secrets (updated on reload) and recognisable
+/// credentials never reach the log, whatever a dependency traces or a panic message says.
+fn log_filter() -> &'static Arc<SecretFilter> {
+    static FILTER: std::sync::OnceLock<Arc<SecretFilter>> = std::sync::OnceLock::new();
+    FILTER.get_or_init(|| Arc::new(SecretFilter::new()))
+}
+
 fn init_logging(format: LogFormat, level: Option<&str>) {
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
     let filter = EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| EnvFilter::new(level.unwrap_or("info")));
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
-    let fmt = tracing_subscriber::fmt::layer().with_ansi(ansi);
+    let fmt = tracing_subscriber::fmt::layer()
+        .with_ansi(ansi)
+        .with_writer(ScrubbingMakeWriter::new(
+            std::io::stdout,
+            log_filter().clone(),
+        ));
+    install_panic_hook(log_filter().clone());
     let registry = tracing_subscriber::registry()
         .with(filter)
         .with(otel::layer());
@@ -279,6 +294,7 @@ fn load(path: Option<&std::path::Path>) -> Result<(Config, Secrets, GatewayBuild
 async fn run_serve(args: ServeArgs, log: LogFormat) -> Result<(), String> {
     let path = config_path(args.config);
     let (cfg, secrets, builder) = load(path.as_deref())?;
+    log_filter().set_from(&cfg, &secrets);
     init_logging(log, cfg.server.log_level.as_deref());
     match &path {
         None if secrets.provider_keys.is_empty() => tracing::info!(
@@ -372,7 +388,8 @@ fn spawn_reloader(
                 None => return,
             };
             let verdict = match load(path.as_deref()) {
-                Ok((cfg, _, builder)) => {
+                Ok((cfg, secrets, builder)) => {
+                    log_filter().set_from(&cfg, &secrets);
                     gateway.replace(
                         builder
                             .reload_trigger(Some(trigger.clone()))

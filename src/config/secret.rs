@@ -10,7 +10,8 @@ use zeroize::Zeroizing;
 
 use super::{ConfigError, deep_merge};
 
-/// A credential. Its memory is zeroised on drop and `Debug` never shows it.
+/// A credential. Its memory is zeroised when the last clone drops (clones share it, so
+/// handing one to a request costs no copy of the key) and `Debug` never shows it.
 ///
 /// ```
 /// use nenya::config::Secret;
@@ -19,12 +20,12 @@ use super::{ConfigError, deep_merge};
 /// assert_eq!(s.expose(), "sk-live-123");
 /// ```
 #[derive(Clone, PartialEq, Eq)]
-pub struct Secret(Zeroizing<String>);
+pub struct Secret(std::sync::Arc<Zeroizing<String>>);
 
 impl Secret {
     /// Wraps a credential.
     pub fn new(s: impl Into<String>) -> Self {
-        Self(Zeroizing::new(s.into()))
+        Self(std::sync::Arc::new(Zeroizing::new(s.into())))
     }
 
     /// The credential itself; call only where it is sent or compared.

@@ -6,6 +6,7 @@
 //! | layer | request type | does |
 //! |---|---|---|
 //! | [`ErrorResponseLayer`] | any `Request<B>` | turns errors into client-format JSON; makes the stack `Infallible` |
+//! | [`CatchPanicLayer`] | any `Request<B>` | a panic below becomes `internal_error` instead of a reset connection |
 //! | [`RequestIdLayer`] | any `Request<B>` → `Response<R>` | keeps or makes an `x-request-id`, echoes it, one `tracing` span per request |
 //! | [`MetricsLayer`] | any `Request<B>` → `Response<R>` | requests, errors by `error_kind`, failovers, latency; [`Metrics::render`] is `GET /metrics` |
 //! | [`OriginGuardLayer`] | any `Request<B>` | refuses browser-context requests (DNS rebinding) unless the origin is allowlisted |
@@ -29,6 +30,7 @@ pub mod accounts;
 pub mod auth;
 pub mod budget;
 pub mod cache;
+pub mod catch_panic;
 pub mod circuit_breaker;
 pub mod compact;
 pub mod concurrency;
@@ -49,6 +51,7 @@ pub use accounts::{Accounts, AccountsLayer};
 pub use auth::{ApiKey, Auth, AuthLayer, Principal, Role};
 pub use budget::{BudgetConfig, BudgetTrim, BudgetTrimLayer, SummarizeLayer, TrimReport};
 pub use cache::{CacheConfig, ResponseCache, ResponseCacheLayer, ResponseCacheService};
+pub use catch_panic::{CatchPanic, CatchPanicFuture, CatchPanicLayer};
 pub use circuit_breaker::{BreakerConfig, CircuitBreaker, CircuitBreakerLayer, CircuitOpen};
 pub use compact::{Compact, CompactConfig, CompactLayer};
 pub use concurrency::{ConcurrencyFuture, ConcurrencyLimit, ConcurrencyLimitLayer};

@@ -75,6 +75,9 @@ pub enum Fault {
     /// Refuse (as [`Fault::ContextExceeded`], naming the limit) a request body of more than
     /// this many o200k tokens; answer the others.
     ContextLimit(usize),
+    /// Answer `401` quoting the key it was sent and the start of the request body in the
+    /// message, as careless providers do.
+    EchoKey,
 }
 
 impl FromStr for Fault {
@@ -106,9 +109,10 @@ impl FromStr for Fault {
             "invalid-utf8" => Self::InvalidUtf8,
             "huge-event" => Self::HugeEvent(n()?),
             "wrong-content-type" => Self::WrongContentType,
+            "echo-key" => Self::EchoKey,
             _ => {
                 return Err(format!(
-                    "unknown fault `{s}` (status:N, stall, stall-after:N, drop-after:N, malformed, error-event, context-exceeded, context-limit:N, empty, slow:MS, status-retry-after:N, invalid-utf8, huge-event:N, wrong-content-type)"
+                    "unknown fault `{s}` (status:N, stall, stall-after:N, drop-after:N, malformed, error-event, context-exceeded, context-limit:N, empty, slow:MS, status-retry-after:N, invalid-utf8, huge-event:N, wrong-content-type, echo-key)"
                 ));
             }
         })
@@ -330,6 +334,19 @@ impl MockProvider {
                         ),
                     ));
                 }
+            }
+            Some(Fault::EchoKey) => {
+                let key = ["authorization", "x-api-key", "api-key", "x-goog-api-key"]
+                    .iter()
+                    .find_map(|h| parts.headers.get(*h))
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("none");
+                let start = String::from_utf8_lossy(&body[..body.len().min(400)]);
+                return Ok(error_response(
+                    format,
+                    401,
+                    &format!("Incorrect API key provided: {key}. Request was: {start}"),
+                ));
             }
             Some(Fault::StallBeforeHeaders) => {
                 std::future::pending::<()>().await;

@@ -203,9 +203,10 @@ impl Service<Request<ChatRequest>> for ProviderService {
 
     fn call(&mut self, req: Request<ChatRequest>) -> ResponseFuture {
         match build_upstream_request(req) {
-            Ok((target, upstream, ctx)) => ResponseFuture {
+            Ok((target, upstream, ctx, upstream_key)) => ResponseFuture {
                 state: State::Waiting {
                     fut: target.provider.transport.send(upstream),
+                    key: upstream_key,
                     deadline: tokio::time::sleep(
                         target
                             .provider
@@ -244,7 +245,7 @@ const MAX_CONVERTED_BODY: usize = 32 << 20;
 
 fn build_upstream_request(
     req: Request<ChatRequest>,
-) -> Result<(Target, Request<Body>, Ctx), Error> {
+) -> Result<(Target, Request<Body>, Ctx, Option<Secret>), Error> {
     let (parts, mut chat) = req.into_parts();
     let target = parts
         .extensions
@@ -316,6 +317,7 @@ fn build_upstream_request(
         .get::<crate::layers::accounts::Credential>()
         .map(|c| &c.key);
     apply_auth(h, &target.provider, target.format, account)?;
+    let key = account.or(target.provider.key.as_ref()).cloned();
     let ctx = Ctx {
         allow_empty: parts.extensions.get::<AllowEmptyStream>().is_some(),
         idle: target.provider.timeouts.idle,
@@ -325,7 +327,26 @@ fn build_upstream_request(
         stream,
         include_usage,
     };
-    Ok((target, upstream, ctx))
+    Ok((target, upstream, ctx, key))
+}
+
+/// `body` with every occurrence of `key` replaced by `[REDACTED:provider_key]`.
+fn scrub_key(body: Bytes, key: Option<&Secret>) -> Bytes {
+    let Some(key) = key.map(Secret::expose).filter(|k| k.len() >= 8) else {
+        return body;
+    };
+    let Ok(ac) = aho_corasick::AhoCorasick::new([key]) else {
+        return body;
+    };
+    if !ac.is_match(&body[..]) {
+        return body;
+    }
+    let mut out = Vec::with_capacity(body.len());
+    ac.replace_all_with_bytes(&body, &mut out, |_, _, dst| {
+        dst.extend_from_slice(b"[REDACTED:provider_key]");
+        true
+    });
+    Bytes::from(out)
 }
 
 /// The Gemini method URL for `model`: a base URL gets `/models/{model}:method`, a URL with a
@@ -433,6 +454,8 @@ pin_project! {
             #[pin] fut: TransportFuture,
             #[pin] deadline: Sleep,
             ctx: Ctx,
+            // The key sent upstream, so an error body that echoes it can be scrubbed.
+            key: Option<Secret>,
         },
         // A non-streamed answer (or an error) from an upstream of another format, read whole
         // so it can be re-encoded with the right status and length.
@@ -440,6 +463,7 @@ pin_project! {
             #[pin] fut: Collect<Limited<IdleTimeoutBody<Body>>>,
             parts: Option<http::response::Parts>,
             ctx: Ctx,
+            key: Option<Secret>,
         },
         Failed { err: Option<Error> },
     }
@@ -457,7 +481,12 @@ impl Future for ResponseFuture {
                         Error::new(ErrorKind::Internal, "future polled after completion")
                     })));
                 }
-                StateProj::Waiting { fut, deadline, ctx } => {
+                StateProj::Waiting {
+                    fut,
+                    deadline,
+                    ctx,
+                    key,
+                } => {
                     let resp = match fut.poll(cx) {
                         Poll::Ready(Ok(resp)) => resp,
                         Poll::Ready(Err(e)) => {
@@ -497,10 +526,16 @@ impl Future for ResponseFuture {
                             fut: Limited::new(body, MAX_CONVERTED_BODY).collect(),
                             parts: Some(parts),
                             ctx: *ctx,
+                            key: key.take(),
                         },
                     }
                 }
-                StateProj::Converting { fut, parts, ctx } => {
+                StateProj::Converting {
+                    fut,
+                    parts,
+                    ctx,
+                    key,
+                } => {
                     let bytes = match ready!(fut.poll(cx)) {
                         Ok(c) => c.to_bytes(),
                         Err(e) => {
@@ -528,12 +563,20 @@ impl Future for ResponseFuture {
                             Err(e) => return Poll::Ready(Err(e)),
                         }
                     } else {
-                        crate::adapters::convert_error(&bytes, ctx.client)
+                        // Some providers quote the key they were sent in their error message.
+                        let bytes = scrub_key(bytes, key.as_ref());
+                        if ctx.client == ctx.upstream {
+                            bytes
+                        } else {
+                            crate::adapters::convert_error(&bytes, ctx.client)
+                        }
                     };
-                    parts.headers.insert(
-                        header::CONTENT_TYPE,
-                        HeaderValue::from_static("application/json"),
-                    );
+                    if ctx.client != ctx.upstream || parts.status.is_success() {
+                        parts.headers.insert(
+                            header::CONTENT_TYPE,
+                            HeaderValue::from_static("application/json"),
+                        );
+                    }
                     parts
                         .headers
                         .insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
@@ -560,7 +603,7 @@ fn respond(resp: Response<Body>, ctx: Ctx) -> Respond {
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("text/event-stream"));
-    if ctx.client == ctx.upstream {
+    if ctx.client == ctx.upstream && (is_sse || parts.status.is_success()) {
         if is_sse {
             // The body may grow by an error event; a stale length would corrupt the framing.
             parts.headers.remove(header::CONTENT_LENGTH);

@@ -290,6 +290,7 @@ impl Redactor {
                 }
             }
         }
+        let mut unordered = false;
         if let Some(custom) = &inner.custom {
             for m in custom.find_iter(text) {
                 if m.is_empty() {
@@ -299,7 +300,13 @@ impl Redactor {
                     range: m.range(),
                     kind: inner.kinds[inner.custom_kind],
                 });
+                unordered = true;
             }
+        }
+        // A value found once (`password = …`) is a secret wherever else it appears in the
+        // text (`… connect with …`), even where no pattern's context surrounds it.
+        unordered |= repeat_occurrences(text, &mut found);
+        if unordered {
             found.sort_by_key(|f| (f.range.start, std::cmp::Reverse(f.range.end)));
             found.dedup_by(|b, a| {
                 // `b` follows `a`: fold an overlap into the earlier finding.
@@ -351,6 +358,44 @@ impl Inner {
             _ => pid,
         }
     }
+}
+
+/// Shortest found value whose other occurrences are redacted too (shorter ones would catch
+/// ordinary words).
+const MIN_REPEAT_LEN: usize = 8;
+
+/// Adds a finding for every other occurrence of an already found value; `true` when any was
+/// added (the findings are then no longer in order). Runs only when something was found.
+fn repeat_occurrences(text: &str, found: &mut Vec<Finding>) -> bool {
+    let mut values: Vec<(&str, &'static str)> = found
+        .iter()
+        .map(|f| (&text[f.range.clone()], f.kind))
+        .filter(|(v, _)| v.len() >= MIN_REPEAT_LEN)
+        .collect();
+    if values.is_empty() {
+        return false;
+    }
+    values.sort_unstable();
+    values.dedup_by(|b, a| a.0 == b.0);
+    let Ok(ac) = aho_corasick::AhoCorasick::builder()
+        .match_kind(aho_corasick::MatchKind::LeftmostLongest)
+        .build(values.iter().map(|(v, _)| v))
+    else {
+        return false;
+    };
+    let before = found.len();
+    for m in ac.find_iter(text) {
+        let covered = found[..before]
+            .iter()
+            .any(|f| f.range.start <= m.start() && m.end() <= f.range.end);
+        if !covered {
+            found.push(Finding {
+                range: m.range(),
+                kind: values[m.pattern().as_usize()].1,
+            });
+        }
+    }
+    found.len() > before
 }
 
 /// Widens a byte range to char boundaries (patterns match bytes).
@@ -521,5 +566,15 @@ mod tests {
         assert!(!ok("1234567890", true));
         assert!(!ok("${DB_PASSWORD}", true));
         assert!(!ok("https://x.example/a1", true));
+    }
+
+    #[test]
+    fn a_found_value_is_redacted_wherever_else_it_appears() {
+        // Found by the `redact` fuzz target: only the assignment was redacted.
+        let r = Redactor::builtin();
+        let text = "DB_PASSWORD = \"Xk9mQ2pL7vN4wq\"\nthen run: psql -W Xk9mQ2pL7vN4wq; echo Xk9mQ2pL7vN4wq";
+        let out = r.redact(text).unwrap();
+        assert!(!out.contains("Xk9mQ2pL7vN4wq"), "{out}");
+        assert_eq!(out.matches("[REDACTED:").count(), 3, "{out}");
     }
 }
