@@ -1,6 +1,7 @@
 //! Serving a tower service over HTTP/1.1 and HTTP/2 with graceful shutdown.
 
 use std::future::Future;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use http::{Request, Response};
@@ -13,6 +14,35 @@ use tokio::net::TcpListener;
 use tower::{Service, ServiceExt};
 
 use crate::{Body, BoxError};
+
+static OPEN_CONNECTIONS: AtomicUsize = AtomicUsize::new(0);
+
+/// Client connections currently open across every [`serve`] in this process (one atomic
+/// update per connection, not per request). The binary uses it to return freed memory to the
+/// system once a burst of connections is over.
+///
+/// ```
+/// assert_eq!(nenya::server::open_connections(), 0);
+/// ```
+pub fn open_connections() -> usize {
+    OPEN_CONNECTIONS.load(Ordering::Relaxed)
+}
+
+/// Decrements the open-connection count when the connection's task ends (or is dropped).
+struct ConnectionGuard;
+
+impl ConnectionGuard {
+    fn new() -> Self {
+        OPEN_CONNECTIONS.fetch_add(1, Ordering::Relaxed);
+        Self
+    }
+}
+
+impl Drop for ConnectionGuard {
+    fn drop(&mut self) {
+        OPEN_CONNECTIONS.fetch_sub(1, Ordering::Relaxed);
+    }
+}
 
 /// Serves `service` on `listener` until `shutdown` completes, then stops accepting and lets
 /// in-flight requests finish for up to `grace`.
@@ -61,7 +91,9 @@ where
                     .map_request(|r: Request<Incoming>| r.map(Body::new));
                 let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), TowerToHyperService::new(svc));
                 let conn = graceful.watch(conn.into_owned());
+                let guard = ConnectionGuard::new();
                 tokio::spawn(async move {
+                    let _guard = guard;
                     if let Err(e) = conn.await {
                         tracing::debug!(%peer, error = %e, "connection ended with an error");
                     }

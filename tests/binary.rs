@@ -456,3 +456,154 @@ fn which(name: &str) -> Option<std::path::PathBuf> {
         .map(|d| d.join(name))
         .find(|p| p.is_file())
 }
+
+/// A config file with one agent `slow` on `mock`, no auth.
+fn slow_agent_config(name: &str, mock: &Running) -> std::path::PathBuf {
+    let cfg = temp_dir(name).join("nenya.json");
+    std::fs::write(
+        &cfg,
+        json!({
+            "providers": {"up": {"url": format!("http://{}/v1/chat/completions", mock.addr), "auth_style": "none"}},
+            "agents": {"slow": {"models": [{"provider": "up", "model": "m"}]}}
+        })
+        .to_string(),
+    )
+    .unwrap();
+    cfg
+}
+
+/// Starts `n` streamed requests for the `slow` agent; each yields (status, body).
+fn start_streams(
+    bin: &Binary,
+    n: usize,
+) -> Vec<tokio::task::JoinHandle<(http::StatusCode, String)>> {
+    (0..n)
+        .map(|_| {
+            let url = bin.url("/v1/chat/completions");
+            tokio::spawn(async move {
+                let body = json!({"model": "slow", "stream": true,
+                    "messages": [{"role": "user", "content": "hi"}]});
+                let r = post(&url, &[], body.to_string()).await;
+                (r.status, r.text())
+            })
+        })
+        .collect()
+}
+
+/// A stream that arrived whole: every content chunk, then `[DONE]`.
+fn assert_whole_stream(status: http::StatusCode, text: &str, chunks: usize) {
+    assert_eq!(status, 200, "{text}");
+    assert!(
+        text.trim_end().ends_with("data: [DONE]"),
+        "cut short: {text}"
+    );
+    let content = sse_events(text)
+        .iter()
+        .filter(|(_, d)| d.contains("\"content\""))
+        .count();
+    assert!(content >= chunks, "{content} of {chunks} chunks: {text}");
+}
+
+#[cfg(unix)]
+#[tokio::test]
+async fn sigterm_during_200_streams_completes_them_and_refuses_new_connections() {
+    const STREAMS: usize = 200;
+    let (mock, up) = start_mock(MockConfig {
+        chunks: 10,
+        delay: Duration::from_millis(150),
+        ..MockConfig::default()
+    })
+    .await;
+    let cfg = slow_agent_config("bin-drain", &up);
+    let mut bin = spawn_nenya(
+        &["serve", "--listen", "127.0.0.1:0"],
+        &[("NENYA_CONFIG_FILE", cfg.to_str().unwrap())],
+    );
+    let streams = start_streams(&bin, STREAMS);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while mock.streams_in_flight() < STREAMS {
+        assert!(
+            Instant::now() < deadline,
+            "only {} streams started",
+            mock.streams_in_flight()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    signal(&bin, "-TERM");
+    let signalled = Instant::now();
+    // The listener closes at once: a new connection is refused while the streams drain.
+    let deadline = Instant::now() + Duration::from_secs(2);
+    loop {
+        match tokio::net::TcpStream::connect(bin.addr).await {
+            Err(_) => break,
+            Ok(_) => {
+                assert!(Instant::now() < deadline, "still accepting after SIGTERM");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    }
+    assert!(
+        mock.streams_in_flight() > 0,
+        "the refusal was checked while streams were in flight"
+    );
+    for s in streams {
+        let (status, text) = s.await.unwrap();
+        assert_whole_stream(status, &text, 10);
+    }
+    // Well inside the 5 s grace period, and a clean exit.
+    loop {
+        if let Some(status) = bin.child.try_wait().unwrap() {
+            assert!(status.success(), "exit status {status:?}");
+            break;
+        }
+        assert!(
+            signalled.elapsed() < Duration::from_secs(5),
+            "did not exit within the grace period"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let log = bin.log();
+    assert!(!log.contains("grace period over"), "{log}");
+}
+
+#[cfg(unix)]
+#[tokio::test]
+async fn sighup_under_load_drops_nothing() {
+    let (mock, up) = start_mock(MockConfig {
+        chunks: 8,
+        delay: Duration::from_millis(100),
+        ..MockConfig::default()
+    })
+    .await;
+    let cfg = slow_agent_config("bin-hup-load", &up);
+    let bin = spawn_nenya(
+        &["serve", "--listen", "127.0.0.1:0"],
+        &[("NENYA_CONFIG_FILE", cfg.to_str().unwrap())],
+    );
+    // 100 long streams, plus short requests arriving all through the reloads.
+    let streams = start_streams(&bin, 100);
+    let url = bin.url("/v1/chat/completions");
+    let short = tokio::spawn(async move {
+        let mut statuses = Vec::new();
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_millis(1200) {
+            let body = json!({"model": "slow", "messages": [{"role": "user", "content": "hi"}]});
+            statuses.push(post(&url, &[], body.to_string()).await.status);
+        }
+        statuses
+    });
+    for _ in 0..3 {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        signal(&bin, "-HUP");
+    }
+    let statuses = short.await.unwrap();
+    assert!(statuses.len() > 3, "{statuses:?}");
+    assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+    for s in streams {
+        let (status, text) = s.await.unwrap();
+        assert_whole_stream(status, &text, 8);
+    }
+    let reloads = bin.log().matches("configuration reloaded").count();
+    assert!(reloads >= 1, "reloaded during the load: {}", bin.log());
+    assert_eq!(mock.received().len(), 100 + statuses.len());
+}

@@ -3,9 +3,8 @@
 //! near where they started. Ignored by default (it takes `NENYA_SOAK_SECS`, default 20 s):
 //!
 //! `cargo test --release --test soak -- --ignored --nocapture`
-//! (`NENYA_SOAK_STREAMS`, default 1000). BENCHMARKS.md records its figures. Known open
-//! problem (issue #12): RSS does not come back within 10% after the burst (glibc keeps the
-//! freed arenas), so the last assertion fails today.
+//! (`NENYA_SOAK_STREAMS`, default 1000). BENCHMARKS.md records its figures. RSS comes back
+//! within 10% because the binary trims glibc's heap once a burst of connections is over.
 
 mod common;
 
