@@ -57,6 +57,10 @@ pub enum ErrorKind {
     UpstreamProtocol,
     /// Too many requests.
     RateLimited,
+    /// A daily token budget (the caller's key, or a provider's for `fill`-tier keys) is spent.
+    BudgetExceeded,
+    /// The request's estimated cost exceeds `governance.max_cost_per_request` on every target.
+    CostLimitExceeded,
     /// Every target's circuit breaker is open: the upstreams failed recently and are resting.
     CircuitOpen,
     /// A bug or an unexpected internal state.
@@ -82,6 +86,8 @@ impl ErrorKind {
             Self::UpstreamTimeout => "upstream_timeout",
             Self::UpstreamProtocol => "upstream_protocol_error",
             Self::RateLimited => "rate_limited",
+            Self::BudgetExceeded => "budget_exceeded",
+            Self::CostLimitExceeded => "cost_limit_exceeded",
             Self::CircuitOpen => "circuit_open",
             Self::Internal => "internal_error",
         }
@@ -100,7 +106,8 @@ impl ErrorKind {
             Self::UnsupportedConversion => StatusCode::NOT_IMPLEMENTED,
             Self::UpstreamUnreachable | Self::UpstreamProtocol => StatusCode::BAD_GATEWAY,
             Self::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
-            Self::RateLimited => StatusCode::TOO_MANY_REQUESTS,
+            Self::RateLimited | Self::BudgetExceeded => StatusCode::TOO_MANY_REQUESTS,
+            Self::CostLimitExceeded => StatusCode::BAD_REQUEST,
             Self::CircuitOpen => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -116,7 +123,10 @@ impl ErrorKind {
             | Self::ModelNotFound
             | Self::NotFound
             | Self::MethodNotAllowed
-            | Self::UnsupportedConversion => "invalid_request_error",
+            | Self::UnsupportedConversion
+            | Self::CostLimitExceeded => "invalid_request_error",
+            // OpenAI's own type for a spent quota, which SDKs recognise.
+            Self::BudgetExceeded => "insufficient_quota",
             Self::Unauthorized => "authentication_error",
             Self::Forbidden | Self::ForbiddenOrigin => "permission_error",
             Self::RateLimited => "rate_limit_error",
@@ -134,12 +144,14 @@ impl ErrorKind {
             Self::InvalidJson | Self::InvalidRequest | Self::UnsupportedConversion => {
                 "invalid_request_error"
             }
-            Self::MethodNotAllowed | Self::RequestTimeout => "invalid_request_error",
+            Self::MethodNotAllowed | Self::RequestTimeout | Self::CostLimitExceeded => {
+                "invalid_request_error"
+            }
             Self::BodyTooLarge => "request_too_large",
             Self::Unauthorized => "authentication_error",
             Self::Forbidden | Self::ForbiddenOrigin => "permission_error",
             Self::ModelNotFound | Self::NotFound => "not_found_error",
-            Self::RateLimited => "rate_limit_error",
+            Self::RateLimited | Self::BudgetExceeded => "rate_limit_error",
             Self::UpstreamTimeout => "timeout_error",
             Self::CircuitOpen => "overloaded_error",
             Self::UpstreamUnreachable | Self::UpstreamProtocol | Self::Internal => "api_error",

@@ -20,6 +20,7 @@
 //! | 7¾ | [`SummarizeLayer`] | (when `window` is enabled) near the window, older turns become one summary by the engine, which is the routed stack below (so the engine has failover, breakers, limits) |
 //! | 8 | [`Router`] | model → agent chain → [`Target`](crate::services::Target); refuses agents outside the caller's scope; fails over along the chain before the first byte |
 //! | 8½ | [`BudgetTrimLayer`] | after the router, so each target of a chain gets a request that fits its own window |
+//! | 8⅝ | [`QuotaLayer`](crate::layers::QuotaLayer) | (when budgets or a cost ceiling are configured) per target, so the price and the provider budget are the target's; reserves the estimate, and a refusal lets the router try the next target |
 //! | 8¾ | [`UsageLayer`] | taps each answer (already in the client's format) for token usage per agent, provider and model |
 //! | 9 | [`CircuitBreakerLayer`] | per provider+model, next to the provider so it sees raw upstream outcomes; an open circuit fails fast and the router moves on |
 //! | 10 | [`RateLimitLayer`] | per provider RPM/TPM, inside the breaker (a refusal is not an upstream failure, and an open circuit spends no budget) |
@@ -63,12 +64,14 @@ use bytes::Bytes;
 use http::{HeaderValue, Method, Request, Response, header};
 use pin_project_lite::pin_project;
 use tower::util::BoxCloneSyncService;
-use tower::{Layer, Service, ServiceBuilder};
+use tower::{Service, ServiceBuilder};
 
 use crate::config::{BouncerConfig, Config, ConfigError, DEFAULT_MAX_BODY_BYTES, Secret, Secrets};
 use crate::error::{Error, ErrorKind};
 use crate::layers::budget::{ContextStats, RelevanceQuery, WindowConfig, WindowMode};
-use crate::layers::{AccountsLayer, CatchPanicLayer, SummarizeLayer};
+use crate::layers::{
+    AccountsLayer, CatchPanicLayer, Ledger, QuotaConfig, QuotaLayer, QuotaSubject, SummarizeLayer,
+};
 use crate::layers::{
     ApiKey, AuthLayer, BreakerConfig, BudgetConfig, BudgetTrimLayer, CacheConfig,
     CircuitBreakerLayer, CompactConfig, CompactLayer, ConcurrencyLimitLayer, DecodeLayer,
@@ -77,6 +80,7 @@ use crate::layers::{
     RequestIdLayer, ResponseCache, ResponseCacheLayer, UsageLabels, UsageLayer, UsageMeter,
 };
 use crate::model::{ApiFormat, ChatRequest, CountTokens};
+use crate::pricing::PriceTable;
 use crate::services::{
     FailoverPolicy, LatencyTracker, LiveModels, ProviderService, RouteTable, Router, Target,
     http_client,
@@ -157,6 +161,9 @@ pub struct GatewayBuilder {
     reload: Option<ReloadTrigger>,
     generation: u64,
     live_models: LiveModels,
+    quota: QuotaConfig,
+    prices: PriceTable,
+    ledger: Ledger,
     carried: Option<Carried>,
 }
 
@@ -176,6 +183,7 @@ struct Carried {
         RateLimitLayer<KeyFn>,
     ),
     cache: Option<(CacheConfig, ResponseCache)>,
+    ledger: Ledger,
 }
 
 impl std::fmt::Debug for Carried {
@@ -359,7 +367,28 @@ impl GatewayBuilder {
         self.live_models = previous.carried.live_models.seeded_for(&self.table);
         self.latency = previous.carried.latency.clone();
         self.usage = previous.usage.clone();
+        self.ledger = previous.carried.ledger.clone();
         self.carried = Some(previous.carried.clone());
+        self
+    }
+
+    /// Daily token budgets per key and provider, and the cost ceiling per request (see
+    /// [`QuotaLayer`]); default: none.
+    pub fn quota(mut self, quota: QuotaConfig) -> Self {
+        self.quota = quota;
+        self
+    }
+
+    /// Prices for cost accounting and the cost ceiling (default: the registry's list prices).
+    pub fn prices(mut self, prices: PriceTable) -> Self {
+        self.prices = prices;
+        self
+    }
+
+    /// The ledger budgets are kept in (default: a new one on the system clock); a test passes
+    /// one on its own clock.
+    pub fn ledger(mut self, ledger: Ledger) -> Self {
+        self.ledger = ledger;
         self
     }
 
@@ -395,6 +424,7 @@ impl GatewayBuilder {
             self.redactor.clone(),
             &breaker,
             self.generation,
+            (&self.ledger, &self.quota),
         );
         register_usage(&self.metrics, &self.usage);
         register_context(&self.metrics, &self.context_stats);
@@ -418,25 +448,37 @@ impl GatewayBuilder {
                 ));
             }
         }
+        // Per key and provider budgets and the cost ceiling, only when configured.
+        let quota = (!self.quota.is_empty()).then(|| {
+            QuotaLayer::new(
+                self.quota.clone(),
+                self.ledger.clone(),
+                self.prices.clone(),
+                quota_subject as SubjectFn,
+            )
+        });
+        let upstream = ServiceBuilder::new()
+            .layer(
+                UsageLayer::new(self.usage.clone(), usage_labels as LabelFn)
+                    .with_prices(self.prices.clone()),
+            )
+            .layer(breaker.clone())
+            .layer(limiter.clone())
+            .layer(AccountsLayer::new(account_pool))
+            .layer(ConcurrencyLimitLayer::new(
+                self.concurrency_queue,
+                concurrency_key,
+            ))
+            .service(ProviderService::new());
         let routed = Router::new(
             self.table,
-            BudgetTrimLayer::new(self.budget, target_window as WindowFn)
-                .with_stats(self.context_stats.clone())
+            ServiceBuilder::new()
                 .layer(
-                    UsageLayer::new(self.usage.clone(), usage_labels as LabelFn).layer(
-                        breaker.layer(
-                            limiter.layer(
-                                AccountsLayer::new(account_pool).layer(
-                                    ConcurrencyLimitLayer::new(
-                                        self.concurrency_queue,
-                                        concurrency_key,
-                                    )
-                                    .layer(ProviderService::new()),
-                                ),
-                            ),
-                        ),
-                    ),
-                ),
+                    BudgetTrimLayer::new(self.budget, target_window as WindowFn)
+                        .with_stats(self.context_stats.clone()),
+                )
+                .option_layer(quota)
+                .service(upstream),
         )
         .context_retry(self.context_retry)
         .auto_context_skip(self.auto_context_skip)
@@ -499,6 +541,7 @@ impl GatewayBuilder {
                 breaker: (breaker_cfg, breaker),
                 limiter: ((self.limits, self.limit_overrides), limiter),
                 cache: self.cache.zip(cache),
+                ledger: self.ledger.clone(),
             },
         }
     }
@@ -514,17 +557,43 @@ fn target_key(req: &Request<ChatRequest>) -> Option<Arc<str>> {
 }
 
 type WindowFn = fn(&Request<ChatRequest>) -> Option<u64>;
+type SubjectFn = fn(&Request<ChatRequest>) -> QuotaSubject;
+
+/// Budgets are charged to the caller's key and the target's provider; priced by its model.
+fn quota_subject(req: &Request<ChatRequest>) -> QuotaSubject {
+    let key = req
+        .extensions()
+        .get::<crate::model::Principal>()
+        .map_or_else(|| Arc::from(""), |p| p.name.clone());
+    match req.extensions().get::<Target>() {
+        Some(t) => QuotaSubject {
+            key,
+            provider: t.provider_key.clone(),
+            model: t.model.as_str().into(),
+        },
+        None => QuotaSubject {
+            key,
+            provider: "unknown".into(),
+            model: "unknown".into(),
+        },
+    }
+}
 type LabelFn = fn(&Request<ChatRequest>) -> UsageLabels;
 
 /// Usage is counted per requested agent (or model), provider and upstream model.
 fn usage_labels(req: &Request<ChatRequest>) -> UsageLabels {
-    match req.extensions().get::<Target>() {
+    let labels = match req.extensions().get::<Target>() {
         Some(t) => UsageLabels {
             agent: req.body().model.as_str().into(),
             provider: t.provider_key.clone(),
             model: t.model.as_str().into(),
+            key: "".into(),
         },
         None => UsageLabels::new(&req.body().model, "unknown", "unknown"),
+    };
+    match req.extensions().get::<crate::model::Principal>() {
+        Some(p) => labels.with_key(p.name.clone()),
+        None => labels,
     }
 }
 
@@ -699,9 +768,11 @@ fn statsz(
     redactor: Option<Redactor>,
     breaker: &CircuitBreakerLayer<KeyFn>,
     generation: u64,
+    (ledger, quota): (&Ledger, &QuotaConfig),
 ) -> Arc<dyn Fn() -> String + Send + Sync> {
     let started = std::time::Instant::now();
     let (metrics, usage, breaker) = (metrics.clone(), usage.clone(), breaker.clone());
+    let (ledger, quota) = (ledger.clone(), quota.clone());
     Arc::new(move || {
         let m = metrics.snapshot();
         let redactions: serde_json::Map<String, serde_json::Value> = redactor
@@ -712,16 +783,20 @@ fn statsz(
             .filter(|(_, n)| *n > 0)
             .map(|(k, n)| (k.to_owned(), n.into()))
             .collect();
-        let usage: Vec<serde_json::Value> = usage
-            .totals()
-            .into_iter()
+        let totals = usage.totals();
+        let mut cost_total = 0.0;
+        let usage: Vec<serde_json::Value> = totals
+            .iter()
             .map(|(l, t)| {
-                serde_json::json!({"agent": &*l.agent, "provider": &*l.provider, "model": &*l.model,
-                    "answers": t.requests, "estimated": t.estimated, "prompt_tokens": t.prompt,
-                    "completion_tokens": t.completion, "cached_tokens": t.cached,
-                    "reasoning_tokens": t.reasoning})
+                cost_total += t.cost_usd();
+                serde_json::json!({"key": &*l.key, "agent": &*l.agent, "provider": &*l.provider,
+                    "model": &*l.model, "answers": t.requests, "estimated": t.estimated,
+                    "prompt_tokens": t.prompt, "completion_tokens": t.completion,
+                    "cached_tokens": t.cached, "reasoning_tokens": t.reasoning,
+                    "cost_usd": t.cost_usd()})
             })
             .collect();
+        let key_usage = key_usage(&totals, &ledger, &quota);
         let mut open: Vec<String> = breaker
             .open_circuits()
             .iter()
@@ -737,10 +812,73 @@ fn statsz(
             "failovers": m.failovers,
             "redactions": redactions,
             "usage": usage,
+            "cost_usd": cost_total,
+            "key_usage": key_usage,
+            "provider_budgets": provider_budgets(&ledger, &quota),
             "open_circuits": open,
         })
         .to_string()
     })
+}
+
+/// `/statsz` `key_usage`: per caller key, all-time totals from the usage meter and today's
+/// budget from the ledger.
+fn key_usage(
+    totals: &[(UsageLabels, crate::layers::UsageTotals)],
+    ledger: &Ledger,
+    quota: &QuotaConfig,
+) -> serde_json::Map<String, serde_json::Value> {
+    let mut out: BTreeMap<&str, (u64, u64, u64, u64)> = BTreeMap::new();
+    for (l, t) in totals {
+        let e = out.entry(&l.key).or_default();
+        e.0 += t.requests;
+        e.1 += t.prompt;
+        e.2 += t.completion;
+        e.3 += t.cost_nano_usd;
+    }
+    let today: BTreeMap<Arc<str>, crate::layers::quota::DailyUse> =
+        ledger.keys().into_iter().collect();
+    let mut map = serde_json::Map::new();
+    let names: std::collections::BTreeSet<&str> = out
+        .keys()
+        .copied()
+        .chain(quota.keys.keys().map(|k| &**k))
+        .collect();
+    for name in names {
+        let (requests, prompt, completion, cost) = out.get(name).copied().unwrap_or_default();
+        let mut v = serde_json::json!({"requests": requests, "prompt_tokens": prompt,
+            "completion_tokens": completion, "cost_usd": cost as f64 / 1e9});
+        if let Some(q) = quota.keys.get(name) {
+            let d = today.get(name).copied().unwrap_or_default();
+            v["budget"] = serde_json::json!({
+                "token_budget_daily": q.token_budget_daily,
+                "tier": match q.tier { crate::layers::BudgetTier::Always => "always", crate::layers::BudgetTier::Fill => "fill" },
+                "used_today": d.used, "reserved": d.reserved,
+                "remaining_today": q.token_budget_daily.map(|b| b.saturating_sub(d.used + d.reserved)),
+            });
+        }
+        map.insert(name.to_owned(), v);
+    }
+    map
+}
+
+/// `/statsz` `provider_budgets`: providers with a daily budget, and today's use.
+fn provider_budgets(ledger: &Ledger, quota: &QuotaConfig) -> serde_json::Value {
+    let today: BTreeMap<Arc<str>, crate::layers::quota::DailyUse> =
+        ledger.providers().into_iter().collect();
+    let mut map = serde_json::Map::new();
+    let mut names: Vec<&Arc<str>> = quota.providers.keys().collect();
+    names.sort();
+    for name in names {
+        let budget = quota.providers[name];
+        let d = today.get(name).copied().unwrap_or_default();
+        map.insert(
+            name.to_string(),
+            serde_json::json!({"token_budget_daily": budget, "used_today": d.used,
+                "reserved": d.reserved, "remaining_today": budget.saturating_sub(d.used + d.reserved)}),
+        );
+    }
+    serde_json::Value::Object(map)
 }
 
 /// Cache hits and misses as metrics.
@@ -788,9 +926,12 @@ fn register_usage(metrics: &Metrics, usage: &UsageMeter) {
             "counter",
             "Tokens by requested agent, provider, upstream model and kind.",
         );
+        // `key` is the caller's key name ("" without named keys): two keys on one agent are
+        // two series.
         let labels = |l: &UsageLabels| {
             format!(
-                "agent=\"{}\",provider=\"{}\",model=\"{}\"",
+                "key=\"{}\",agent=\"{}\",provider=\"{}\",model=\"{}\"",
+                escape(&l.key),
                 escape(&l.agent),
                 escape(&l.provider),
                 escape(&l.model)
@@ -824,6 +965,20 @@ fn register_usage(metrics: &Metrics, usage: &UsageMeter) {
                 out,
                 "nenya_usage_answers_total{{{labels},source=\"estimated\"}} {}",
                 t.estimated
+            );
+        }
+        family(
+            out,
+            "nenya_cost_usd_total",
+            "counter",
+            "Cost in USD at the target's price (registry list price or config `pricing`), by caller key, agent, provider and model.",
+        );
+        for (l, t) in &totals {
+            let _ = writeln!(
+                out,
+                "nenya_cost_usd_total{{{}}} {}",
+                labels(l),
+                t.cost_usd()
             );
         }
     });
@@ -937,6 +1092,9 @@ impl Gateway {
             reload: None,
             generation: 1,
             live_models: LiveModels::default(),
+            quota: QuotaConfig::default(),
+            prices: PriceTable::default(),
+            ledger: Ledger::new(),
             carried: None,
         }
     }
@@ -955,6 +1113,20 @@ impl Gateway {
             .client_tokens(secrets.client_token.clone())
             .api_keys(secrets.rbac_keys()?)
             .key_limits(secrets.key_limits())
+            .quota(QuotaConfig {
+                keys: secrets
+                    .key_quotas()?
+                    .into_iter()
+                    .map(|(k, q)| (Arc::from(k), q))
+                    .collect(),
+                providers: cfg
+                    .providers
+                    .iter()
+                    .filter_map(|(n, p)| Some((Arc::from(n.as_str()), p.token_budget_daily?)))
+                    .collect(),
+                max_cost_per_request: cfg.governance.max_cost_per_request.filter(|c| *c > 0.0),
+            })
+            .prices(PriceTable::new(cfg.pricing.clone()))
             .allowed_browser_origins(cfg.governance.allowed_browser_origins.iter().cloned())
             .rate_limit_overrides(
                 cfg.providers

@@ -26,6 +26,7 @@ pub mod error;
 mod gateway;
 pub mod layers;
 pub mod model;
+pub mod pricing;
 pub mod server;
 pub mod services;
 pub mod sse;

@@ -121,7 +121,7 @@ async fn usage_is_counted_per_agent_in_both_formats_streamed_and_not() {
 
     let metrics = scrape_metrics(&gw).await;
     let line = format!(
-        r#"nenya_tokens_total{{agent="coder",provider="up",model="upstream-model-1",kind="completion"}} {}"#,
+        r#"nenya_tokens_total{{key="client_token",agent="coder",provider="up",model="upstream-model-1",kind="completion"}} {}"#,
         expected.1
     );
     assert!(metrics.contains(&line), "{line}\n{metrics}");

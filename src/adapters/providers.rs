@@ -391,6 +391,42 @@ pub fn builtin_provider(name: &str) -> Option<&'static BuiltinProvider> {
     BUILTIN_PROVIDERS.iter().find(|p| p.name == name)
 }
 
+/// A model's list price in USD per million tokens.
+///
+/// ```
+/// use nenya::adapters::providers::Price;
+/// let p = Price { input: 2.5, output: 10.0, cached_input: Some(1.25) };
+/// // 1,000 prompt tokens (400 of them cached) and 200 completion tokens:
+/// let usd = p.cost(1_000, 400, 200);
+/// assert!((usd - (600.0 * 2.5 + 400.0 * 1.25 + 200.0 * 10.0) / 1e6).abs() < 1e-12);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, serde::Deserialize)]
+pub struct Price {
+    /// Input (prompt) tokens, per million (Nenya: `input_cost_per_1m`).
+    #[serde(rename = "input_cost_per_1m")]
+    pub input: f64,
+    /// Output (completion) tokens, per million (`output_cost_per_1m`).
+    #[serde(rename = "output_cost_per_1m")]
+    pub output: f64,
+    /// Prompt tokens read from the provider's cache, per million (`cached_input_cost_per_1m`);
+    /// `None` bills them at the input price.
+    #[serde(default, rename = "cached_input_cost_per_1m")]
+    pub cached_input: Option<f64>,
+}
+
+impl Price {
+    /// The cost in USD of `prompt` prompt tokens (of which `cached` were cache reads) and
+    /// `completion` output tokens.
+    pub fn cost(&self, prompt: u64, cached: u64, completion: u64) -> f64 {
+        let cached = cached.min(prompt);
+        let cached_rate = self.cached_input.unwrap_or(self.input);
+        ((prompt - cached) as f64 * self.input
+            + cached as f64 * cached_rate
+            + completion as f64 * self.output)
+            / 1e6
+    }
+}
+
 /// One entry of the static model registry.
 #[derive(Debug, Clone, Copy)]
 pub struct KnownModel {
@@ -402,6 +438,8 @@ pub struct KnownModel {
     pub max_context: u32,
     /// Maximum output tokens.
     pub max_output: u32,
+    /// List price (standard tier, short context); config `pricing` overrides it.
+    pub price: Price,
 }
 
 const fn m(
@@ -409,38 +447,119 @@ const fn m(
     provider: &'static str,
     max_context: u32,
     max_output: u32,
+    (input, output, cached): (f64, f64, f64),
 ) -> KnownModel {
     KnownModel {
         id,
         provider,
         max_context,
         max_output,
+        price: Price {
+            input,
+            output,
+            cached_input: Some(cached),
+        },
     }
 }
 
-/// Well-known models, so a config may name them as plain strings.
+/// Well-known models, so a config may name them as plain strings. Prices are the providers'
+/// published list prices in USD per million tokens (input, output, cached input) for the
+/// standard tier and short prompts, as of late 2025; they change, so `pricing` in the config
+/// overrides any of them.
 pub const KNOWN_MODELS: &[KnownModel] = &[
-    m("gpt-4o", "openai", 128_000, 16_384),
-    m("gpt-4o-mini", "openai", 128_000, 16_384),
-    m("gpt-4.1", "openai", 1_047_576, 32_768),
-    m("gpt-4.1-mini", "openai", 1_047_576, 32_768),
-    m("o3", "openai", 200_000, 100_000),
-    m("o4-mini", "openai", 200_000, 100_000),
-    m("gpt-5", "openai", 400_000, 128_000),
-    m("claude-sonnet-4-20250514", "anthropic", 200_000, 64_000),
-    m("claude-opus-4-20250514", "anthropic", 200_000, 32_000),
-    m("claude-sonnet-4-5", "anthropic", 200_000, 64_000),
-    m("claude-haiku-4-5", "anthropic", 200_000, 64_000),
-    m("claude-3-5-haiku-latest", "anthropic", 200_000, 8_192),
-    m("gemini-2.5-pro", "gemini", 1_048_576, 65_536),
-    m("gemini-2.5-flash", "gemini", 1_048_576, 65_536),
-    m("deepseek-chat", "deepseek", 128_000, 8_192),
-    m("deepseek-reasoner", "deepseek", 128_000, 65_536),
-    m("mistral-large-latest", "mistral", 128_000, 8_192),
-    m("grok-4", "xai", 256_000, 32_768),
-    m("llama-3.3-70b-versatile", "groq", 131_072, 32_768),
-    m("glm-4.6", "zai", 200_000, 128_000),
-    m("kimi-k2-0905-preview", "moonshot", 262_144, 16_384),
+    m("gpt-4o", "openai", 128_000, 16_384, (2.5, 10.0, 1.25)),
+    m("gpt-4o-mini", "openai", 128_000, 16_384, (0.15, 0.6, 0.075)),
+    m("gpt-4.1", "openai", 1_047_576, 32_768, (2.0, 8.0, 0.5)),
+    m("gpt-4.1-mini", "openai", 1_047_576, 32_768, (0.4, 1.6, 0.1)),
+    m("o3", "openai", 200_000, 100_000, (2.0, 8.0, 0.5)),
+    m("o4-mini", "openai", 200_000, 100_000, (1.1, 4.4, 0.275)),
+    m("gpt-5", "openai", 400_000, 128_000, (1.25, 10.0, 0.125)),
+    m(
+        "claude-sonnet-4-20250514",
+        "anthropic",
+        200_000,
+        64_000,
+        (3.0, 15.0, 0.3),
+    ),
+    m(
+        "claude-opus-4-20250514",
+        "anthropic",
+        200_000,
+        32_000,
+        (15.0, 75.0, 1.5),
+    ),
+    m(
+        "claude-sonnet-4-5",
+        "anthropic",
+        200_000,
+        64_000,
+        (3.0, 15.0, 0.3),
+    ),
+    m(
+        "claude-haiku-4-5",
+        "anthropic",
+        200_000,
+        64_000,
+        (1.0, 5.0, 0.1),
+    ),
+    m(
+        "claude-3-5-haiku-latest",
+        "anthropic",
+        200_000,
+        8_192,
+        (0.8, 4.0, 0.08),
+    ),
+    m(
+        "gemini-2.5-pro",
+        "gemini",
+        1_048_576,
+        65_536,
+        (1.25, 10.0, 0.31),
+    ),
+    m(
+        "gemini-2.5-flash",
+        "gemini",
+        1_048_576,
+        65_536,
+        (0.3, 2.5, 0.075),
+    ),
+    m(
+        "deepseek-chat",
+        "deepseek",
+        128_000,
+        8_192,
+        (0.28, 0.42, 0.028),
+    ),
+    m(
+        "deepseek-reasoner",
+        "deepseek",
+        128_000,
+        65_536,
+        (0.28, 0.42, 0.028),
+    ),
+    m(
+        "mistral-large-latest",
+        "mistral",
+        128_000,
+        8_192,
+        (2.0, 6.0, 2.0),
+    ),
+    m("grok-4", "xai", 256_000, 32_768, (3.0, 15.0, 0.75)),
+    m(
+        "llama-3.3-70b-versatile",
+        "groq",
+        131_072,
+        32_768,
+        (0.59, 0.79, 0.59),
+    ),
+    m("glm-4.6", "zai", 200_000, 128_000, (0.6, 2.2, 0.11)),
+    m(
+        "kimi-k2-0905-preview",
+        "moonshot",
+        262_144,
+        16_384,
+        (0.6, 2.5, 0.15),
+    ),
 ];
 
 /// Looks up a model in the static registry.

@@ -68,6 +68,11 @@ pub struct Config {
     /// Sliding context window with summarisation (`window`).
     #[serde(default)]
     pub window: WindowSection,
+    /// Price overrides in USD per million tokens, keyed by `provider/model` or a model id
+    /// (`{"input_cost_per_1m", "output_cost_per_1m", "cached_input_cost_per_1m"}`); the
+    /// registry's list prices cover the rest. A nenya addition.
+    #[serde(default)]
+    pub pricing: BTreeMap<String, crate::adapters::providers::Price>,
     /// Sections nenya does not implement yet (kept so nothing fails to load).
     #[serde(flatten)]
     pub other: BTreeMap<String, Value>,
@@ -465,6 +470,7 @@ impl Default for GovernanceConfig {
             empty_stream_as_error: true,
             max_concurrent_requests: 0,
             concurrency_queue_seconds: default_queue_seconds(),
+            max_cost_per_request: None,
             other: BTreeMap::new(),
         }
     }
@@ -521,6 +527,10 @@ pub struct GovernanceConfig {
     /// the router moves on); default 30. A nenya addition.
     #[serde(default = "default_queue_seconds")]
     pub concurrency_queue_seconds: u64,
+    /// Refuse a target when the request's estimated cost there exceeds this many USD (0 or
+    /// absent: no ceiling); the router tries the next target.
+    #[serde(default)]
+    pub max_cost_per_request: Option<f64>,
     /// Fields not implemented yet.
     #[serde(flatten)]
     pub other: BTreeMap<String, Value>,
@@ -632,6 +642,10 @@ pub struct ProviderConfig {
     /// down. Takes precedence over `provider_keys` / `api_key`.
     #[serde(default)]
     pub accounts: Vec<AccountConfig>,
+    /// Tokens per UTC day this provider may spend on `fill`-tier keys (keys of the `always`
+    /// tier are served past it, and their use counts towards it).
+    #[serde(default)]
+    pub token_budget_daily: Option<u64>,
     /// Capability overrides (`stream_options`, `auto_tool_choice`, `content_arrays`,
     /// `tool_calls`, `reasoning`, `vision`); unset ones keep the built-in or conservative value.
     #[serde(default)]

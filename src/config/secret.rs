@@ -103,6 +103,13 @@ pub struct ApiKeyConfig {
     /// Requests per minute this key may make (0 or absent: no limit of its own).
     #[serde(default)]
     pub ratelimit_max_rpm: Option<u32>,
+    /// Tokens (prompt + completion) this key may use per UTC day (absent: no budget).
+    #[serde(default)]
+    pub token_budget_daily: Option<u64>,
+    /// `always` (default: served past a provider's daily budget) or `fill` (served only while
+    /// the provider's daily budget has room).
+    #[serde(default)]
+    pub budget_tier: Option<String>,
     /// Other fields (`created_at`, `cache_salt`, …), accepted and ignored.
     #[serde(flatten)]
     pub other: BTreeMap<String, Value>,
@@ -169,6 +176,37 @@ impl Secrets {
                 Some((name, crate::layers::RateLimitConfig { rpm, tpm: 0 }))
             })
             .collect()
+    }
+
+    /// Each RBAC key's daily token budget and tier, by key name (keys with neither are left
+    /// out); errors name the field.
+    ///
+    /// ```
+    /// let s = nenya::config::Secrets::from_json_str(r#"{"api_keys": {"ci": {"token": "nk-0123456789abcdef",
+    ///   "roles": ["user"], "token_budget_daily": 1000, "budget_tier": "fill"}}}"#).unwrap();
+    /// let q = s.key_quotas().unwrap();
+    /// assert_eq!(q["ci"].token_budget_daily, Some(1000));
+    /// ```
+    pub fn key_quotas(
+        &self,
+    ) -> Result<std::collections::BTreeMap<String, crate::layers::KeyQuota>, ConfigError> {
+        let mut out = std::collections::BTreeMap::new();
+        for (id, k) in &self.api_keys {
+            let tier = match &k.budget_tier {
+                Some(t) => t.parse().map_err(|e: String| {
+                    ConfigError::new(None, Some(format!("api_keys.{id}.budget_tier")), e)
+                })?,
+                None => crate::layers::BudgetTier::Always,
+            };
+            let q = crate::layers::KeyQuota {
+                token_budget_daily: k.token_budget_daily,
+                tier,
+            };
+            if q != crate::layers::KeyQuota::default() {
+                out.insert(k.name.clone().unwrap_or_else(|| id.clone()), q);
+            }
+        }
+        Ok(out)
     }
 
     /// Parses one JSON document.

@@ -23,6 +23,7 @@
 //! | [`AccountsLayer`] | any `Request<B>` → `Response<R>` | several keys per provider: least recently used per model, throttled accounts cool down |
 //! | [`ConcurrencyLimitLayer`] | any `Request<B>` → `Response<Body>` | in-flight cap per key (provider+model); a slot is held until the streamed body ends; excess requests queue, then `rate_limited` |
 //! | [`RateLimitLayer`] | `Request<ChatRequest>` | RPM / TPM per upstream (governor); over the limit → `rate_limited` + `Retry-After` |
+//! | [`QuotaLayer`] | `Request<ChatRequest>` | daily token budgets per key and provider (`fill` / `always` tiers), reserved before dispatch and settled from the usage tap; `max_cost_per_request` |
 //! | [`UsageLayer`] | `Request<ChatRequest>` → `Response<Body>` | token usage per agent/provider/model from answers as they stream by (estimated when unreported) |
 //! | [`ScrubLayer`] | `Request<ChatRequest>` | any [`TextScrubber`] of your own, with the same fail-open handling |
 
@@ -41,6 +42,7 @@ pub mod guard;
 pub mod metrics;
 pub mod origin;
 pub mod prune;
+pub mod quota;
 pub mod rate_limit;
 pub mod redact;
 pub mod request_id;
@@ -61,6 +63,7 @@ pub use error_response::{ErrorResponse, ErrorResponseLayer};
 pub use metrics::{Metrics, MetricsLayer, MetricsService, MetricsSnapshot};
 pub use origin::{OriginGuard, OriginGuardLayer};
 pub use prune::{Prune, PruneConfig, PruneLayer};
+pub use quota::{BudgetTier, KeyQuota, Ledger, Quota, QuotaConfig, QuotaLayer, QuotaSubject};
 pub use rate_limit::{RateLimit, RateLimitConfig, RateLimitLayer};
 pub use redact::{PatternError, Redact, RedactLayer, Redactor};
 pub use request_id::{RequestId, RequestIdLayer, RequestIdService};

@@ -506,6 +506,63 @@ impl Principal {
     }
 }
 
+/// What an answer used, as the usage tap settles it: tokens (reported, or the prompt estimate
+/// when the upstream reported none) and the cost at the target's price.
+///
+/// ```
+/// let s = nenya::model::Settlement { prompt: 10, cached: 0, completion: 5, estimated: false, cost_usd: None };
+/// assert_eq!(s.tokens(), 15);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Settlement {
+    /// Prompt tokens, cached included.
+    pub prompt: u64,
+    /// Of which read from the provider's cache.
+    pub cached: u64,
+    /// Output tokens.
+    pub completion: u64,
+    /// The upstream reported no usage: `prompt` is the estimate, `completion` unknown (0).
+    pub estimated: bool,
+    /// The cost in USD, when the target has a price.
+    pub cost_usd: Option<f64>,
+}
+
+impl Settlement {
+    /// Prompt plus completion tokens.
+    pub fn tokens(&self) -> u64 {
+        self.prompt + self.completion
+    }
+}
+
+/// Something that wants to know what an answer used: implemented by a budget reservation.
+pub trait SettleUsage: Send + Sync {
+    /// Called at most once, when the answer has ended (or the client went away), with what
+    /// the usage tap saw. Never called for a failed attempt: dropping the hook instead is the
+    /// signal that nothing was used.
+    fn settle(&self, used: Settlement);
+}
+
+/// Request extension carrying a [`SettleUsage`] from a layer that reserves before dispatch
+/// (the quota layer) to the layer that sees the usage after (the usage tap), without either
+/// knowing the other.
+///
+/// ```
+/// use std::sync::Arc;
+/// use nenya::model::{Settlement, SettleUsage, UsageHook};
+/// struct Print;
+/// impl SettleUsage for Print { fn settle(&self, used: Settlement) { println!("{}", used.tokens()); } }
+/// let hook = UsageHook(Arc::new(Print));
+/// # drop(hook);
+/// ```
+#[derive(Clone)]
+pub struct UsageHook(pub std::sync::Arc<dyn SettleUsage>);
+
+impl std::fmt::Debug for UsageHook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("UsageHook")
+    }
+}
+
 /// What a text inside a request is (see [`ChatRequest::for_each_text_slot_mut`]).
 ///
 /// ```

@@ -1035,6 +1035,9 @@ fn should_fail_over(out: &Result<Response<Body>, Error>, retryable: &[u16]) -> O
                 | ErrorKind::UpstreamTimeout
                 | ErrorKind::CircuitOpen
                 | ErrorKind::RateLimited
+                // A provider budget or the cost ceiling refuses this target; another may do.
+                | ErrorKind::BudgetExceeded
+                | ErrorKind::CostLimitExceeded
         )
         .then(|| e.kind().as_str().to_owned()),
     }

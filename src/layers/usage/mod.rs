@@ -47,8 +47,10 @@ use tower::Service;
 use tower_layer::Layer;
 
 use crate::Body;
+use crate::adapters::providers::Price;
 use crate::body::{Observed, Observer};
-use crate::model::{ApiFormat, ChatRequest, Usage};
+use crate::model::{ApiFormat, ChatRequest, Settlement, Usage, UsageHook};
+use crate::pricing::PriceTable;
 use crate::sse::Decoder;
 
 /// A JSON answer is read for its usage up to this size; beyond it, the usage is estimated.
@@ -68,16 +70,25 @@ pub struct UsageLabels {
     pub provider: Arc<str>,
     /// The upstream model.
     pub model: Arc<str>,
+    /// The caller's key name (empty when the gateway has no named keys).
+    pub key: Arc<str>,
 }
 
 impl UsageLabels {
-    /// Labels from three names.
+    /// Labels from three names, for no key in particular.
     pub fn new(agent: &str, provider: &str, model: &str) -> Self {
         Self {
             agent: agent.into(),
             provider: provider.into(),
             model: model.into(),
+            key: "".into(),
         }
+    }
+
+    /// The same labels, for the caller `key`.
+    pub fn with_key(mut self, key: Arc<str>) -> Self {
+        self.key = key;
+        self
     }
 }
 
@@ -100,6 +111,15 @@ pub struct UsageTotals {
     pub cached: u64,
     /// Reasoning tokens.
     pub reasoning: u64,
+    /// Cost in billionths of a USD, at the target's price (answers without a price add 0).
+    pub cost_nano_usd: u64,
+}
+
+impl UsageTotals {
+    /// The cost in USD.
+    pub fn cost_usd(&self) -> f64 {
+        self.cost_nano_usd as f64 / 1e9
+    }
 }
 
 /// Where usage accumulates. Cheap to clone (shared).
@@ -120,22 +140,16 @@ impl UsageMeter {
         map.iter().map(|(k, v)| (k.clone(), *v)).collect()
     }
 
-    fn record(&self, labels: &UsageLabels, usage: Option<Usage>, estimate: u64) {
+    fn record(&self, labels: &UsageLabels, usage: Option<Usage>, s: &Settlement) {
         let mut map = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         let t = map.entry(labels.clone()).or_default();
         t.requests += 1;
-        match usage {
-            Some(u) => {
-                t.prompt += u.prompt_total();
-                t.completion += u.output;
-                t.cached += u.cache_read;
-                t.reasoning += u.reasoning;
-            }
-            None => {
-                t.estimated += 1;
-                t.prompt += estimate;
-            }
-        }
+        t.estimated += u64::from(s.estimated);
+        t.prompt += s.prompt;
+        t.completion += s.completion;
+        t.cached += s.cached;
+        t.reasoning += usage.map_or(0, |u| u.reasoning);
+        t.cost_nano_usd += s.cost_usd.map_or(0, |c| (c * 1e9).round() as u64);
     }
 }
 
@@ -143,6 +157,7 @@ impl UsageMeter {
 pub struct UsageLayer<L> {
     meter: UsageMeter,
     labels: Arc<L>,
+    prices: Option<PriceTable>,
 }
 
 impl<L> Clone for UsageLayer<L> {
@@ -150,6 +165,7 @@ impl<L> Clone for UsageLayer<L> {
         Self {
             meter: self.meter.clone(),
             labels: self.labels.clone(),
+            prices: self.prices.clone(),
         }
     }
 }
@@ -166,7 +182,15 @@ impl<L> UsageLayer<L> {
         Self {
             meter,
             labels: Arc::new(labels),
+            prices: None,
         }
+    }
+
+    /// Prices each answer (by its labels' provider and model) into
+    /// [`UsageTotals::cost_nano_usd`] and the [`Settlement`] handed to a [`UsageHook`].
+    pub fn with_prices(mut self, prices: PriceTable) -> Self {
+        self.prices = Some(prices);
+        self
     }
 }
 
@@ -177,15 +201,18 @@ impl<S, L> Layer<S> for UsageLayer<L> {
             inner,
             meter: self.meter.clone(),
             labels: self.labels.clone(),
+            prices: self.prices.clone(),
         }
     }
 }
 
-/// Taps each successful answer for its usage.
+/// Taps each successful answer for its usage; settles the request's [`UsageHook`], if any,
+/// with it.
 pub struct UsageTap<S, L> {
     inner: S,
     meter: UsageMeter,
     labels: Arc<L>,
+    prices: Option<PriceTable>,
 }
 
 impl<S: Clone, L> Clone for UsageTap<S, L> {
@@ -194,6 +221,7 @@ impl<S: Clone, L> Clone for UsageTap<S, L> {
             inner: self.inner.clone(),
             meter: self.meter.clone(),
             labels: self.labels.clone(),
+            prices: self.prices.clone(),
         }
     }
 }
@@ -219,10 +247,17 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, req: Request<ChatRequest>) -> Self::Future {
+    fn call(&mut self, mut req: Request<ChatRequest>) -> Self::Future {
+        let labels = (self.labels)(&req);
+        let price = self
+            .prices
+            .as_ref()
+            .and_then(|p| p.price(&labels.provider, &labels.model));
         let recorder = Recorder {
             meter: self.meter.clone(),
-            labels: (self.labels)(&req),
+            labels,
+            price,
+            hook: req.extensions_mut().remove::<UsageHook>(),
             estimate: req.body().estimate_tokens(),
             format: req.body().source,
         };
@@ -236,6 +271,9 @@ where
 struct Recorder {
     meter: UsageMeter,
     labels: UsageLabels,
+    price: Option<Price>,
+    // Dropped unsettled when the attempt fails: the reservation is released.
+    hook: Option<UsageHook>,
     estimate: u64,
     format: ApiFormat,
 }
@@ -327,7 +365,30 @@ impl TapBody {
                 note(&mut self.usage, r.format, &v);
             }
         }
-        r.meter.record(&r.labels, self.usage, r.estimate);
+        let s = match self.usage {
+            Some(u) => Settlement {
+                prompt: u.prompt_total(),
+                cached: u.cache_read,
+                completion: u.output,
+                estimated: false,
+                cost_usd: None,
+            },
+            None => Settlement {
+                prompt: r.estimate,
+                cached: 0,
+                completion: 0,
+                estimated: true,
+                cost_usd: None,
+            },
+        };
+        let s = Settlement {
+            cost_usd: r.price.map(|p| p.cost(s.prompt, s.cached, s.completion)),
+            ..s
+        };
+        r.meter.record(&r.labels, self.usage, &s);
+        if let Some(h) = r.hook {
+            h.0.settle(s);
+        }
     }
 }
 
