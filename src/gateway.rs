@@ -16,6 +16,7 @@
 //! | 7 | [`EntropyLayer`] | high-entropy tokens no pattern knows (after patterns, so their labels are not re-flagged) |
 //! | 7¼ | [`PruneLayer`] | (when enabled) old thinking and stale tool results out of history, before the cache key is taken |
 //! | 7⅓ | [`CompactLayer`] | (when enabled) JSON tool results minified, whitespace and duplicate results folded |
+//! | 7⅖ | [`PrefixCacheLayer`](crate::layers::PrefixCacheLayer) | (when `prefix_cache` is set) system messages first and tools sorted before the cache key is taken; marks Anthropic breakpoints for the provider service |
 //! | 7½ | [`ResponseCacheLayer`] | (when enabled) keyed on the redacted request, before routing: a hit costs no upstream call at all |
 //! | 7¾ | [`SummarizeLayer`] | (when `window` is enabled) near the window, older turns become one summary by the engine, which is the routed stack below (so the engine has failover, breakers, limits) |
 //! | 8 | [`Router`] | model → agent chain → [`Target`](crate::services::Target); refuses agents outside the caller's scope; fails over along the chain before the first byte |
@@ -70,7 +71,8 @@ use crate::config::{BouncerConfig, Config, ConfigError, DEFAULT_MAX_BODY_BYTES, 
 use crate::error::{Error, ErrorKind};
 use crate::layers::budget::{ContextStats, RelevanceQuery, WindowConfig, WindowMode};
 use crate::layers::{
-    AccountsLayer, CatchPanicLayer, Ledger, QuotaConfig, QuotaLayer, QuotaSubject, SummarizeLayer,
+    AccountsLayer, CatchPanicLayer, Ledger, PrefixCacheConfig, PrefixCacheLayer, QuotaConfig,
+    QuotaLayer, QuotaSubject, SummarizeLayer,
 };
 use crate::layers::{
     ApiKey, AuthLayer, BreakerConfig, BudgetConfig, BudgetTrimLayer, CacheConfig,
@@ -164,6 +166,7 @@ pub struct GatewayBuilder {
     quota: QuotaConfig,
     prices: PriceTable,
     ledger: Ledger,
+    prefix_cache: Option<PrefixCacheConfig>,
     carried: Option<Carried>,
 }
 
@@ -379,6 +382,13 @@ impl GatewayBuilder {
         self
     }
 
+    /// Stable prompt prefixes for provider prompt caches (see
+    /// [`PrefixCacheLayer`](crate::layers::PrefixCacheLayer)); default off.
+    pub fn prefix_cache(mut self, cfg: Option<PrefixCacheConfig>) -> Self {
+        self.prefix_cache = cfg;
+        self
+    }
+
     /// Prices for cost accounting and the cost ceiling (default: the registry's list prices).
     pub fn prices(mut self, prices: PriceTable) -> Self {
         self.prices = prices;
@@ -511,6 +521,7 @@ impl GatewayBuilder {
                 (self.compact != CompactConfig::default())
                     .then(|| CompactLayer::new(self.compact).counting(compacted.clone())),
             )
+            .option_layer(self.prefix_cache.map(PrefixCacheLayer::new))
             .option_layer(cache.clone().map(ResponseCacheLayer::new))
             .option_layer(summarize)
             .service(routed);
@@ -821,6 +832,34 @@ fn statsz(
     })
 }
 
+/// The `prefix_cache` section as layer settings.
+fn prefix_cache_config(cfg: &Config) -> Result<Option<PrefixCacheConfig>, ConfigError> {
+    let Some(p) = cfg.prefix_cache.as_ref().filter(|p| p.enabled) else {
+        return Ok(None);
+    };
+    let ttl_1h = match p.cache_control_ttl.as_deref() {
+        None | Some("ephemeral") => false,
+        Some("1h") => true,
+        Some(other) => {
+            return Err(ConfigError::new(
+                None,
+                Some("prefix_cache.cache_control_ttl".into()),
+                format!("`{other}` is not a TTL (expected `ephemeral` or `1h`)"),
+            ));
+        }
+    };
+    Ok(Some(PrefixCacheConfig {
+        pin_system_first: p.pin_system_first,
+        stable_tools: p.stable_tools,
+        breakpoints: crate::model::CacheBreakpoints {
+            system: p.cache_system,
+            tools: p.cache_tools,
+            messages: p.cache_messages,
+            ttl_1h,
+        },
+    }))
+}
+
 /// `/statsz` `key_usage`: per caller key, all-time totals from the usage meter and today's
 /// budget from the ledger.
 fn key_usage(
@@ -1095,6 +1134,7 @@ impl Gateway {
             quota: QuotaConfig::default(),
             prices: PriceTable::default(),
             ledger: Ledger::new(),
+            prefix_cache: None,
             carried: None,
         }
     }
@@ -1127,6 +1167,7 @@ impl Gateway {
                 max_cost_per_request: cfg.governance.max_cost_per_request.filter(|c| *c > 0.0),
             })
             .prices(PriceTable::new(cfg.pricing.clone()))
+            .prefix_cache(prefix_cache_config(cfg)?)
             .allowed_browser_origins(cfg.governance.allowed_browser_origins.iter().cloned())
             .rate_limit_overrides(
                 cfg.providers

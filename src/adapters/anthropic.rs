@@ -391,6 +391,64 @@ pub(crate) fn encode_request(req: ChatRequest) -> JsonMap {
     out
 }
 
+/// Puts `cache_control` on the last system block, the last tool and the last message's last
+/// block (as `bp` asks), unless the request already carries a breakpoint anywhere: then the
+/// client placed its own and they are left alone.
+pub(crate) fn place_breakpoints(map: &mut JsonMap, bp: &crate::model::CacheBreakpoints) {
+    fn has_marker(v: &Value) -> bool {
+        match v {
+            Value::Object(o) => o.contains_key("cache_control") || o.values().any(has_marker),
+            Value::Array(a) => a.iter().any(has_marker),
+            _ => false,
+        }
+    }
+    if !bp.any()
+        || ["system", "tools", "messages"]
+            .iter()
+            .any(|k| map.get(*k).is_some_and(has_marker))
+    {
+        return;
+    }
+    let marker = || {
+        if bp.ttl_1h {
+            json!({"type": "ephemeral", "ttl": "1h"})
+        } else {
+            json!({"type": "ephemeral"})
+        }
+    };
+    // A string becomes one text block, which can carry the marker.
+    let mark_last = |v: &mut Value| match v {
+        Value::String(s) => {
+            *v = json!([{"type": "text", "text": std::mem::take(s), "cache_control": marker()}]);
+        }
+        Value::Array(a) => {
+            if let Some(Value::Object(o)) = a.last_mut() {
+                o.insert("cache_control".into(), marker());
+            }
+        }
+        _ => {}
+    };
+    if bp.system {
+        if let Some(v) = map.get_mut("system") {
+            mark_last(v);
+        }
+    }
+    if bp.tools {
+        if let Some(Value::Array(tools)) = map.get_mut("tools") {
+            if let Some(Value::Object(o)) = tools.last_mut() {
+                o.insert("cache_control".into(), marker());
+            }
+        }
+    }
+    if bp.messages {
+        if let Some(Value::Array(msgs)) = map.get_mut("messages") {
+            if let Some(c) = msgs.last_mut().and_then(|m| m.get_mut("content")) {
+                mark_last(c);
+            }
+        }
+    }
+}
+
 fn encode_block(p: Part, same: bool) -> Option<Value> {
     let (mut o, extra) = match p {
         Part::Text { text, extra } => (

@@ -74,11 +74,37 @@ pub fn encode_request_for(
     caps: &Capabilities,
     quirks: &Quirks,
 ) -> Result<Bytes, Error> {
+    encode_request_cached(req, target, caps, quirks, None)
+}
+
+/// [`encode_request_for`], placing prompt-cache breakpoints on an Anthropic-format request
+/// when the client set none (other formats cache prefixes without markers).
+///
+/// ```
+/// use nenya::adapters::{decode_request, encode_request_cached, providers::{Capabilities, Quirks}};
+/// use nenya::model::{ApiFormat, CacheBreakpoints};
+/// let req = decode_request(ApiFormat::OpenAi, br#"{"model":"m","messages":[
+///   {"role":"system","content":"You are terse."},{"role":"user","content":"hi"}]}"#).unwrap();
+/// let bp = CacheBreakpoints { system: true, ..Default::default() };
+/// let out = encode_request_cached(req, ApiFormat::Anthropic, &Capabilities::ALL, &Quirks::NONE, Some(&bp)).unwrap();
+/// let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+/// assert_eq!(v["system"][0]["cache_control"]["type"], "ephemeral");
+/// ```
+pub fn encode_request_cached(
+    req: ChatRequest,
+    target: ApiFormat,
+    caps: &Capabilities,
+    quirks: &Quirks,
+    breakpoints: Option<&crate::model::CacheBreakpoints>,
+) -> Result<Bytes, Error> {
     let mut map = match target {
         ApiFormat::OpenAi => openai::encode_request(req),
         ApiFormat::Anthropic => anthropic::encode_request(req),
         ApiFormat::Gemini => gemini::encode_request(req),
     };
+    if let (ApiFormat::Anthropic, Some(bp)) = (target, breakpoints) {
+        anthropic::place_breakpoints(&mut map, bp);
+    }
     for f in quirks.strip_fields {
         map.shift_remove(*f);
     }

@@ -73,6 +73,11 @@ pub struct Config {
     /// registry's list prices cover the rest. A nenya addition.
     #[serde(default)]
     pub pricing: BTreeMap<String, crate::adapters::providers::Price>,
+    /// Stable prompt prefixes for provider prompt caches (`prefix_cache`). Off unless the
+    /// section is present (Nenya turns it on by default; nenya leaves what reaches the
+    /// upstream untouched unless asked).
+    #[serde(default)]
+    pub prefix_cache: Option<PrefixCacheSection>,
     /// Sections nenya does not implement yet (kept so nothing fails to load).
     #[serde(flatten)]
     pub other: BTreeMap<String, Value>,
@@ -280,6 +285,44 @@ pub struct WindowSection {
     /// timeout_seconds}`.
     #[serde(default)]
     pub engine: Option<EngineRef>,
+    /// Fields not implemented yet.
+    #[serde(flatten)]
+    pub other: BTreeMap<String, Value>,
+}
+
+/// `prefix_cache` section (every switch on by default once the section is present).
+///
+/// ```
+/// let cfg = nenya::config::Config::from_json_str(r#"{"prefix_cache": {"cache_messages": false, "cache_control_ttl": "1h"}}"#).unwrap();
+/// let p = cfg.prefix_cache.unwrap();
+/// assert!(p.enabled && p.stable_tools && !p.cache_messages);
+/// ```
+#[derive(Debug, Clone, Deserialize)]
+pub struct PrefixCacheSection {
+    /// Master switch.
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// System messages first.
+    #[serde(default = "yes")]
+    pub pin_system_first: bool,
+    /// Tools sorted by name.
+    #[serde(default = "yes")]
+    pub stable_tools: bool,
+    /// Anthropic breakpoint on the system prompt.
+    #[serde(default = "yes")]
+    pub cache_system: bool,
+    /// Anthropic breakpoint on the tool list.
+    #[serde(default = "yes")]
+    pub cache_tools: bool,
+    /// Anthropic breakpoint on the last message.
+    #[serde(default = "yes")]
+    pub cache_messages: bool,
+    /// `ephemeral` (five minutes, the default) or `1h`.
+    #[serde(default)]
+    pub cache_control_ttl: Option<String>,
+    /// `explicit` (block breakpoints, the only mode implemented).
+    #[serde(default)]
+    pub cache_mode: Option<String>,
     /// Fields not implemented yet.
     #[serde(flatten)]
     pub other: BTreeMap<String, Value>,
@@ -773,6 +816,19 @@ impl Config {
             ("compaction", &self.compaction.other),
             ("window", &self.window.other),
         ];
+        if let Some(p) = &self.prefix_cache {
+            for k in p.other.keys() {
+                w.push(format!(
+                    "config field `prefix_cache.{k}` is accepted but not implemented yet"
+                ));
+            }
+            if p.cache_mode.as_deref().is_some_and(|m| m != "explicit") {
+                w.push(
+                    "`prefix_cache.cache_mode` other than `explicit` is not implemented; block breakpoints are used"
+                        .to_owned(),
+                );
+            }
+        }
         for (section, other) in sections {
             for k in other.keys() {
                 w.push(format!(

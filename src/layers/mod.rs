@@ -18,6 +18,7 @@
 //! | [`SummarizeLayer`] | `Request<ChatRequest>` → `Response<Body>` | near the window, replaces older turns with an engine model's summary (or relevant excerpts, or a note); engine failure leaves the request as it was |
 //! | [`CompactLayer`] | `Request<ChatRequest>` | minifies JSON tool results, folds whitespace outside code fences and duplicate results |
 //! | [`PruneLayer`] | `Request<ChatRequest>` | drops old thinking and summarises stale tool results in history (never the current tool loop) |
+//! | [`PrefixCacheLayer`] | `Request<ChatRequest>` | system messages first, tools sorted, Anthropic `cache_control` breakpoints when the client set none: provider prompt caches hit |
 //! | [`ResponseCacheLayer`] | `Request<ChatRequest>` → `Response<Body>` | exact-match cache of complete answers (deterministic requests), replayed frame for frame |
 //! | [`CircuitBreakerLayer`] | any `Request<B>` → `Response<R>` | per-target circuit: fail fast while an upstream keeps failing, probe, close |
 //! | [`AccountsLayer`] | any `Request<B>` → `Response<R>` | several keys per provider: least recently used per model, throttled accounts cool down |
@@ -41,6 +42,7 @@ pub mod error_response;
 pub mod guard;
 pub mod metrics;
 pub mod origin;
+pub mod prefix_cache;
 pub mod prune;
 pub mod quota;
 pub mod rate_limit;
@@ -62,6 +64,7 @@ pub use entropy::{Entropy, EntropyDetector, EntropyLayer};
 pub use error_response::{ErrorResponse, ErrorResponseLayer};
 pub use metrics::{Metrics, MetricsLayer, MetricsService, MetricsSnapshot};
 pub use origin::{OriginGuard, OriginGuardLayer};
+pub use prefix_cache::{PrefixCache, PrefixCacheConfig, PrefixCacheLayer};
 pub use prune::{Prune, PruneConfig, PruneLayer};
 pub use quota::{BudgetTier, KeyQuota, Ledger, Quota, QuotaConfig, QuotaLayer, QuotaSubject};
 pub use rate_limit::{RateLimit, RateLimitConfig, RateLimitLayer};

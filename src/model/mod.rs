@@ -563,6 +563,33 @@ impl std::fmt::Debug for UsageHook {
     }
 }
 
+/// Request extension: where an Anthropic-format upstream gets prompt-cache breakpoints
+/// (`cache_control`) when the client set none (inserted by the prefix-cache layer, applied by
+/// the provider service when it encodes for an Anthropic target).
+///
+/// ```
+/// let bp = nenya::model::CacheBreakpoints { system: true, tools: true, messages: false, ttl_1h: false };
+/// assert!(bp.any());
+/// ```
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CacheBreakpoints {
+    /// On the last system block.
+    pub system: bool,
+    /// On the last tool.
+    pub tools: bool,
+    /// On the last block of the last message.
+    pub messages: bool,
+    /// `"ttl": "1h"` instead of the default five minutes.
+    pub ttl_1h: bool,
+}
+
+impl CacheBreakpoints {
+    /// Whether any breakpoint is wanted.
+    pub fn any(&self) -> bool {
+        self.system || self.tools || self.messages
+    }
+}
+
 /// What a text inside a request is (see [`ChatRequest::for_each_text_slot_mut`]).
 ///
 /// ```

@@ -17,12 +17,12 @@ use tower::Service;
 use super::convert::TranscodeBody;
 use super::transport::{Transport, TransportFuture};
 use crate::adapters::anthropic::DEFAULT_VERSION;
-use crate::adapters::encode_request_for;
+use crate::adapters::encode_request_cached;
 use crate::adapters::providers::{AuthStyle, Capabilities, Quirks};
 use crate::adapters::stream::StreamConverter;
 use crate::config::Secret;
 use crate::error::{Error, ErrorKind, sse_error_event};
-use crate::model::{ApiFormat, ChatRequest, CountTokens};
+use crate::model::{ApiFormat, CacheBreakpoints, ChatRequest, CountTokens};
 use crate::{Body, BoxError};
 use http_body_util::combinators::Collect;
 use http_body_util::{BodyExt, Limited};
@@ -269,11 +269,12 @@ fn build_upstream_request(
         );
     }
     chat.model.clone_from(&target.model);
-    let body = encode_request_for(
+    let body = encode_request_cached(
         chat,
         target.format,
         &target.provider.caps,
         &target.provider.quirks,
+        parts.extensions.get::<CacheBreakpoints>(),
     )?;
 
     let mut upstream = Request::new(Body::full(body));
