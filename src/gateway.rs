@@ -167,6 +167,7 @@ pub struct GatewayBuilder {
     prices: PriceTable,
     ledger: Ledger,
     prefix_cache: Option<PrefixCacheConfig>,
+    balance: Option<(f64, f64)>,
     carried: Option<Carried>,
 }
 
@@ -389,6 +390,14 @@ impl GatewayBuilder {
         self
     }
 
+    /// Balanced routing: each chain ordered by `latency_weight` × normalised median latency
+    /// plus `cost_weight` × normalised price (see [`Balance`](crate::services::Balance));
+    /// implies latency tracking. Default: off.
+    pub fn balanced(mut self, weights: Option<(f64, f64)>) -> Self {
+        self.balance = weights;
+        self
+    }
+
     /// Prices for cost accounting and the cost ceiling (default: the registry's list prices).
     pub fn prices(mut self, prices: PriceTable) -> Self {
         self.prices = prices;
@@ -493,7 +502,17 @@ impl GatewayBuilder {
         .context_retry(self.context_retry)
         .auto_context_skip(self.auto_context_skip)
         .failover_policy(self.failover)
-        .reorder_by_latency(self.reorder_by_latency.then(|| self.latency.clone()));
+        .reorder_by_latency(
+            (self.reorder_by_latency || self.balance.is_some()).then(|| self.latency.clone()),
+        )
+        .balanced(
+            self.balance
+                .map(|(latency_weight, cost_weight)| crate::services::Balance {
+                    latency_weight,
+                    cost_weight,
+                    prices: self.prices.clone(),
+                }),
+        );
         // The window engine is the same routed stack: an agent name or `provider/model` picks
         // it, with its failover, breaker, limits and usage accounting.
         let window_table = table.clone();
@@ -832,6 +851,34 @@ fn statsz(
     })
 }
 
+/// `governance.routing_strategy` and its weights.
+fn balance_config(cfg: &Config) -> Result<Option<(f64, f64)>, ConfigError> {
+    let g = &cfg.governance;
+    let err =
+        |field: &str, msg: String| ConfigError::new(None, Some(format!("governance.{field}")), msg);
+    match g.routing_strategy.as_deref() {
+        None | Some("") | Some("latency") => Ok(None),
+        Some("balanced") => {
+            let weight = |field: &str, v: Option<f64>, default: f64| {
+                let v = v.unwrap_or(default);
+                if (0.0..=10.0).contains(&v) {
+                    Ok(v)
+                } else {
+                    Err(err(field, format!("{v} is outside 0.0–10.0")))
+                }
+            };
+            Ok(Some((
+                weight("routing_latency_weight", g.routing_latency_weight, 1.0)?,
+                weight("routing_cost_weight", g.routing_cost_weight, 0.0)?,
+            )))
+        }
+        Some(other) => Err(err(
+            "routing_strategy",
+            format!("`{other}` is not a routing strategy (expected `latency` or `balanced`)"),
+        )),
+    }
+}
+
 /// The `prefix_cache` section as layer settings.
 fn prefix_cache_config(cfg: &Config) -> Result<Option<PrefixCacheConfig>, ConfigError> {
     let Some(p) = cfg.prefix_cache.as_ref().filter(|p| p.enabled) else {
@@ -1135,6 +1182,7 @@ impl Gateway {
             prices: PriceTable::default(),
             ledger: Ledger::new(),
             prefix_cache: None,
+            balance: None,
             carried: None,
         }
     }
@@ -1168,6 +1216,7 @@ impl Gateway {
             })
             .prices(PriceTable::new(cfg.pricing.clone()))
             .prefix_cache(prefix_cache_config(cfg)?)
+            .balanced(balance_config(cfg)?)
             .allowed_browser_origins(cfg.governance.allowed_browser_origins.iter().cloned())
             .rate_limit_overrides(
                 cfg.providers

@@ -49,7 +49,7 @@ async fn it_serves_a_config_file_with_secrets_and_json_logs() {
         json!({
             "providers": {"up": {"url": format!("http://{}/v1/chat/completions", up.addr), "auth_style": "azure"}},
             "agents": {"build": {"strategy": "fallback", "models": [{"provider": "up", "model": "m-1"}]}},
-            "governance": {"routing_strategy": "balanced"}
+            "governance": {"cost_mode": "economy"}
         })
         .to_string(),
     )
@@ -96,7 +96,7 @@ async fn it_serves_a_config_file_with_secrets_and_json_logs() {
     );
     let log = bin.log();
     assert!(
-        log.contains("`governance.routing_strategy` is accepted but not implemented"),
+        log.contains("`governance.cost_mode` is accepted but not implemented"),
         "{log}"
     );
     for line in log.lines().filter(|l| l.starts_with('{')) {

@@ -119,17 +119,14 @@ fn unknown_provider_and_unknown_model_name_the_field() {
 #[test]
 fn unimplemented_sections_are_accepted_with_one_warning_each() {
     let cfg = Config::from_json_str(
-        r#"{"governance": {"routing_strategy": "balanced"}, "bouncer": {"enabled": true},
+        r#"{"governance": {"cost_mode": "economy"}, "bouncer": {"enabled": true},
             "discovery": {}, "agents": {}, "server": {"secure_memory_required": false}}"#,
     )
     .unwrap();
     let w = cfg.warnings();
     // `bouncer.enabled` is implemented; the other three are not.
     assert_eq!(w.len(), 3, "{w:?}");
-    assert!(
-        w.iter()
-            .any(|s| s.contains("`governance.routing_strategy`"))
-    );
+    assert!(w.iter().any(|s| s.contains("`governance.cost_mode`")));
     assert!(w.iter().any(|s| s.contains("`discovery`")));
     assert!(
         w.iter()

@@ -337,3 +337,83 @@ fn a_bad_budget_tier_names_the_field() {
     );
     assert!(!e.contains(CI_TOKEN));
 }
+
+#[tokio::test]
+async fn balanced_routing_prefers_the_cheaper_target_by_cost_weight() {
+    let ((ma, a), (mb, b)) = mocks().await;
+    let gw = start_gateway(
+        Gateway::from_config(
+            &config(
+                &a,
+                &b,
+                json!({"governance": {"routing_strategy": "balanced",
+                    "routing_latency_weight": 0.0, "routing_cost_weight": 1.0}}),
+            ),
+            &secrets(json!({"ci": key(CI_TOKEN, json!({}))})),
+        )
+        .unwrap()
+        .build(),
+    )
+    .await;
+    for _ in 0..8 {
+        assert_eq!(ask(&gw, CI_TOKEN, "chain").await.status, 200);
+    }
+    // `up/m-1` costs 4,000 USD per million (in + out), `m-2` 30: the cheap one always leads.
+    assert_eq!((ma.received().len(), mb.received().len()), (0, 8));
+}
+
+#[tokio::test]
+async fn balanced_routing_by_latency_weight_settles_on_the_faster_target() {
+    let (ma, a) = start_mock(MockConfig::default()).await;
+    let (mb, b) = start_mock(MockConfig {
+        fault: Some(nenya::services::Fault::Slow(120)),
+        ..MockConfig::default()
+    })
+    .await;
+    let gw = start_gateway(
+        Gateway::from_config(
+            &config(
+                &a,
+                &b,
+                json!({"governance": {"routing_strategy": "balanced",
+                    "routing_latency_weight": 1.0, "routing_cost_weight": 0.0}}),
+            ),
+            &secrets(json!({"ci": key(CI_TOKEN, json!({}))})),
+        )
+        .unwrap()
+        .build(),
+    )
+    .await;
+    for _ in 0..10 {
+        assert_eq!(ask(&gw, CI_TOKEN, "chain").await.status, 200);
+    }
+    // Each target is measured once (an unmeasured target goes first), then the fast one wins.
+    assert_eq!(mb.received().len(), 1, "the slow target was only measured");
+    assert_eq!(ma.received().len(), 9);
+}
+
+#[tokio::test]
+async fn a_bad_routing_strategy_or_weight_names_the_field() {
+    let (a, b) = (
+        Running::at("127.0.0.1:1".parse().unwrap()),
+        Running::at("127.0.0.1:2".parse().unwrap()),
+    );
+    for (extra, field) in [
+        (
+            json!({"routing_strategy": "cheapest"}),
+            "governance.routing_strategy",
+        ),
+        (
+            json!({"routing_strategy": "balanced", "routing_cost_weight": 11.0}),
+            "governance.routing_cost_weight",
+        ),
+    ] {
+        let e = Gateway::from_config(
+            &config(&a, &b, json!({"governance": extra})),
+            &Secrets::default(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains(field), "{e}");
+    }
+}

@@ -514,6 +514,9 @@ impl Default for GovernanceConfig {
             max_concurrent_requests: 0,
             concurrency_queue_seconds: default_queue_seconds(),
             max_cost_per_request: None,
+            routing_strategy: None,
+            routing_latency_weight: None,
+            routing_cost_weight: None,
             other: BTreeMap::new(),
         }
     }
@@ -574,6 +577,16 @@ pub struct GovernanceConfig {
     /// absent: no ceiling); the router tries the next target.
     #[serde(default)]
     pub max_cost_per_request: Option<f64>,
+    /// `latency` (the default: with `context.auto_reorder_by_latency`, fastest first) or
+    /// `balanced` (chains ordered by weighted latency and price; implies the reordering).
+    #[serde(default)]
+    pub routing_strategy: Option<String>,
+    /// Weight of latency in balanced routing (default 1.0).
+    #[serde(default)]
+    pub routing_latency_weight: Option<f64>,
+    /// Weight of price in balanced routing (default 0.0).
+    #[serde(default)]
+    pub routing_cost_weight: Option<f64>,
     /// Fields not implemented yet.
     #[serde(flatten)]
     pub other: BTreeMap<String, Value>,

@@ -14,5 +14,5 @@ pub use mock::{Fault, MockConfig, MockProvider, Recorded};
 pub use provider::{
     AllowEmptyStream, IdleTimeoutBody, ProviderService, ProviderSpec, SseGuard, Target, Timeouts,
 };
-pub use router::{FailoverPolicy, LatencyTracker, ModelInfo, RouteTable, Router};
+pub use router::{Balance, FailoverPolicy, LatencyTracker, ModelInfo, RouteTable, Router};
 pub use transport::{HttpClient, Transport, http_client};

@@ -624,6 +624,26 @@ pub struct Router<S> {
     auto_context_skip: bool,
     policy: Arc<FailoverPolicy>,
     latency: Option<LatencyTracker>,
+    balance: Option<Arc<Balance>>,
+}
+
+/// Weights of balanced routing (`governance.routing_strategy: "balanced"`): each target of a
+/// chain scores `latency_weight × median / slowest median + cost_weight × price / dearest
+/// price` (lower is better; the price is input plus output per million tokens, an unknown
+/// price counts as the dearest), scaled by a random ±5%.
+///
+/// ```
+/// let b = nenya::services::Balance { latency_weight: 1.0, cost_weight: 2.0, prices: Default::default() };
+/// assert_eq!(b.cost_weight, 2.0);
+/// ```
+#[derive(Debug, Clone)]
+pub struct Balance {
+    /// Weight of the normalised median latency.
+    pub latency_weight: f64,
+    /// Weight of the normalised price.
+    pub cost_weight: f64,
+    /// Where prices come from.
+    pub prices: crate::pricing::PriceTable,
 }
 
 /// Recent response times per upstream provider+model, for latency-aware ordering (Nenya's
@@ -670,24 +690,57 @@ impl LatencyTracker {
 
     /// Orders `targets` fastest first by median, each scaled by a random ±5% so replicas do
     /// not all pick the same target; targets never measured go first (so they get measured).
-    fn order(&self, targets: &mut VecDeque<Target>) {
+    /// With `balance`, by its weighted score of latency and price instead.
+    fn order(&self, targets: &mut VecDeque<Target>, balance: Option<&Balance>) {
         use std::hash::BuildHasher;
         let seed = std::collections::hash_map::RandomState::new();
         let map = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        let mut scored: Vec<(f64, Target)> = targets
-            .drain(..)
-            .enumerate()
-            .map(|(i, t)| {
-                let median = map.get(&t.model_key).map(|w| {
+        let medians: Vec<Option<f64>> = targets
+            .iter()
+            .map(|t| {
+                map.get(&t.model_key).map(|w| {
                     let mut v: Vec<u32> = w.iter().copied().collect();
                     let mid = v.len() / 2;
                     f64::from(*v.select_nth_unstable(mid).1)
-                });
-                let jitter = 0.95 + (seed.hash_one(i) % 1001) as f64 / 10_000.0;
-                (median.map_or(-1.0, |m| m * jitter), t)
+                })
             })
             .collect();
         drop(map);
+        let scores: Vec<f64> = match balance {
+            None => medians.iter().map(|m| m.unwrap_or(-1.0)).collect(),
+            Some(b) => {
+                let prices: Vec<Option<f64>> = targets
+                    .iter()
+                    .map(|t| {
+                        b.prices
+                            .price(&t.provider_key, &t.model)
+                            .map(|p| p.input + p.output)
+                    })
+                    .collect();
+                let slowest = medians.iter().flatten().fold(0.0f64, |a, m| a.max(*m));
+                let dearest = prices.iter().flatten().fold(0.0f64, |a, p| a.max(*p));
+                let norm = |v: f64, max: f64| if max > 0.0 { v / max } else { 0.0 };
+                medians
+                    .iter()
+                    .zip(&prices)
+                    .map(|(m, p)| {
+                        // Unmeasured: no latency penalty (it gets measured); unknown price:
+                        // the dearest (never favoured for being unknown).
+                        b.latency_weight * norm(m.unwrap_or(0.0), slowest)
+                            + b.cost_weight * norm(p.unwrap_or(dearest), dearest)
+                    })
+                    .collect()
+            }
+        };
+        let mut scored: Vec<(f64, Target)> = targets
+            .drain(..)
+            .zip(scores)
+            .enumerate()
+            .map(|(i, (t, score))| {
+                let jitter = 0.95 + (seed.hash_one(i) % 1001) as f64 / 10_000.0;
+                (score * jitter, t)
+            })
+            .collect();
         scored.sort_by(|a, b| a.0.total_cmp(&b.0));
         targets.extend(scored.into_iter().map(|(_, t)| t));
     }
@@ -731,6 +784,7 @@ impl<S> Router<S> {
             auto_context_skip: false,
             policy: Arc::default(),
             latency: None,
+            balance: None,
         }
     }
 
@@ -738,6 +792,13 @@ impl<S> Router<S> {
     /// and reading from `tracker`.
     pub fn reorder_by_latency(mut self, tracker: Option<LatencyTracker>) -> Self {
         self.latency = tracker;
+        self
+    }
+
+    /// Orders each chain by [`Balance`]'s weighted latency and price (needs a latency
+    /// tracker: [`Router::reorder_by_latency`]).
+    pub fn balanced(mut self, balance: Option<Balance>) -> Self {
+        self.balance = balance.map(Arc::new);
         self
     }
 
@@ -814,7 +875,7 @@ where
             });
         }
         if let Some(t) = self.latency.as_ref().filter(|_| targets.len() > 1) {
-            t.order(&mut targets);
+            t.order(&mut targets, self.balance.as_deref());
         }
         let Some(first) = targets.pop_front() else {
             return RouterFuture::failed(Error::new(ErrorKind::ModelNotFound, "empty chain"));
