@@ -63,6 +63,8 @@ pub enum ErrorKind {
     CostLimitExceeded,
     /// Every target's circuit breaker is open: the upstreams failed recently and are resting.
     CircuitOpen,
+    /// A local engine is still loading the model (after a preload); another target may answer.
+    ModelLoading,
     /// A bug or an unexpected internal state.
     Internal,
 }
@@ -89,6 +91,7 @@ impl ErrorKind {
             Self::BudgetExceeded => "budget_exceeded",
             Self::CostLimitExceeded => "cost_limit_exceeded",
             Self::CircuitOpen => "circuit_open",
+            Self::ModelLoading => "model_loading",
             Self::Internal => "internal_error",
         }
     }
@@ -108,7 +111,7 @@ impl ErrorKind {
             Self::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             Self::RateLimited | Self::BudgetExceeded => StatusCode::TOO_MANY_REQUESTS,
             Self::CostLimitExceeded => StatusCode::BAD_REQUEST,
-            Self::CircuitOpen => StatusCode::SERVICE_UNAVAILABLE,
+            Self::CircuitOpen | Self::ModelLoading => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -134,6 +137,7 @@ impl ErrorKind {
             | Self::UpstreamTimeout
             | Self::UpstreamProtocol
             | Self::CircuitOpen
+            | Self::ModelLoading
             | Self::Internal => "server_error",
         }
     }
@@ -153,7 +157,7 @@ impl ErrorKind {
             Self::ModelNotFound | Self::NotFound => "not_found_error",
             Self::RateLimited | Self::BudgetExceeded => "rate_limit_error",
             Self::UpstreamTimeout => "timeout_error",
-            Self::CircuitOpen => "overloaded_error",
+            Self::CircuitOpen | Self::ModelLoading => "overloaded_error",
             Self::UpstreamUnreachable | Self::UpstreamProtocol | Self::Internal => "api_error",
         }
     }

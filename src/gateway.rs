@@ -168,6 +168,7 @@ pub struct GatewayBuilder {
     ledger: Ledger,
     prefix_cache: Option<PrefixCacheConfig>,
     balance: Option<(f64, f64)>,
+    local_engines: crate::services::LocalEngines,
     carried: Option<Carried>,
 }
 
@@ -398,6 +399,13 @@ impl GatewayBuilder {
         self
     }
 
+    /// Ollama providers whose models nenya preloads, tracks and evicts (see
+    /// [`LocalEngines`](crate::services::LocalEngines)); started when the gateway is built.
+    pub fn local_engines(mut self, engines: crate::services::LocalEngines) -> Self {
+        self.local_engines = engines;
+        self
+    }
+
     /// Prices for cost accounting and the cost ceiling (default: the registry's list prices).
     pub fn prices(mut self, prices: PriceTable) -> Self {
         self.prices = prices;
@@ -476,7 +484,15 @@ impl GatewayBuilder {
                 quota_subject as SubjectFn,
             )
         });
+        let local = (!self.local_engines.is_empty()).then(|| {
+            self.local_engines.start();
+            crate::services::LocalEngineLayer::new(
+                self.local_engines.clone(),
+                local_subject as LocalFn,
+            )
+        });
         let upstream = ServiceBuilder::new()
+            .option_layer(local)
             .layer(
                 UsageLayer::new(self.usage.clone(), usage_labels as LabelFn)
                     .with_prices(self.prices.clone()),
@@ -588,6 +604,14 @@ fn target_key(req: &Request<ChatRequest>) -> Option<Arc<str>> {
 
 type WindowFn = fn(&Request<ChatRequest>) -> Option<u64>;
 type SubjectFn = fn(&Request<ChatRequest>) -> QuotaSubject;
+type LocalFn = fn(&Request<ChatRequest>) -> Option<(Arc<str>, String)>;
+
+/// A local engine is known by the target's provider; the model is the upstream one.
+fn local_subject(req: &Request<ChatRequest>) -> Option<(Arc<str>, String)> {
+    req.extensions()
+        .get::<Target>()
+        .map(|t| (t.provider_key.clone(), t.model.clone()))
+}
 
 /// Budgets are charged to the caller's key and the target's provider; priced by its model.
 fn quota_subject(req: &Request<ChatRequest>) -> QuotaSubject {
@@ -1183,6 +1207,7 @@ impl Gateway {
             ledger: Ledger::new(),
             prefix_cache: None,
             balance: None,
+            local_engines: crate::services::LocalEngines::default(),
             carried: None,
         }
     }
@@ -1192,7 +1217,20 @@ impl Gateway {
         let client = http_client(Duration::from_secs(10));
         let table = RouteTable::from_config(cfg, secrets, &client)?;
         let window = window_config(cfg, &table)?;
+        let local =
+            crate::services::LocalEngines::new(cfg.providers.iter().filter_map(|(n, p)| {
+                let l = p.local_engine.as_ref()?;
+                Some((
+                    table.provider(n)?,
+                    crate::services::LocalEngineConfig {
+                        preload: l.preload.clone(),
+                        max_loaded: l.max_loaded,
+                        keep_alive: l.keep_alive.clone().unwrap_or_else(|| "30m".into()),
+                    },
+                ))
+            }));
         Self::builder(table)
+            .local_engines(local)
             .window(window)
             .max_body_bytes(cfg.server.max_body_bytes)
             .body_read_timeout(Duration::from_secs(

@@ -222,6 +222,7 @@ async fn run_mock(args: MockArgs, log: LogFormat) -> Result<(), String> {
         fault: args.fault,
         tool_call: args.tool_call,
         thinking: args.thinking,
+        ..MockConfig::default()
     });
     mock.serve(listener, shutdown)
         .await

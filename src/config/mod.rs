@@ -290,6 +290,26 @@ pub struct WindowSection {
     pub other: BTreeMap<String, Value>,
 }
 
+/// A provider's `local_engine` settings.
+///
+/// ```
+/// let cfg = nenya::config::Config::from_json_str(r#"{"providers": {"ollama": {"url": "http://127.0.0.1:11434/v1/chat/completions",
+///   "local_engine": {"preload": ["qwen2.5-coder:7b"], "max_loaded": 2}}}}"#).unwrap();
+/// assert_eq!(cfg.providers["ollama"].local_engine.as_ref().unwrap().max_loaded, 2);
+/// ```
+#[derive(Debug, Clone, Deserialize)]
+pub struct LocalEngineSection {
+    /// Models loaded at start, in order.
+    #[serde(default)]
+    pub preload: Vec<String>,
+    /// Most models resident at once (0 or absent: no limit).
+    #[serde(default)]
+    pub max_loaded: usize,
+    /// Ollama `keep_alive` for loads (default `30m`).
+    #[serde(default)]
+    pub keep_alive: Option<String>,
+}
+
 /// `prefix_cache` section (every switch on by default once the section is present).
 ///
 /// ```
@@ -702,6 +722,10 @@ pub struct ProviderConfig {
     /// tier are served past it, and their use counts towards it).
     #[serde(default)]
     pub token_budget_daily: Option<u64>,
+    /// This provider is an Ollama server whose models nenya manages (a nenya addition):
+    /// `{"preload": [models], "max_loaded": n, "keep_alive": "30m"}`.
+    #[serde(default)]
+    pub local_engine: Option<LocalEngineSection>,
     /// Capability overrides (`stream_options`, `auto_tool_choice`, `content_arrays`,
     /// `tool_calls`, `reasoning`, `vision`); unset ones keep the built-in or conservative value.
     #[serde(default)]

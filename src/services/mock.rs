@@ -136,6 +136,8 @@ pub struct MockConfig {
     /// Reasoning to send before the answer (Anthropic `thinking` with a signature, OpenAI
     /// `reasoning_content`).
     pub thinking: Option<String>,
+    /// How long loading a model takes on the mock's Ollama API (`POST /api/generate`).
+    pub load_delay: Duration,
 }
 
 impl Default for MockConfig {
@@ -147,6 +149,7 @@ impl Default for MockConfig {
             fault: None,
             tool_call: None,
             thinking: None,
+            load_delay: Duration::ZERO,
         }
     }
 }
@@ -171,10 +174,15 @@ impl Recorded {
     }
 }
 
+/// The mock's Ollama API: models loaded now (in load order), and every load and unload.
+type OllamaState = (Vec<String>, Vec<(String, String)>);
+
 struct Inner {
     cfg: MockConfig,
     received: Mutex<Vec<Recorded>>,
     listings: Mutex<Vec<Recorded>>,
+    /// Ollama API: models loaded now (in load order), and every load/unload in order.
+    ollama: Mutex<OllamaState>,
     /// Streams being sent now, and the most seen at once.
     streaming: Arc<(
         std::sync::atomic::AtomicUsize,
@@ -207,6 +215,7 @@ impl MockProvider {
                 cfg,
                 received: Mutex::new(Vec::new()),
                 listings: Mutex::new(Vec::new()),
+                ollama: Mutex::default(),
                 streaming: Arc::default(),
             }),
         }
@@ -228,6 +237,16 @@ impl MockProvider {
             .streaming
             .1
             .load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// The Ollama API calls so far, in order: (`load` or `unload`, model).
+    pub fn ollama_events(&self) -> Vec<(String, String)> {
+        self.inner
+            .ollama
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .1
+            .clone()
     }
 
     /// The `GET …/models` requests received so far (not in [`MockProvider::received`]).
@@ -257,6 +276,59 @@ impl MockProvider {
         crate::server::serve(listener, self, shutdown, Duration::from_secs(1)).await
     }
 
+    /// The slice of Ollama's native API a local-engine manager uses: `POST /api/generate`
+    /// with no prompt loads (`keep_alive` > 0, after `load_delay`) or unloads
+    /// (`keep_alive: 0`) a model; `GET /api/ps` lists the loaded ones.
+    async fn ollama(
+        &self,
+        method: &Method,
+        path: &str,
+        body: &[u8],
+    ) -> Result<Response<Body>, BoxError> {
+        if method == Method::GET && path.ends_with("/api/ps") {
+            let loaded = self
+                .inner
+                .ollama
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .0
+                .clone();
+            let models: Vec<Value> = loaded
+                .iter()
+                .map(|m| json!({"name": m, "model": m, "size": 1, "size_vram": 1}))
+                .collect();
+            return Ok(json_response(StatusCode::OK, json!({"models": models})));
+        }
+        let v: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
+        let Some(model) = v.get("model").and_then(Value::as_str).map(str::to_owned) else {
+            return Ok(json_response(
+                StatusCode::BAD_REQUEST,
+                json!({"error": "model is required"}),
+            ));
+        };
+        let unload = v.get("keep_alive").is_some_and(|k| k == 0 || k == "0");
+        if !unload && !self.inner.cfg.load_delay.is_zero() {
+            tokio::time::sleep(self.inner.cfg.load_delay).await;
+        }
+        let mut st = self
+            .inner
+            .ollama
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        st.0.retain(|m| *m != model);
+        if unload {
+            st.1.push(("unload".into(), model.clone()));
+        } else {
+            st.0.push(model.clone());
+            st.1.push(("load".into(), model.clone()));
+        }
+        let reason = if unload { "unload" } else { "load" };
+        Ok(json_response(
+            StatusCode::OK,
+            json!({"model": model, "response": "", "done": true, "done_reason": reason}),
+        ))
+    }
+
     async fn handle(self, req: Request<Body>) -> Result<Response<Body>, BoxError> {
         let (parts, body) = req.into_parts();
         let body = body.collect().await?.to_bytes();
@@ -269,6 +341,9 @@ impl MockProvider {
         // Model-list fetches (a gateway's discovery, in the background) are kept apart, so
         // `received()` counts exactly the requests clients caused.
         let listing = parts.method == Method::GET && parts.uri.path().ends_with("/models");
+        if parts.uri.path().ends_with("/api/generate") || parts.uri.path().ends_with("/api/ps") {
+            return self.ollama(&parts.method, parts.uri.path(), &body).await;
+        }
         let log = if listing {
             &self.inner.listings
         } else {

@@ -3,6 +3,7 @@
 
 pub mod convert;
 mod discovery;
+pub mod local;
 pub mod mock;
 pub mod provider;
 pub mod router;
@@ -10,6 +11,7 @@ pub mod transport;
 
 pub use discovery::LiveModels;
 pub(crate) use discovery::refresh_models;
+pub use local::{LocalEngine, LocalEngineConfig, LocalEngineLayer, LocalEngines};
 pub use mock::{Fault, MockConfig, MockProvider, Recorded};
 pub use provider::{
     AllowEmptyStream, IdleTimeoutBody, ProviderService, ProviderSpec, SseGuard, Target, Timeouts,

@@ -488,6 +488,11 @@ impl RouteTable {
         self.resolve(model, ApiFormat::OpenAi).is_ok()
     }
 
+    /// The provider named `name`, as configured.
+    pub fn provider(&self, name: &str) -> Option<Arc<ProviderSpec>> {
+        self.providers.get(name).cloned()
+    }
+
     /// What `GET /v1/models` lists: every agent, then every registry model whose provider is
     /// configured and usable (has a key, or needs none), in a stable order.
     pub fn models(&self) -> Vec<ModelInfo> {
@@ -1099,6 +1104,7 @@ fn should_fail_over(out: &Result<Response<Body>, Error>, retryable: &[u16]) -> O
                 // A provider budget or the cost ceiling refuses this target; another may do.
                 | ErrorKind::BudgetExceeded
                 | ErrorKind::CostLimitExceeded
+                | ErrorKind::ModelLoading
         )
         .then(|| e.kind().as_str().to_owned()),
     }
