@@ -70,6 +70,7 @@ use tower::{Service, ServiceBuilder};
 use crate::config::{BouncerConfig, Config, ConfigError, DEFAULT_MAX_BODY_BYTES, Secret, Secrets};
 use crate::error::{Error, ErrorKind};
 use crate::layers::budget::{ContextStats, RelevanceQuery, WindowConfig, WindowMode};
+use crate::layers::cache::semantic::{EmbedFn, SemanticCacheLayer, SemanticConfig};
 use crate::layers::{
     AccountsLayer, CatchPanicLayer, Ledger, PrefixCacheConfig, PrefixCacheLayer, QuotaConfig,
     QuotaLayer, QuotaSubject, SummarizeLayer,
@@ -169,7 +170,20 @@ pub struct GatewayBuilder {
     prefix_cache: Option<PrefixCacheConfig>,
     balance: Option<(f64, f64)>,
     local_engines: crate::services::LocalEngines,
+    semantic: Option<SemanticTier>,
     carried: Option<Carried>,
+}
+
+/// The semantic tier's settings and embedder (a closure, so `Debug` by hand).
+#[derive(Clone)]
+struct SemanticTier(SemanticConfig, EmbedFn);
+
+impl std::fmt::Debug for SemanticTier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("SemanticTier")
+            .field(&self.0)
+            .finish_non_exhaustive()
+    }
 }
 
 /// The breaker's settings: the default, and each agent circuit's own.
@@ -406,6 +420,14 @@ impl GatewayBuilder {
         self
     }
 
+    /// The response cache's semantic tier (needs the exact tier, [`Self::response_cache`]):
+    /// similar prompts in the same context reuse an answer (see
+    /// [`SemanticCacheLayer`](crate::layers::cache::semantic::SemanticCacheLayer)).
+    pub fn semantic_cache(mut self, tier: Option<(SemanticConfig, EmbedFn)>) -> Self {
+        self.semantic = tier.map(|(c, e)| SemanticTier(c, e));
+        self
+    }
+
     /// Prices for cost accounting and the cost ceiling (default: the registry's list prices).
     pub fn prices(mut self, prices: PriceTable) -> Self {
         self.prices = prices;
@@ -558,6 +580,12 @@ impl GatewayBuilder {
             )
             .option_layer(self.prefix_cache.map(PrefixCacheLayer::new))
             .option_layer(cache.clone().map(ResponseCacheLayer::new))
+            .option_layer(
+                cache
+                    .clone()
+                    .zip(self.semantic)
+                    .map(|(c, SemanticTier(cfg, embed))| SemanticCacheLayer::new(c, cfg, embed)),
+            )
             .option_layer(summarize)
             .service(routed);
         let svc = ServiceBuilder::new()
@@ -903,6 +931,98 @@ fn balance_config(cfg: &Config) -> Result<Option<(f64, f64)>, ConfigError> {
     }
 }
 
+/// `response_cache.semantic`: the tier's settings and an embedder on the named provider's
+/// OpenAI-compatible `/embeddings` endpoint.
+fn semantic_config(
+    cfg: &Config,
+    table: &RouteTable,
+) -> Result<Option<(SemanticConfig, EmbedFn)>, ConfigError> {
+    let Some(s) = cfg
+        .response_cache
+        .semantic
+        .as_ref()
+        .filter(|_| cfg.response_cache.enabled)
+    else {
+        return Ok(None);
+    };
+    let err = |field: &str, msg: String| {
+        ConfigError::new(None, Some(format!("response_cache.semantic.{field}")), msg)
+    };
+    let spec = table.provider(&s.provider).ok_or_else(|| {
+        err(
+            "provider",
+            format!("`{}` is not a configured provider", s.provider),
+        )
+    })?;
+    let (_, chat) = spec
+        .endpoints
+        .iter()
+        .find(|(f, _)| *f == ApiFormat::OpenAi)
+        .ok_or_else(|| {
+            err(
+                "provider",
+                format!("`{}` has no OpenAI-compatible endpoint", s.provider),
+            )
+        })?;
+    let chat = chat.to_string();
+    let base = chat.strip_suffix("/chat/completions").unwrap_or(&chat);
+    let url: http::Uri = format!("{base}/embeddings")
+        .parse()
+        .map_err(|_| err("provider", "its URL makes no embeddings URL".into()))?;
+    let threshold = s.threshold.unwrap_or(0.9);
+    if !(0.0..=1.0).contains(&threshold) {
+        return Err(err("threshold", format!("{threshold} is outside 0–1")));
+    }
+    let model = s.model.clone();
+    let embed: EmbedFn = Arc::new(move |text: String| {
+        let (spec, url, model) = (spec.clone(), url.clone(), model.clone());
+        Box::pin(async move { embed_one(&spec, url, &model, text).await })
+    });
+    Ok(Some((
+        SemanticConfig {
+            threshold,
+            max_entries: s.max_entries.unwrap_or(1024),
+            timeout: Duration::from_secs(s.timeout_seconds.unwrap_or(2).max(1)),
+        },
+        embed,
+    )))
+}
+
+/// One text's embedding from an OpenAI-compatible `/embeddings` endpoint.
+async fn embed_one(
+    spec: &crate::services::ProviderSpec,
+    url: http::Uri,
+    model: &str,
+    text: String,
+) -> Option<Vec<f32>> {
+    use http_body_util::BodyExt;
+    let body = serde_json::json!({"model": model, "input": text}).to_string();
+    let mut req = Request::new(Body::from(body));
+    *req.method_mut() = Method::POST;
+    *req.uri_mut() = url;
+    req.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    crate::services::provider::apply_auth(req.headers_mut(), spec, ApiFormat::OpenAi, None).ok()?;
+    let resp = spec.transport.send(req).await.ok()?;
+    if !resp.status().is_success() {
+        tracing::debug!(status = resp.status().as_u16(), "embedding failed");
+        return None;
+    }
+    let bytes = http_body_util::Limited::new(resp.into_body(), 8 << 20)
+        .collect()
+        .await
+        .ok()?
+        .to_bytes();
+    let v: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
+    v.pointer("/data/0/embedding")?
+        .as_array()?
+        .iter()
+        .map(|x| x.as_f64().map(|f| f as f32))
+        .collect()
+}
+
 /// The `prefix_cache` section as layer settings.
 fn prefix_cache_config(cfg: &Config) -> Result<Option<PrefixCacheConfig>, ConfigError> {
     let Some(p) = cfg.prefix_cache.as_ref().filter(|p| p.enabled) else {
@@ -1208,6 +1328,7 @@ impl Gateway {
             prefix_cache: None,
             balance: None,
             local_engines: crate::services::LocalEngines::default(),
+            semantic: None,
             carried: None,
         }
     }
@@ -1217,6 +1338,7 @@ impl Gateway {
         let client = http_client(Duration::from_secs(10));
         let table = RouteTable::from_config(cfg, secrets, &client)?;
         let window = window_config(cfg, &table)?;
+        let semantic = semantic_config(cfg, &table)?;
         let local =
             crate::services::LocalEngines::new(cfg.providers.iter().filter_map(|(n, p)| {
                 let l = p.local_engine.as_ref()?;
@@ -1254,6 +1376,7 @@ impl Gateway {
             })
             .prices(PriceTable::new(cfg.pricing.clone()))
             .prefix_cache(prefix_cache_config(cfg)?)
+            .semantic_cache(semantic)
             .balanced(balance_config(cfg)?)
             .allowed_browser_origins(cfg.governance.allowed_browser_origins.iter().cloned())
             .rate_limit_overrides(

@@ -489,9 +489,38 @@ pub struct ResponseCacheConfig {
     /// Also cache requests without `temperature: 0` (default false).
     #[serde(default)]
     pub cache_nondeterministic: bool,
+    /// The semantic tier (a nenya addition, off unless present): `{"provider", "model",
+    /// "threshold", "max_entries", "timeout_seconds"}`; embeddings come from the provider's
+    /// OpenAI-compatible `/embeddings` endpoint.
+    #[serde(default)]
+    pub semantic: Option<SemanticCacheSection>,
     /// Fields not implemented yet.
     #[serde(flatten)]
     pub other: BTreeMap<String, Value>,
+}
+
+/// `response_cache.semantic`.
+///
+/// ```
+/// let cfg = nenya::config::Config::from_json_str(r#"{"response_cache": {"enabled": true,
+///   "semantic": {"provider": "openai", "model": "text-embedding-3-small", "threshold": 0.95}}}"#).unwrap();
+/// assert_eq!(cfg.response_cache.semantic.unwrap().threshold, Some(0.95));
+/// ```
+#[derive(Debug, Clone, Deserialize)]
+pub struct SemanticCacheSection {
+    /// The provider whose `/embeddings` endpoint embeds prompts.
+    pub provider: String,
+    /// The embedding model.
+    pub model: String,
+    /// Cosine similarity for a hit (default 0.9).
+    #[serde(default)]
+    pub threshold: Option<f32>,
+    /// Embeddings kept (default 1024).
+    #[serde(default)]
+    pub max_entries: Option<usize>,
+    /// Longest an embedding may take (default 2 s).
+    #[serde(default)]
+    pub timeout_seconds: Option<u64>,
 }
 
 fn default_cache_bytes() -> usize {
@@ -514,6 +543,7 @@ impl Default for ResponseCacheConfig {
             max_entry_bytes: default_cache_entry_bytes(),
             ttl_seconds: default_cache_ttl(),
             cache_nondeterministic: false,
+            semantic: None,
             other: BTreeMap::new(),
         }
     }

@@ -20,6 +20,7 @@
 //! | [`PruneLayer`] | `Request<ChatRequest>` | drops old thinking and summarises stale tool results in history (never the current tool loop) |
 //! | [`PrefixCacheLayer`] | `Request<ChatRequest>` | system messages first, tools sorted, Anthropic `cache_control` breakpoints when the client set none: provider prompt caches hit |
 //! | [`ResponseCacheLayer`] | `Request<ChatRequest>` → `Response<Body>` | exact-match cache of complete answers (deterministic requests), replayed frame for frame |
+//! | [`SemanticCacheLayer`](cache::semantic::SemanticCacheLayer) | `Request<ChatRequest>` → `Response<Body>` | (optional) inside the exact cache: a paraphrased last user message in the same context reuses a stored answer above a cosine threshold |
 //! | [`CircuitBreakerLayer`] | any `Request<B>` → `Response<R>` | per-target circuit: fail fast while an upstream keeps failing, probe, close |
 //! | [`AccountsLayer`] | any `Request<B>` → `Response<R>` | several keys per provider: least recently used per model, throttled accounts cool down |
 //! | [`ConcurrencyLimitLayer`] | any `Request<B>` → `Response<Body>` | in-flight cap per key (provider+model); a slot is held until the streamed body ends; excess requests queue, then `rate_limited` |

@@ -341,6 +341,14 @@ impl MockProvider {
         // Model-list fetches (a gateway's discovery, in the background) are kept apart, so
         // `received()` counts exactly the requests clients caused.
         let listing = parts.method == Method::GET && parts.uri.path().ends_with("/models");
+        if parts.method == Method::POST && parts.uri.path().ends_with("/embeddings") {
+            self.inner
+                .received
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .push(record);
+            return Ok(embeddings(&body));
+        }
         if parts.uri.path().ends_with("/api/generate") || parts.uri.path().ends_with("/api/ps") {
             return self.ollama(&parts.method, parts.uri.path(), &body).await;
         }
@@ -902,6 +910,66 @@ impl Live {
 impl Drop for Live {
     fn drop(&mut self) {
         self.0.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// OpenAI's `POST /v1/embeddings`, deterministic: each input becomes its lower-cased words
+/// hashed into 64 buckets (a bag of words, L2-normalised), so texts sharing words are close and
+/// texts sharing none are orthogonal.
+fn embeddings(body: &[u8]) -> Response<Body> {
+    use std::hash::{Hash, Hasher};
+    let v: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
+    let inputs: Vec<String> = match &v["input"] {
+        Value::String(s) => vec![s.clone()],
+        Value::Array(a) => a
+            .iter()
+            .filter_map(|x| x.as_str().map(str::to_owned))
+            .collect(),
+        _ => Vec::new(),
+    };
+    let data: Vec<Value> = inputs
+        .iter()
+        .enumerate()
+        .map(|(i, text)| {
+            let mut e = [0f32; 64];
+            let lower = text.to_lowercase();
+            for w in lower
+                .split(|c: char| !c.is_alphanumeric())
+                .filter(|w| !w.is_empty())
+            {
+                // FNV-1a: stable across runs and platforms.
+                let mut h = FnvHasher(0xcbf2_9ce4_8422_2325);
+                w.hash(&mut h);
+                e[(h.finish() % 64) as usize] += 1.0;
+            }
+            let norm = e
+                .iter()
+                .map(|x| x * x)
+                .sum::<f32>()
+                .sqrt()
+                .max(f32::MIN_POSITIVE);
+            let e: Vec<f32> = e.iter().map(|x| x / norm).collect();
+            json!({"object": "embedding", "index": i, "embedding": e})
+        })
+        .collect();
+    json_response(
+        StatusCode::OK,
+        json!({"object": "list", "data": data, "model": v["model"],
+               "usage": {"prompt_tokens": 1, "total_tokens": 1}}),
+    )
+}
+
+struct FnvHasher(u64);
+
+impl std::hash::Hasher for FnvHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 ^= u64::from(*b);
+            self.0 = self.0.wrapping_mul(0x0100_0000_01b3);
+        }
     }
 }
 

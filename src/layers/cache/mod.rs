@@ -53,6 +53,8 @@ use tokio::time::Instant;
 use tower::Service;
 use tower_layer::Layer;
 
+pub mod semantic;
+
 use crate::body::{Observed, Observer};
 use crate::model::{ChatRequest, CountTokens};
 use crate::{Body, BoxError};
@@ -231,14 +233,20 @@ fn key(req: &Request<ChatRequest>, cfg: &CacheConfig) -> Option<Key> {
     if !deterministic && !cfg.cache_nondeterministic {
         return None;
     }
+    Some(fingerprint(chat, &chat.messages))
+}
+
+/// SHA-256 of everything in `chat` that changes the answer, with `messages` standing for its
+/// conversation (the exact tier passes all of them, the semantic tier all but the last).
+fn fingerprint(chat: &ChatRequest, messages: &[crate::model::Message]) -> Key {
     let mut h = Sha256::new();
     // Debug output of the typed fields is stable and complete; `extra` is filtered to the
     // fields that change the answer.
     h.update(format!("{:?}|{}|{}|", chat.source, chat.model, chat.stream).as_bytes());
     h.update(
         format!(
-            "{:?}|{:?}|{:?}|{:?}|",
-            chat.messages, chat.tools, chat.tool_choice, chat.max_tokens
+            "{messages:?}|{:?}|{:?}|{:?}|",
+            chat.tools, chat.tool_choice, chat.max_tokens
         )
         .as_bytes(),
     );
@@ -255,7 +263,7 @@ fn key(req: &Request<ChatRequest>, cfg: &CacheConfig) -> Option<Key> {
         h.update(v.to_string().as_bytes());
         h.update(b"|");
     }
-    Some(h.finalize().into())
+    h.finalize().into()
 }
 
 /// Layer that applies [`ResponseCacheService`].
@@ -359,6 +367,10 @@ where
                 let Ok(mut resp) = out else {
                     return Poll::Ready(out);
                 };
+                if resp.headers().contains_key("x-nenya-cache") {
+                    // Answered by the semantic tier from a stored answer: nothing to store.
+                    return Poll::Ready(Ok(resp));
+                }
                 resp.headers_mut()
                     .insert("x-nenya-cache", HeaderValue::from_static("miss"));
                 let Some(cache) = cache.take().filter(|_| resp.status() == StatusCode::OK) else {
