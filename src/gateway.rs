@@ -10,7 +10,7 @@
 //! | 1½ | [`CatchPanicLayer`] | a panic anywhere below becomes an `internal_error` answer (still in the client's format), not a reset connection |
 //! | 2 | [`OriginGuardLayer`] | refuse browser-context requests (DNS rebinding) on every route, before anything else |
 //! | 3 | [`AuthLayer`] | refuse unauthenticated clients and forbidden endpoints before reading any body |
-//! | 4 | `Dispatch` | `/healthz`, `/statsz`, `/metrics`, `GET /v1/models`, chat paths, 404/405 for the rest |
+//! | 4 | `Dispatch` | `/healthz`, `/statsz`, `/metrics`, `GET /v1/models`, chat paths, the endpoints beyond chat and `/proxy` ([`Passthrough`](crate::services::passthrough::Passthrough)), 404/405 for the rest |
 //! | 5 | [`DecodeLayer`] | read the body once (size limit) and parse it once |
 //! | 6 | [`RedactLayer`] | credential patterns out of every text, before anything can forward or log it |
 //! | 7 | [`EntropyLayer`] | high-entropy tokens no pattern knows (after patterns, so their labels are not re-flagged) |
@@ -169,10 +169,14 @@ pub struct GatewayBuilder {
     ledger: Ledger,
     prefix_cache: Option<PrefixCacheConfig>,
     balance: Option<(f64, f64)>,
+    max_upload_bytes: u64,
     local_engines: crate::services::LocalEngines,
     semantic: Option<SemanticTier>,
     carried: Option<Carried>,
 }
+
+/// Default limit of streamed uploads (OpenAI's file limit).
+const DEFAULT_MAX_UPLOAD_BYTES: u64 = 512 << 20;
 
 /// The semantic tier's settings and embedder (a closure, so `Debug` by hand).
 #[derive(Clone)]
@@ -212,6 +216,12 @@ impl std::fmt::Debug for Carried {
 }
 
 impl GatewayBuilder {
+    /// Sets the limit of streamed uploads (`/v1/files`, audio, `/proxy`; default 512 MiB).
+    pub fn max_upload_bytes(mut self, n: u64) -> Self {
+        self.max_upload_bytes = n;
+        self
+    }
+
     /// Sets the request body limit (default 10 MiB).
     pub fn max_body_bytes(mut self, n: u64) -> Self {
         self.max_body_bytes = n;
@@ -565,6 +575,7 @@ impl GatewayBuilder {
             RateLimitLayer::new(RateLimitConfig::default(), principal_key as KeyFn)
                 .with_overrides(self.key_limits.clone())
         });
+        let passthrough_redactor = self.redactor.clone();
         let chat = ServiceBuilder::new()
             .layer(DecodeLayer::new(self.max_body_bytes).with_read_timeout(self.body_read_timeout))
             .option_layer(key_limiter)
@@ -597,6 +608,12 @@ impl GatewayBuilder {
             .layer(AuthLayer::new(self.tokens).with_api_keys(self.api_keys))
             .service(Dispatch {
                 chat,
+                passthrough: crate::services::passthrough::Passthrough::new(
+                    table.clone(),
+                    passthrough_redactor,
+                    self.max_body_bytes,
+                    self.max_upload_bytes,
+                ),
                 table,
                 metrics: self.metrics.clone(),
                 statsz,
@@ -1327,6 +1344,7 @@ impl Gateway {
             ledger: Ledger::new(),
             prefix_cache: None,
             balance: None,
+            max_upload_bytes: DEFAULT_MAX_UPLOAD_BYTES,
             local_engines: crate::services::LocalEngines::default(),
             semantic: None,
             carried: None,
@@ -1355,6 +1373,7 @@ impl Gateway {
             .local_engines(local)
             .window(window)
             .max_body_bytes(cfg.server.max_body_bytes)
+            .max_upload_bytes(cfg.server.max_upload_bytes)
             .body_read_timeout(Duration::from_secs(
                 cfg.server.body_read_timeout_seconds.max(1),
             ))
@@ -1467,6 +1486,7 @@ where
 #[derive(Clone)]
 struct Dispatch<C> {
     chat: C,
+    passthrough: crate::services::passthrough::Passthrough,
     table: Arc<RouteTable>,
     metrics: Metrics,
     statsz: Arc<dyn Fn() -> String + Send + Sync>,
@@ -1559,6 +1579,11 @@ where
                         }
                     }
                 }),
+            };
+        }
+        if crate::services::passthrough::handles(req.method(), path) {
+            return DispatchFuture::Reload {
+                fut: self.passthrough.call(req),
             };
         }
         if ApiFormat::from_path(path).is_some() {

@@ -98,12 +98,20 @@ pub struct ServerConfig {
     /// `User-Agent` sent upstream.
     #[serde(default)]
     pub user_agent: Option<String>,
+    /// Largest streamed upload (`/v1/files`, audio, `/proxy`), default 512 MiB (a nenya
+    /// addition; uploads are never held in memory).
+    #[serde(default = "default_max_upload")]
+    pub max_upload_bytes: u64,
     /// How long a client may take to send its request body (default 60; a nenya addition).
     #[serde(default = "default_body_read")]
     pub body_read_timeout_seconds: u64,
     /// Fields not implemented yet.
     #[serde(flatten)]
     pub other: BTreeMap<String, Value>,
+}
+
+fn default_max_upload() -> u64 {
+    512 << 20
 }
 
 fn default_body_read() -> u64 {
@@ -122,6 +130,7 @@ impl Default for ServerConfig {
             log_level: None,
             user_agent: None,
             body_read_timeout_seconds: default_body_read(),
+            max_upload_bytes: default_max_upload(),
             other: BTreeMap::new(),
         }
     }

@@ -377,6 +377,11 @@ impl MockProvider {
                     {"id": "mock-live-2", "object": "model", "owned_by": "mock"}]}),
             ));
         }
+        if format.is_none() {
+            if let Some(r) = other_endpoint(&parts.method, &parts.uri, &parts.headers, &body) {
+                return Ok(r);
+            }
+        }
         let Some(format) = format else {
             return Ok(json_response(
                 StatusCode::NOT_FOUND,
@@ -911,6 +916,62 @@ impl Drop for Live {
     fn drop(&mut self) {
         self.0.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
     }
+}
+
+/// The endpoints beyond chat, as an upstream would answer them, echoing what arrived:
+/// `…/redirect` answers `302` to another host; `…/audio/speech` answers 64 KiB of
+/// `audio/mpeg`; a JSON body with `"stream": true` gets a three-event SSE stream; anything
+/// else under `/v1/` gets a JSON echo (method, path, query, content type, body length and
+/// `model`).
+fn other_endpoint(
+    method: &Method,
+    uri: &http::Uri,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Option<Response<Body>> {
+    let path = uri.path();
+    if path.ends_with("/redirect") {
+        let mut r = Response::new(Body::empty());
+        *r.status_mut() = StatusCode::FOUND;
+        r.headers_mut().insert(
+            header::LOCATION,
+            HeaderValue::from_static("http://evil.invalid/steal"),
+        );
+        return Some(r);
+    }
+    if !path.contains("/v1/") {
+        return None;
+    }
+    if path.ends_with("/audio/speech") {
+        let mut r = Response::new(Body::from(vec![0x49u8; 64 << 10]));
+        r.headers_mut()
+            .insert(header::CONTENT_TYPE, HeaderValue::from_static("audio/mpeg"));
+        return Some(r);
+    }
+    let json: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
+    if json["stream"] == true {
+        let events: String = (0..3)
+            .map(|i| {
+                format!(
+                    "data: {}\n\n",
+                    json!({"type": "response.output_text.delta", "delta": format!("part {i}")})
+                )
+            })
+            .chain(std::iter::once("data: [DONE]\n\n".to_owned()))
+            .collect();
+        let mut r = Response::new(Body::from(events));
+        r.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/event-stream"),
+        );
+        return Some(r);
+    }
+    Some(json_response(
+        StatusCode::OK,
+        json!({"object": "echo", "method": method.as_str(), "path": path,
+               "query": uri.query(), "bytes": body.len(), "model": json["model"],
+               "content_type": headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok())}),
+    ))
 }
 
 /// OpenAI's `POST /v1/embeddings`, deterministic: each input becomes its lower-cased words

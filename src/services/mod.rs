@@ -5,6 +5,7 @@ pub mod convert;
 mod discovery;
 pub mod local;
 pub mod mock;
+pub mod passthrough;
 pub mod provider;
 pub mod router;
 pub mod transport;

@@ -488,6 +488,11 @@ impl RouteTable {
         self.resolve(model, ApiFormat::OpenAi).is_ok()
     }
 
+    /// Every configured provider's name.
+    pub fn provider_names(&self) -> Vec<String> {
+        self.providers.keys().cloned().collect()
+    }
+
     /// The provider named `name`, as configured.
     pub fn provider(&self, name: &str) -> Option<Arc<ProviderSpec>> {
         self.providers.get(name).cloned()

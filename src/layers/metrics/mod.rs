@@ -49,6 +49,20 @@ const ENDPOINTS: &[&str] = &[
     "/v1/messages/count_tokens",
     "/healthz",
     "/metrics",
+    "/v1/embeddings",
+    "/v1/responses",
+    "/v1/images/generations",
+    "/v1/audio/speech",
+    "/v1/audio/transcriptions",
+    "/v1/moderations",
+    "/v1/rerank",
+];
+
+/// Route families counted as one endpoint (ids in their paths would explode the series).
+const PREFIXES: &[(&str, &str)] = &[
+    ("/proxy/", "/proxy"),
+    ("/v1/files", "/v1/files"),
+    ("/v1/batches", "/v1/batches"),
 ];
 
 type Collector = (&'static str, Box<dyn Fn(&mut String) + Send + Sync>);
@@ -300,6 +314,12 @@ where
             .iter()
             .find(|e| **e == path)
             .copied()
+            .or_else(|| {
+                PREFIXES
+                    .iter()
+                    .find(|(p, _)| path.starts_with(p))
+                    .map(|(_, e)| *e)
+            })
             .unwrap_or("other");
         ResponseFuture {
             fut: self.inner.call(req),
