@@ -1504,7 +1504,8 @@ impl<C: std::fmt::Debug> std::fmt::Debug for Dispatch<C> {
 
 impl<C> Service<Request<Body>> for Dispatch<C>
 where
-    C: Service<Request<Body>, Response = Response<Body>, Error = Error>,
+    C: Service<Request<Body>, Response = Response<Body>, Error = Error> + Clone + Send + 'static,
+    C::Future: Send + 'static,
 {
     type Response = Response<Body>;
     type Error = Error;
@@ -1581,6 +1582,24 @@ where
                 }),
             };
         }
+        if path == "/v1/a2a" || path.starts_with("/v1/a2a/") {
+            if req.method() != Method::POST {
+                return ready(Err(Error::new(
+                    ErrorKind::MethodNotAllowed,
+                    "/v1/a2a only accepts POST",
+                )));
+            }
+            let agent = path.strip_prefix("/v1/a2a/").map(str::to_owned);
+            let agents: Vec<String> = self
+                .table
+                .agent_names()
+                .into_iter()
+                .map(str::to_owned)
+                .collect();
+            return DispatchFuture::Reload {
+                fut: Box::pin(a2a(self.chat.clone(), req, agent, agents)),
+            };
+        }
         if crate::services::passthrough::handles(req.method(), path) {
             return DispatchFuture::Reload {
                 fut: self.passthrough.call(req),
@@ -1607,6 +1626,85 @@ where
             format!("no route for {} {}", req.method(), path),
         )))
     }
+}
+
+/// `POST /v1/a2a[/{agent}]`: the JSON-RPC call becomes a chat request through the whole chat
+/// stack (it keeps the caller's identity and scopes), its answer a JSON-RPC result or stream.
+async fn a2a<C>(
+    mut chat: C,
+    req: Request<Body>,
+    agent: Option<String>,
+    agents: Vec<String>,
+) -> Result<Response<Body>, Error>
+where
+    C: Service<Request<Body>, Response = Response<Body>, Error = Error>,
+{
+    use crate::services::a2a::{A2aStream, send_result, to_chat};
+    use http_body_util::BodyExt;
+    use tower::ServiceExt;
+    let json = |s: String| {
+        let mut r = Response::new(Body::from(s));
+        r.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        r
+    };
+    let (mut parts, body) = req.into_parts();
+    let bytes = http_body_util::Limited::new(body, DEFAULT_MAX_BODY_BYTES as usize)
+        .collect()
+        .await
+        .map_err(|_| Error::new(ErrorKind::BodyTooLarge, "the request body is too large"))?
+        .to_bytes();
+    let names: Vec<&str> = agents.iter().map(String::as_str).collect();
+    let call = match to_chat(&bytes, agent.as_deref(), &names) {
+        Ok(c) => c,
+        Err((id, e)) => return Ok(json(e.body(&id))),
+    };
+    parts.uri = http::Uri::from_static("/v1/chat/completions");
+    parts.headers.remove(header::CONTENT_LENGTH);
+    parts.headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    let inner = Request::from_parts(parts, Body::from(call.chat.to_string()));
+    let resp = match chat.ready().await {
+        Ok(svc) => svc.call(inner).await,
+        Err(e) => Err(e),
+    };
+    let resp = match resp {
+        Ok(r) => r,
+        Err(e) => {
+            let err = crate::services::a2a::RpcError {
+                code: -32603,
+                message: e.to_string(),
+                kind: e.kind().as_str(),
+            };
+            return Ok(json(err.body(&call.id)));
+        }
+    };
+    let sse = resp
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("text/event-stream"));
+    if call.stream && sse && resp.status().is_success() {
+        let mut r = Response::new(Body::new(A2aStream::new(resp.into_body(), &call)));
+        r.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/event-stream"),
+        );
+        r.headers_mut()
+            .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+        return Ok(r);
+    }
+    let status = resp.status().as_u16();
+    let answer = http_body_util::Limited::new(resp.into_body(), 32 << 20)
+        .collect()
+        .await
+        .map(|c| c.to_bytes())
+        .unwrap_or_default();
+    Ok(json(send_result(&call, status, &answer)))
 }
 
 /// `GET /v1/models` in the client's format (Anthropic's when it sent `anthropic-version`),

@@ -358,3 +358,114 @@ async fn a_declared_upload_over_the_limit_is_413_before_anything_is_sent() {
     assert!(mock.received().is_empty());
     let _: Value = r.json();
 }
+
+fn a2a_call(method: &str, text: &str) -> String {
+    json!({"jsonrpc": "2.0", "id": 7, "method": method, "params": {"message": {
+        "kind": "message", "role": "user", "messageId": "m-1",
+        "parts": [{"kind": "text", "text": text}]}}})
+    .to_string()
+}
+
+#[tokio::test]
+async fn a2a_message_send_and_stream_map_onto_an_agent() {
+    let (mock, up) = start_mock(MockConfig::default()).await;
+    let gw = gateway_for_mock(&up, "").await;
+    let r = call(
+        &gw,
+        "POST",
+        "/v1/a2a/coder",
+        "application/json",
+        a2a_call("message/send", "hello agent"),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let v = r.json();
+    assert_eq!(
+        (v["jsonrpc"].as_str(), v["id"].as_i64()),
+        (Some("2.0"), Some(7))
+    );
+    let result = &v["result"];
+    assert_eq!(
+        (result["kind"].as_str(), result["role"].as_str()),
+        (Some("message"), Some("agent")),
+        "{v}"
+    );
+    let text = result["parts"][0]["text"].as_str().unwrap();
+    assert!(!text.is_empty());
+    let sent = mock.received().last().unwrap().json();
+    assert_eq!(sent["model"], "upstream-model-1");
+    assert_eq!(sent["messages"][0]["content"], "hello agent");
+
+    let r = call(
+        &gw,
+        "POST",
+        "/v1/a2a/coder",
+        "application/json",
+        a2a_call("message/stream", "stream it"),
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    assert!(
+        r.headers["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/event-stream")
+    );
+    let events: Vec<Value> = sse_events(&r.text())
+        .into_iter()
+        .map(|(_, d)| serde_json::from_str(&d).unwrap())
+        .collect();
+    assert_eq!(events[0]["result"]["kind"], "task");
+    assert_eq!(events[0]["result"]["status"]["state"], "working");
+    let streamed: String = events
+        .iter()
+        .filter(|e| e["result"]["kind"] == "artifact-update")
+        .map(|e| {
+            e["result"]["artifact"]["parts"][0]["text"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    assert!(!streamed.is_empty(), "{events:?}");
+    let last = events.last().unwrap();
+    assert_eq!(
+        (
+            last["result"]["kind"].as_str(),
+            last["result"]["final"].as_bool()
+        ),
+        (Some("status-update"), Some(true))
+    );
+    assert_eq!(last["result"]["status"]["state"], "completed");
+    assert!(events.iter().all(|e| e["id"] == 7));
+
+    // Protocol errors are JSON-RPC errors.
+    for (path, body, code) in [
+        ("/v1/a2a/coder", "{not json".to_owned(), -32700),
+        ("/v1/a2a/coder", a2a_call("tasks/get", "x"), -32601),
+        ("/v1/a2a", a2a_call("message/send", "which agent?"), -32602),
+        (
+            "/v1/a2a/coder",
+            json!({"jsonrpc": "2.0", "id": 1, "method": "message/send", "params": {}}).to_string(),
+            -32602,
+        ),
+    ] {
+        let r = call(&gw, "POST", path, "application/json", body).await;
+        assert_eq!(r.json()["error"]["code"], code, "{}", r.text());
+    }
+    // An agent that does not exist comes back as the chat error, in JSON-RPC.
+    let r = call(
+        &gw,
+        "POST",
+        "/v1/a2a/nope",
+        "application/json",
+        a2a_call("message/send", "x"),
+    )
+    .await;
+    assert_eq!(
+        r.json()["error"]["data"]["error_kind"],
+        "model_not_found",
+        "{}",
+        r.text()
+    );
+}

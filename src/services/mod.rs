@@ -1,6 +1,7 @@
 //! Terminal services: the provider (one upstream over HTTP), the router (model → target), the
 //! mock provider, and the transports beneath them.
 
+pub mod a2a;
 pub mod convert;
 mod discovery;
 pub mod local;

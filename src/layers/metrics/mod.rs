@@ -63,6 +63,7 @@ const PREFIXES: &[(&str, &str)] = &[
     ("/proxy/", "/proxy"),
     ("/v1/files", "/v1/files"),
     ("/v1/batches", "/v1/batches"),
+    ("/v1/a2a", "/v1/a2a"),
 ];
 
 type Collector = (&'static str, Box<dyn Fn(&mut String) + Send + Sync>);
