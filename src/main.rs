@@ -313,8 +313,9 @@ async fn run_serve(args: ServeArgs, log: LogFormat) -> Result<(), String> {
     let (trigger, requests) = ReloadTrigger::channel();
     let gateway = ReloadableGateway::new(builder.reload_trigger(Some(trigger.clone())).build());
     spawn_reloader(path.clone(), gateway.clone(), trigger, requests);
-    // The tokenizer tables load off the request path (about 50 ms, once).
-    tokio::task::spawn_blocking(nenya::tokens::warm_up);
+    // The tokenizer tables load in the background once a request comes within reach of its
+    // budget (`tokens::warm_up_in_background`): a gateway whose requests stay small never
+    // holds them (about 75 MiB).
     spawn_memory_trimmer();
 
     let shutdown = nenya::server::shutdown_signal();

@@ -248,6 +248,27 @@ pub fn warm_up() {
     let _ = bpe_openai::o200k_base().count("warm");
 }
 
+/// Starts loading `family`'s table on a background thread, once per process: called when a
+/// request comes within reach of its budget, so the table is usually ready before any
+/// request needs an exact count, and a gateway whose requests never come close never pays
+/// its memory (o200k is about 75 MiB of RSS).
+pub fn warm_up_in_background(family: Family) {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    static O200K: AtomicBool = AtomicBool::new(false);
+    static CL100K: AtomicBool = AtomicBool::new(false);
+    let flag = if family == Family::Cl100k {
+        &CL100K
+    } else {
+        &O200K
+    };
+    if flag.swap(true, Ordering::Relaxed) {
+        return;
+    }
+    std::thread::spawn(move || {
+        let _ = TokenCounter::new(family).count("warm");
+    });
+}
+
 /// Per-request cache of message counts, keyed by family and a hash of the message's texts.
 /// Clones share it (a failover chain's attempts count each message once).
 ///

@@ -607,3 +607,25 @@ async fn sighup_under_load_drops_nothing() {
     assert!(reloads >= 1, "reloaded during the load: {}", bin.log());
     assert_eq!(mock.received().len(), 100 + statuses.len());
 }
+
+#[tokio::test]
+async fn idle_the_binary_holds_no_tokenizer_tables() {
+    // The o200k tables are about 75 MiB; they load only once a request comes near its budget.
+    let bin = spawn_nenya(&["--listen", "127.0.0.1:0"], &[]);
+    let r = post(
+        &bin.url("/v1/chat/completions"),
+        &[],
+        json!({"model": "m", "messages": [{"role": "user", "content": "hi"}]}).to_string(),
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let status = std::fs::read_to_string(format!("/proc/{}/status", bin.child.id())).unwrap();
+    let rss_kib: u64 = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap();
+    assert!(rss_kib < 48 << 10, "idle RSS {rss_kib} KiB");
+}

@@ -199,6 +199,10 @@ pub fn trim_with(
             .map(|m| counter.message_upper_bound(m))
             .sum::<u64>();
     if bound <= budget {
+        // Within reach of the budget: have the exact tables ready before they are needed.
+        if bound > budget / 4 {
+            crate::tokens::warm_up_in_background(counter.family());
+        }
         return None;
     }
     let tools = counter.count_tools(req);

@@ -1,0 +1,179 @@
+#!/usr/bin/env bash
+# End-to-end overhead with a real load generator (issue 8): the release `nenya mock` answering
+# at once (a plain completion, and a 20-event stream), hit directly and through `nenya serve`
+# with the full default stack (auth, redaction, entropy, context budget, breaker, limiter,
+# usage; cache off) and a lean one (auth, decode, routing; redaction and entropy off), by wrk at concurrency 1 and 64, each for a fixed time
+# after a warm-up. Prints requests/s, p50, p99 and p99.9 for each, the added latency (through
+# minus direct) and the throughput ratio, then the gateway's idle RSS.
+#
+#   scripts/bench.sh            # nenya only
+#   scripts/bench.sh --peers    # also LiteLLM's proxy (PyPI) and Portkey's gateway (npm),
+#                               # installed into .bench/ when missing, routed to the same mock
+#
+# DURATION (default 10 s) and WARMUP (default 3 s) tune the runs. wrk comes from Debian.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+peers=""
+[ "${1:-}" = "--peers" ] && peers=1
+duration="${DURATION:-10}"
+warmup="${WARMUP:-3}"
+work="$PWD/.bench"
+mkdir -p "$work"
+
+if ! command -v wrk >/dev/null 2>&1; then
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null
+fi
+cargo build --release --locked --bin nenya 2>&1 | tail -1
+bin="$PWD/target/release/nenya"
+
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; }
+trap cleanup EXIT
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+wait_port() {
+  for _ in $(seq 1 600); do
+    if (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null; then return 0; fi
+    sleep 0.1
+  done
+  echo "nothing listens on $1" >&2; return 1
+}
+
+mock_port=$(free_port)
+"$bin" mock --listen "127.0.0.1:$mock_port" --chunks 20 >"$work/mock.log" 2>&1 &
+pids+=($!)
+wait_port "$mock_port"
+
+token="bench-client-token-0123456789"
+mkdir -p "$work/secrets"
+cat >"$work/secrets/secrets.json" <<EOF
+{"client_token": "$token", "provider_keys": {"up": "sk-bench-provider-key"}}
+EOF
+start_nenya() { # name, extra governance/bouncer JSON; sets started_port and started_pid
+  local port cfg
+  port=$(free_port)
+  cfg="$work/$1.json"
+  cat >"$cfg" <<EOF
+{"server": {"log_level": "warn"},
+ "providers": {"up": {"url": "http://127.0.0.1:$mock_port/v1/chat/completions", "auth_style": "bearer"}},
+ "agents": {"coder": {"strategy": "fallback", "models": [{"provider": "up", "model": "m"}]}},
+ $2}
+EOF
+  NENYA_CONFIG_FILE="$cfg" NENYA_SECRETS_DIR="$work/secrets" RUST_LOG=warn \
+    "$bin" serve --listen "127.0.0.1:$port" >"$work/$1.log" 2>&1 &
+  started_pid=$!
+  pids+=("$started_pid")
+  wait_port "$port"
+  started_port=$port
+}
+# The full default stack: redaction and entropy are on by default; limits high enough never
+# to refuse, so they are checked on every request without shaping the load.
+start_nenya full '"governance": {"ratelimit_max_rpm": 100000000, "ratelimit_max_tpm": 2000000000}'
+full_port=$started_port; full_pid=$started_pid
+start_nenya authonly '"bouncer": {"enabled": false, "entropy_enabled": false}'
+auth_port=$started_port
+
+cat >"$work/post.lua" <<'EOF'
+wrk.method = "POST"
+wrk.body = os.getenv("BODY")
+wrk.headers["Content-Type"] = "application/json"
+local token = os.getenv("TOKEN")
+if token and token ~= "" then wrk.headers["Authorization"] = "Bearer " .. token end
+function done(summary, latency, requests)
+  local errors = summary.errors.connect + summary.errors.read + summary.errors.write
+    + summary.errors.status + summary.errors.timeout
+  io.write(string.format("RESULT %.0f %d %d %d %d\n",
+    summary.requests / (summary.duration / 1e6),
+    latency:percentile(50), latency:percentile(99), latency:percentile(99.9), errors))
+end
+EOF
+
+plain='{"model":"coder","messages":[{"role":"user","content":"Write a function that reverses a list."}]}'
+stream='{"model":"coder","stream":true,"messages":[{"role":"user","content":"Write a function that reverses a list."}]}'
+
+run() { # url body token conns -> "rps p50 p99 p999 errors"
+  local threads=$(( $4 < 2 ? 1 : 2 ))
+  BODY="$2" TOKEN="$3" wrk -t"$threads" -c"$4" -d"${warmup}s" -s "$work/post.lua" "$1" >/dev/null
+  BODY="$2" TOKEN="$3" wrk -t"$threads" -c"$4" -d"${duration}s" -s "$work/post.lua" "$1" \
+    | awk '/^RESULT/ {print $2, $3, $4, $5, $6}'
+}
+
+declare -A targets=(
+  [direct]="http://127.0.0.1:$mock_port/v1/chat/completions|"
+  [nenya-full]="http://127.0.0.1:$full_port/v1/chat/completions|$token"
+  [nenya-lean]="http://127.0.0.1:$auth_port/v1/chat/completions|$token"
+)
+order=(direct nenya-full nenya-lean)
+
+if [ -n "$peers" ]; then
+  # LiteLLM's proxy in a private venv, one model routed to the mock.
+  if [ ! -x "$work/venv/bin/litellm" ]; then
+    python3 -m venv "$work/venv"
+    "$work/venv/bin/pip" install --quiet --disable-pip-version-check 'litellm[proxy]'
+  fi
+  lport=$(free_port)
+  cat >"$work/litellm.yaml" <<EOF
+model_list:
+  - model_name: coder
+    litellm_params:
+      model: openai/m
+      api_base: http://127.0.0.1:$mock_port/v1
+      api_key: sk-bench-provider-key
+EOF
+  "$work/venv/bin/litellm" --config "$work/litellm.yaml" --port "$lport" --num_workers 1 \
+    >"$work/litellm.log" 2>&1 &
+  pids+=($!)
+  wait_port "$lport"
+  targets[litellm]="http://127.0.0.1:$lport/v1/chat/completions|"
+  order+=(litellm)
+  # Portkey's gateway from npm, told per request where the OpenAI-compatible upstream is.
+  if [ ! -d "$work/portkey/node_modules/@portkey-ai/gateway" ]; then
+    mkdir -p "$work/portkey"
+    (cd "$work/portkey" && npm install --silent --no-audit --no-fund @portkey-ai/gateway >/dev/null)
+  fi
+  pport=8787
+  (cd "$work/portkey" && PORT=$pport npx --no-install @portkey-ai/gateway >"$work/portkey.log" 2>&1) &
+  pids+=($!)
+  wait_port "$pport"
+  sed -i 's|^local token = os.getenv("TOKEN")|if os.getenv("PORTKEY") then wrk.headers["x-portkey-provider"] = "openai"; wrk.headers["x-portkey-custom-host"] = os.getenv("PORTKEY") end\nlocal token = os.getenv("TOKEN")|' "$work/post.lua"
+  targets[portkey]="http://127.0.0.1:$pport/v1/chat/completions|sk-bench-provider-key"
+  order+=(portkey)
+fi
+
+echo
+echo "machine: $(nproc) cores, $(uname -r); wrk $(wrk -v 2>&1 | head -1 | awk '{print $2}'); ${duration}s runs after ${warmup}s warm-up; $(date -u +%F)"
+printf '%-12s %-7s %5s %10s %9s %9s %9s %7s\n' target kind conns "req/s" "p50 µs" "p99 µs" "p99.9 µs" errors
+declare -A res
+for kind in plain stream; do
+  body=$plain; [ "$kind" = stream ] && body=$stream
+  for conns in 1 64; do
+    for t in "${order[@]}"; do
+      url=${targets[$t]%%|*}; tok=${targets[$t]#*|}
+      if [ "$t" = portkey ]; then
+        out=$(PORTKEY="http://127.0.0.1:$mock_port/v1" run "$url" "$body" "$tok" "$conns")
+      else
+        out=$(run "$url" "$body" "$tok" "$conns")
+      fi
+      res[$t,$kind,$conns]="$out"
+      read -r rps p50 p99 p999 errs <<<"$out"
+      printf '%-12s %-7s %5s %10s %9s %9s %9s %7s\n' "$t" "$kind" "$conns" "$rps" "$p50" "$p99" "$p999" "$errs"
+    done
+  done
+done
+
+echo
+echo "added latency (p50, through minus direct) and throughput (through / direct):"
+for kind in plain stream; do
+  for t in "${order[@]:1}"; do
+    read -r d_rps1 d_p50 _ <<<"${res[direct,$kind,1]}"
+    read -r t_rps1 t_p50 _ <<<"${res[$t,$kind,1]}"
+    read -r d_rps64 _ <<<"${res[direct,$kind,64]}"
+    read -r t_rps64 _ <<<"${res[$t,$kind,64]}"
+    awk -v t="$t" -v k="$kind" -v a="$t_p50" -v b="$d_p50" -v x="$t_rps64" -v y="$d_rps64" \
+      'BEGIN { printf "%-12s %-7s +%d µs at c=1; %.0f%% of direct req/s at c=64\n", t, k, a - b, 100 * x / y }'
+  done
+done
+
+rss=$(awk '/VmRSS/ {print $2}' "/proc/$full_pid/status")
+echo
+echo "nenya (full stack) RSS after the runs: $((rss / 1024)) MiB"
