@@ -31,8 +31,8 @@ cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; }
 trap cleanup EXIT
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_port() {
-  for _ in $(seq 1 600); do
+wait_port() { # port [tenths of a second, default 600]
+  for _ in $(seq 1 "${2:-600}"); do
     if (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null; then return 0; fi
     sleep 0.1
   done
@@ -119,12 +119,14 @@ model_list:
       model: openai/m
       api_base: http://127.0.0.1:$mock_port/v1
       api_key: sk-bench-provider-key
+general_settings:
+  master_key: sk-litellm-bench-master-key-0123
 EOF
   "$work/venv/bin/litellm" --config "$work/litellm.yaml" --port "$lport" --num_workers 1 \
     >"$work/litellm.log" 2>&1 &
   pids+=($!)
-  wait_port "$lport"
-  targets[litellm]="http://127.0.0.1:$lport/v1/chat/completions|"
+  wait_port "$lport" 3000
+  targets[litellm]="http://127.0.0.1:$lport/v1/chat/completions|sk-litellm-bench-master-key-0123"
   order+=(litellm)
   # Portkey's gateway from npm, told per request where the OpenAI-compatible upstream is.
   if [ ! -d "$work/portkey/node_modules/@portkey-ai/gateway" ]; then
@@ -134,7 +136,7 @@ EOF
   pport=8787
   (cd "$work/portkey" && PORT=$pport npx --no-install @portkey-ai/gateway >"$work/portkey.log" 2>&1) &
   pids+=($!)
-  wait_port "$pport"
+  wait_port "$pport" 3000
   sed -i 's|^local token = os.getenv("TOKEN")|if os.getenv("PORTKEY") then wrk.headers["x-portkey-provider"] = "openai"; wrk.headers["x-portkey-custom-host"] = os.getenv("PORTKEY") end\nlocal token = os.getenv("TOKEN")|' "$work/post.lua"
   targets[portkey]="http://127.0.0.1:$pport/v1/chat/completions|sk-bench-provider-key"
   order+=(portkey)
