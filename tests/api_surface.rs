@@ -469,3 +469,28 @@ async fn a2a_message_send_and_stream_map_onto_an_agent() {
         r.text()
     );
 }
+
+#[tokio::test]
+async fn an_audio_transcription_upload_reaches_the_provider_byte_for_byte() {
+    let (mock, up) = start_mock(MockConfig::default()).await;
+    let gw = gateway_for_mock(&up, "").await;
+    let boundary = "b0undary";
+    let mut form = format!(
+        "--{boundary}\r\nContent-Disposition: form-data; name=\"model\"\r\n\r\nwhisper-1\r\n--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.mp3\"\r\nContent-Type: audio/mpeg\r\n\r\n"
+    )
+    .into_bytes();
+    form.extend((0..=255u8).cycle().take(300_000));
+    form.extend(format!("\r\n--{boundary}--\r\n").into_bytes());
+    let ct = format!("multipart/form-data; boundary={boundary}");
+    let r = call(&gw, "POST", "/v1/audio/transcriptions", &ct, form.clone()).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let got = mock.received().last().unwrap().clone();
+    assert_eq!(got.uri, "/v1/audio/transcriptions");
+    assert_eq!(
+        got.headers["content-type"],
+        ct.as_str(),
+        "the boundary is kept"
+    );
+    assert_eq!(&got.body[..], &form[..], "byte for byte");
+    assert_upstream_auth(&got);
+}
