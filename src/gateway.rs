@@ -681,18 +681,18 @@ type LabelFn = fn(&Request<ChatRequest>) -> UsageLabels;
 
 /// Usage is counted per requested agent (or model), provider and upstream model.
 fn usage_labels(req: &Request<ChatRequest>) -> UsageLabels {
-    let labels = match req.extensions().get::<Target>() {
+    let key = req
+        .extensions()
+        .get::<crate::model::Principal>()
+        .map_or_else(|| Arc::from(""), |p| p.name.clone());
+    match req.extensions().get::<Target>() {
         Some(t) => UsageLabels {
             agent: req.body().model.as_str().into(),
             provider: t.provider_key.clone(),
             model: t.model.as_str().into(),
-            key: "".into(),
+            key,
         },
-        None => UsageLabels::new(&req.body().model, "unknown", "unknown"),
-    };
-    match req.extensions().get::<crate::model::Principal>() {
-        Some(p) => labels.with_key(p.name.clone()),
-        None => labels,
+        None => UsageLabels::new(&req.body().model, "unknown", "unknown").with_key(key),
     }
 }
 

@@ -338,23 +338,28 @@ fn a_bad_budget_tier_names_the_field() {
     assert!(!e.contains(CI_TOKEN));
 }
 
-#[tokio::test]
-async fn balanced_routing_prefers_the_cheaper_target_by_cost_weight() {
-    let ((ma, a), (mb, b)) = mocks().await;
-    let gw = start_gateway(
+/// A gateway with balanced routing at these weights over the `chain` agent.
+async fn balanced_gateway(a: &Running, b: &Running, latency: f64, cost: f64) -> Running {
+    start_gateway(
         Gateway::from_config(
             &config(
-                &a,
-                &b,
+                a,
+                b,
                 json!({"governance": {"routing_strategy": "balanced",
-                    "routing_latency_weight": 0.0, "routing_cost_weight": 1.0}}),
+                    "routing_latency_weight": latency, "routing_cost_weight": cost}}),
             ),
             &secrets(json!({"ci": key(CI_TOKEN, json!({}))})),
         )
         .unwrap()
         .build(),
     )
-    .await;
+    .await
+}
+
+#[tokio::test]
+async fn balanced_routing_prefers_the_cheaper_target_by_cost_weight() {
+    let ((ma, a), (mb, b)) = mocks().await;
+    let gw = balanced_gateway(&a, &b, 0.0, 1.0).await;
     for _ in 0..8 {
         assert_eq!(ask(&gw, CI_TOKEN, "chain").await.status, 200);
     }
@@ -370,20 +375,7 @@ async fn balanced_routing_by_latency_weight_settles_on_the_faster_target() {
         ..MockConfig::default()
     })
     .await;
-    let gw = start_gateway(
-        Gateway::from_config(
-            &config(
-                &a,
-                &b,
-                json!({"governance": {"routing_strategy": "balanced",
-                    "routing_latency_weight": 1.0, "routing_cost_weight": 0.0}}),
-            ),
-            &secrets(json!({"ci": key(CI_TOKEN, json!({}))})),
-        )
-        .unwrap()
-        .build(),
-    )
-    .await;
+    let gw = balanced_gateway(&a, &b, 1.0, 0.0).await;
     for _ in 0..10 {
         assert_eq!(ask(&gw, CI_TOKEN, "chain").await.status, 200);
     }
