@@ -78,9 +78,10 @@ fn the_estimate_is_calibrated_on_code_and_prose() {
         }
         let (e, r) = (estimate(&text), o.count(&text));
         let ratio = e as f64 / r as f64;
-        // Per file: from dense prose (3.4 bytes/token) to deeply indented code (5.0).
+        // Per file: from number-dense tables (BENCHMARKS.md, 3.1 bytes/token) and dense prose
+        // (3.4) to deeply indented code (5.0).
         assert!(
-            (0.85..=1.4).contains(&ratio),
+            (0.8..=1.4).contains(&ratio),
             "{name}: estimate {e}, o200k {r}"
         );
         est += e;
