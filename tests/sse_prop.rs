@@ -152,6 +152,34 @@ fn convert(bytes: &[u8], cuts: &[usize], to: ApiFormat) -> String {
 }
 
 proptest! {
+    /// What the usage tap relies on to skip frames: between events, a chunk decodes exactly as
+    /// it would alone, and a chunk ending in a blank line leaves the decoder between events.
+    #[test]
+    fn between_events_a_chunk_stands_alone(cuts in prop::collection::vec(0usize..400, 0..12)) {
+        let bytes = FIXTURE.as_bytes();
+        let mut cuts: Vec<usize> = cuts.into_iter().map(|c| c % (bytes.len() + 1)).collect();
+        cuts.sort_unstable();
+        cuts.push(bytes.len());
+        let mut dec = Decoder::new(1 << 20);
+        let mut start = 0;
+        for c in cuts {
+            let chunk = &bytes[start..c];
+            start = c;
+            let idle = dec.is_between_events();
+            let mut got = Vec::new();
+            dec.feed(chunk, |e| got.push(e)).unwrap();
+            if idle {
+                let mut fresh = Decoder::new(1 << 20);
+                let mut alone = Vec::new();
+                fresh.feed(chunk, |e| alone.push(e)).unwrap();
+                prop_assert_eq!(&got, &alone);
+                if chunk.ends_with(b"\n\n") {
+                    prop_assert!(dec.is_between_events());
+                }
+            }
+        }
+    }
+
     #[test]
     fn sse_decoder_is_split_invariant(cuts in prop::collection::vec(0usize..400, 0..12)) {
         let bytes = FIXTURE.as_bytes();

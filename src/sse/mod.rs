@@ -80,6 +80,17 @@ impl Decoder {
         }
     }
 
+    /// Whether the decoder holds nothing of a half-read line or event: a chunk of whole events
+    /// may then be looked at (or skipped) on its own.
+    pub fn is_between_events(&self) -> bool {
+        self.line.is_empty()
+            && !self.after_cr
+            && !self.has_data
+            && self.size == 0
+            && self.current.event.is_none()
+            && self.current.id.is_none()
+    }
+
     /// Feeds a chunk, calling `emit` for each complete event.
     pub fn feed(
         &mut self,

@@ -337,6 +337,13 @@ impl TapBody {
         let usage = &mut self.usage;
         match &mut self.sse {
             Some(dec) => {
+                // Most frames are whole events that carry no usage: nothing to read in them.
+                if dec.is_between_events()
+                    && data.ends_with(b"\n\n")
+                    && !data.windows(5).any(|w| w == b"usage")
+                {
+                    return;
+                }
                 // A broken stream is the client's to see; the tap just stops reading it.
                 let _ = dec.feed(data, |ev| {
                     if ev.data.contains("usage") {
