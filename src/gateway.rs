@@ -971,19 +971,16 @@ fn semantic_config(
             format!("`{}` is not a configured provider", s.provider),
         )
     })?;
-    let (_, chat) = spec
-        .endpoints
-        .iter()
-        .find(|(f, _)| *f == ApiFormat::OpenAi)
-        .ok_or_else(|| {
-            err(
-                "provider",
-                format!("`{}` has no OpenAI-compatible endpoint", s.provider),
-            )
-        })?;
-    let chat = chat.to_string();
-    let base = chat.strip_suffix("/chat/completions").unwrap_or(&chat);
-    let url: http::Uri = format!("{base}/embeddings")
+    let prefix = spec.api_prefix(ApiFormat::OpenAi).ok_or_else(|| {
+        err(
+            "provider",
+            format!(
+                "`{}` has no OpenAI-compatible `…/chat/completions` URL",
+                s.provider
+            ),
+        )
+    })?;
+    let url: http::Uri = format!("{prefix}/embeddings")
         .parse()
         .map_err(|_| err("provider", "its URL makes no embeddings URL".into()))?;
     let threshold = s.threshold.unwrap_or(0.9);

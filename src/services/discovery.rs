@@ -81,12 +81,8 @@ pub(crate) async fn refresh_models(providers: Vec<Arc<ProviderSpec>>, live: Live
 /// The `/models` URL next to a provider's chat endpoint (`…/v1/chat/completions` →
 /// `…/v1/models`, `…/v1/messages` → `…/v1/models`); `None` for native Gemini.
 fn models_url(p: &ProviderSpec) -> Option<(ApiFormat, String)> {
-    let (format, uri) = p.endpoints.iter().find(|(f, _)| *f != ApiFormat::Gemini)?;
-    let s = uri.to_string();
-    let base = s
-        .strip_suffix("/chat/completions")
-        .or_else(|| s.strip_suffix("/messages"))?;
-    Some((*format, format!("{base}/models")))
+    let (format, _) = p.endpoints.iter().find(|(f, _)| *f != ApiFormat::Gemini)?;
+    Some((*format, format!("{}/models", p.api_prefix(*format)?)))
 }
 
 async fn fetch(p: &ProviderSpec) -> Result<Vec<String>, String> {

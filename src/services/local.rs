@@ -235,12 +235,7 @@ impl LocalEngines {
         let map = engines
             .into_iter()
             .filter_map(|(spec, cfg)| {
-                let url = spec.endpoints.first()?.1.to_string();
-                let base = url
-                    .strip_suffix("/v1/chat/completions")
-                    .or_else(|| url.strip_suffix("/chat/completions"))
-                    .unwrap_or(url.trim_end_matches('/'))
-                    .to_owned();
+                let base = spec.api_base()?;
                 Some((
                     spec.name.clone(),
                     Arc::new(Engine {

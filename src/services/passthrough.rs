@@ -38,7 +38,7 @@ use http_body_util::BodyExt;
 use serde_json::Value;
 use tower::Service;
 
-use super::provider::{ProviderSpec, apply_auth};
+use super::provider::{HOP_BY_HOP, ProviderSpec, apply_auth};
 use super::router::RouteTable;
 use crate::Body;
 use crate::error::{Error, ErrorKind};
@@ -53,18 +53,6 @@ const FORWARDED: &[&str] = &[
     "anthropic-version",
     "anthropic-beta",
     "openai-beta",
-];
-
-/// Response headers never passed back.
-const DROPPED: &[&str] = &[
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "transfer-encoding",
-    "te",
-    "trailer",
-    "upgrade",
-    "set-cookie",
 ];
 
 /// What an extension endpoint is.
@@ -155,20 +143,15 @@ pub fn safe_proxy_path(path: &str) -> Result<(), Error> {
 
 /// The provider's API prefix (`https://api.openai.com/v1`) and base (`https://api.openai.com`).
 fn prefix_and_base(spec: &ProviderSpec) -> Option<(String, String)> {
-    let (_, uri) = spec
-        .endpoints
-        .iter()
-        .find(|(f, _)| *f == ApiFormat::OpenAi)
-        .or_else(|| spec.endpoints.first())?;
-    let s = uri.to_string();
-    let s = s.split('?').next().unwrap_or_default();
-    let prefix = s
-        .strip_suffix("/chat/completions")
-        .or_else(|| s.strip_suffix("/messages"))
-        .unwrap_or(s)
-        .trim_end_matches('/')
-        .to_owned();
-    let base = prefix.strip_suffix("/v1").unwrap_or(&prefix).to_owned();
+    let base = spec.api_base()?;
+    let prefix = spec
+        .api_prefix(ApiFormat::OpenAi)
+        .or_else(|| {
+            spec.endpoints
+                .first()
+                .and_then(|(f, _)| spec.api_prefix(*f))
+        })
+        .unwrap_or_else(|| base.clone());
     Some((prefix, base))
 }
 
@@ -432,7 +415,8 @@ impl Passthrough {
             ));
         }
         let (mut parts, body) = resp.into_parts();
-        for name in DROPPED {
+        // Hop-by-hop headers, and no upstream cookie is set on the gateway's clients.
+        for name in HOP_BY_HOP.iter().chain(&["set-cookie"]) {
             parts.headers.remove(*name);
         }
         Ok(Response::from_parts(parts, body))

@@ -125,6 +125,46 @@ impl ProviderSpec {
         self
     }
 
+    /// The API prefix of the endpoint serving `format`: its URL without the query and without
+    /// `/chat/completions` or `/messages` (`https://api.openai.com/v1`); `None` when it has no
+    /// such endpoint or the URL ends otherwise. Other endpoints (`/models`, `/embeddings`, …)
+    /// hang off it.
+    ///
+    /// ```
+    /// use nenya::model::ApiFormat;
+    /// use nenya::services::{ProviderSpec, Transport, MockProvider, MockConfig};
+    /// let p = ProviderSpec::new("x", Transport::Mock(MockProvider::new(MockConfig::default())))
+    ///     .with_endpoint(ApiFormat::OpenAi, "https://api.example.com/v1/chat/completions".parse().unwrap());
+    /// assert_eq!(p.api_prefix(ApiFormat::OpenAi).as_deref(), Some("https://api.example.com/v1"));
+    /// assert_eq!(p.api_base().as_deref(), Some("https://api.example.com"));
+    /// ```
+    pub fn api_prefix(&self, format: ApiFormat) -> Option<String> {
+        let s = self.endpoint(format)?.to_string();
+        let s = s.split('?').next().unwrap_or_default();
+        s.strip_suffix("/chat/completions")
+            .or_else(|| s.strip_suffix("/messages"))
+            .map(|p| p.trim_end_matches('/').to_owned())
+    }
+
+    /// The provider's base URL: the API prefix of its OpenAI endpoint (else its first one)
+    /// without a trailing `/v1`; the endpoint URL itself when it ends otherwise.
+    pub fn api_base(&self) -> Option<String> {
+        let (format, uri) = self
+            .endpoints
+            .iter()
+            .find(|(f, _)| *f == ApiFormat::OpenAi)
+            .or_else(|| self.endpoints.first())?;
+        let prefix = self.api_prefix(*format).unwrap_or_else(|| {
+            let s = uri.to_string();
+            s.split('?')
+                .next()
+                .unwrap_or_default()
+                .trim_end_matches('/')
+                .to_owned()
+        });
+        Some(prefix.strip_suffix("/v1").unwrap_or(&prefix).to_owned())
+    }
+
     /// The endpoint serving `format`, if any.
     pub fn endpoint(&self, format: ApiFormat) -> Option<&Uri> {
         self.endpoints
@@ -630,7 +670,7 @@ fn respond(resp: Response<Body>, ctx: Ctx) -> Respond {
 }
 
 /// Hop-by-hop headers never forwarded in either direction.
-const HOP_BY_HOP: &[&str] = &[
+pub(crate) const HOP_BY_HOP: &[&str] = &[
     "connection",
     "keep-alive",
     "proxy-connection",

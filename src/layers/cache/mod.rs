@@ -90,6 +90,10 @@ impl Default for CacheConfig {
 
 type Key = [u8; 32];
 
+/// Request extension: the exact tier's key of a request that missed it.
+#[derive(Clone, Copy)]
+struct ExactKey(Key);
+
 struct Entry {
     status: StatusCode,
     headers: HeaderMap,
@@ -326,6 +330,9 @@ where
                 state: CacheState::Hit { resp: Some(resp) },
             };
         }
+        // The semantic tier below keys its index by the same exact key: hand it on.
+        let mut req = req;
+        req.extensions_mut().insert(ExactKey(k));
         ResponseFuture {
             state: CacheState::Miss {
                 fut: self.inner.call(req),

@@ -29,7 +29,7 @@ use http::{HeaderValue, Request, Response};
 use tower::Service;
 use tower_layer::Layer;
 
-use super::{Key, Replay, ResponseCache, fingerprint, key};
+use super::{ExactKey, Key, Replay, ResponseCache, fingerprint, key};
 use crate::Body;
 use crate::model::{ChatRequest, Role};
 
@@ -203,7 +203,11 @@ where
     }
 
     fn call(&mut self, req: Request<ChatRequest>) -> Self::Future {
-        let exact = key(&req, &self.tier.cache.cfg);
+        // Computed once by the exact tier in front; alone, this tier computes it itself.
+        let exact = match req.extensions().get::<ExactKey>() {
+            Some(k) => Some(k.0),
+            None => key(&req, &self.tier.cache.cfg),
+        };
         let scoped = exact.and_then(|k| scope_and_prompt(req.body()).map(|sp| (k, sp)));
         let Some((exact, (scope, prompt))) = scoped else {
             return Box::pin(self.inner.call(req));
