@@ -9,12 +9,21 @@
 #   scripts/bench.sh            # nenya only
 #   scripts/bench.sh --peers    # also LiteLLM's proxy (PyPI) and Portkey's gateway (npm),
 #                               # installed into .bench/ when missing, routed to the same mock
+#   scripts/bench.sh --redis    # also the full stack with its limits shared in a local
+#                               # redis-server (`state` backend redis: one round trip a request)
 #
 # DURATION (default 10 s) and WARMUP (default 3 s) tune the runs. wrk comes from Debian.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 peers=""
-[ "${1:-}" = "--peers" ] && peers=1
+with_redis=""
+for arg in "$@"; do
+  case "$arg" in
+    --peers) peers=1 ;;
+    --redis) with_redis=1 ;;
+    *) echo "unknown flag $arg" >&2; exit 2 ;;
+  esac
+done
 duration="${DURATION:-10}"
 warmup="${WARMUP:-3}"
 work="$PWD/.bench"
@@ -104,6 +113,20 @@ declare -A targets=(
   [nenya-lean]="http://127.0.0.1:$auth_port/v1/chat/completions|$token"
 )
 order=(direct nenya-full nenya-lean)
+
+if [ -n "$with_redis" ]; then
+  if ! command -v redis-server >/dev/null 2>&1; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null
+  fi
+  rport=$(free_port)
+  redis-server --port "$rport" --bind 127.0.0.1 --save "" --appendonly no >"$work/redis.log" 2>&1 &
+  pids+=($!)
+  wait_port "$rport"
+  start_nenya redis '"governance": {"ratelimit_max_rpm": 100000000, "ratelimit_max_tpm": 2000000000},
+   "state": {"backend": "redis", "url": "redis://127.0.0.1:'"$rport"'"}'
+  targets[nenya-redis]="http://127.0.0.1:$started_port/v1/chat/completions|$token"
+  order+=(nenya-redis)
+fi
 
 if [ -n "$peers" ]; then
   # LiteLLM's proxy in a private venv, one model routed to the mock.

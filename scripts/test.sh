@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh checkout. Installs what the tests need when it is missing
 # (a Python venv with the official OpenAI/Anthropic SDKs, cargo-deny, Debian's
-# systemd-socket-activate and Prometheus' promtool), then runs the format
+# systemd-socket-activate, redis-server and Prometheus' promtool), then runs the format
 # check, clippy, every test (unit, property, black-box, examples, SDK, doc tests), the docs
 # build and cargo-deny. `.ci/run` calls exactly this.
 set -euo pipefail
@@ -36,6 +36,13 @@ if [ -x .tools/promtool ]; then export PATH="$PWD/.tools:$PATH"; fi
 promtool --version | head -1
 export NENYA_REQUIRE_PROMTOOL=1
 
+step "redis-server (shared-state tests start their own on loopback ports)"
+if ! command -v redis-server >/dev/null 2>&1; then
+  apt_update && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null
+fi
+redis-server --version
+export NENYA_REQUIRE_REDIS=1
+
 step "cargo-deny"
 if ! command -v cargo-deny >/dev/null 2>&1; then
   cargo install --locked cargo-deny
@@ -46,6 +53,9 @@ cargo fmt --all -- --check
 
 step "cargo clippy -D warnings"
 cargo clippy --all-targets --locked -- -D warnings
+
+step "the lean build (no default features: no Redis back end) passes clippy"
+cargo clippy --locked --no-default-features --lib -- -D warnings
 
 step "cargo build --examples (tests/examples.rs runs the real example binaries)"
 # `cargo test --all-targets` builds examples only in test mode (under deps/), so the runnable

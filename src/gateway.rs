@@ -29,6 +29,13 @@
 //! | 10½ | [`ConcurrencyLimitLayer`] | per provider+model in-flight cap (`max_concurrent_requests`); the slot is held until the streamed body ends, so it counts real upstream concurrency |
 //! | 11 | [`ProviderService`] | encode once, send with the provider's auth, stream back |
 //!
+//! # Shared state
+//!
+//! With a shared [`SharedState`] ([`GatewayBuilder::shared_state`], the `state` config
+//! section), the breaker (9), both rate limiters (the per-key one after decode, and 10), the
+//! response cache (7½) and the quota ledger (8⅝) share their state with every replica on the
+//! same back end; when it is unavailable each falls back to its own (see [`crate::state`]).
+//!
 //! # Request extensions
 //!
 //! | extension | inserted by | read by |
@@ -88,6 +95,7 @@ use crate::services::{
     FailoverPolicy, LatencyTracker, LiveModels, ProviderService, RouteTable, Router, Target,
     http_client,
 };
+use crate::state::SharedState;
 use crate::{Body, BoxError};
 
 /// Lets `POST /admin/reload` ask whoever owns the configuration (the binary's reloader) to
@@ -172,6 +180,7 @@ pub struct GatewayBuilder {
     max_upload_bytes: u64,
     local_engines: crate::services::LocalEngines,
     semantic: Option<SemanticTier>,
+    state: (Option<crate::config::StateSection>, SharedState),
     carried: Option<Carried>,
 }
 
@@ -207,6 +216,7 @@ struct Carried {
     ),
     cache: Option<(CacheConfig, ResponseCache)>,
     ledger: Ledger,
+    state: (Option<crate::config::StateSection>, SharedState),
 }
 
 impl std::fmt::Debug for Carried {
@@ -397,7 +407,25 @@ impl GatewayBuilder {
         self.latency = previous.carried.latency.clone();
         self.usage = previous.usage.clone();
         self.ledger = previous.carried.ledger.clone();
+        // The same `state` section keeps its connection (and subscriptions).
+        if self.state.0.is_some() && self.state.0 == previous.carried.state.0 {
+            self.state = previous.carried.state.clone();
+        }
         self.carried = Some(previous.carried.clone());
+        self
+    }
+
+    /// State shared with other replicas (see [`crate::state`]): rate-limit buckets, breaker
+    /// states and the response cache. Default: [`SharedState::memory`], nothing shared.
+    pub fn shared_state(mut self, state: SharedState) -> Self {
+        self.state = (None, state);
+        self
+    }
+
+    /// Records the `state` section `shared_state` came from, so a reload with the same
+    /// section keeps the connection (call after [`Self::shared_state`]).
+    pub fn state_section(mut self, section: crate::config::StateSection) -> Self {
+        self.state.0 = Some(section);
         self
     }
 
@@ -453,26 +481,32 @@ impl GatewayBuilder {
 
     /// Builds the stack (see the module docs for its order).
     pub fn build(self) -> Gateway {
-        let carried = self.carried.as_ref();
+        // Stateful layers are carried over a reload only while they share state the same way.
+        let carried = self.carried.as_ref().filter(|c| {
+            c.state.0 == self.state.0 && c.state.1.is_shared() == self.state.1.is_shared()
+        });
+        let shared = self.state.1.clone();
         // Agents with their own `failure_threshold` / `cooldown_seconds`.
         let breaker_cfg = (self.breaker, self.table.breaker_overrides(self.breaker));
         let breaker = match carried {
             Some(c) if c.breaker.0 == breaker_cfg => c.breaker.1.clone(),
             _ => CircuitBreakerLayer::new(self.breaker, target_key as KeyFn)
-                .with_overrides(breaker_cfg.1.iter().cloned()),
+                .with_overrides(breaker_cfg.1.iter().cloned())
+                .with_shared_state(shared.clone()),
         };
         let limiter = match carried {
             Some(c) if c.limiter.0 == (self.limits, self.limit_overrides.clone()) => {
                 c.limiter.1.clone()
             }
             _ => RateLimitLayer::new(self.limits, provider_key as KeyFn)
-                .with_overrides(self.limit_overrides.clone()),
+                .with_overrides(self.limit_overrides.clone())
+                .with_shared_state(shared.clone(), "provider"),
         };
         let cache = self
             .cache
             .map(|cfg| match carried.and_then(|c| c.cache.as_ref()) {
                 Some((old, cache)) if *old == cfg => cache.clone(),
-                _ => ResponseCache::new(cfg),
+                _ => ResponseCache::new(cfg).with_shared_state(shared.clone()),
             });
         if let Some(c) = &cache {
             register_cache(&self.metrics, c);
@@ -482,10 +516,12 @@ impl GatewayBuilder {
             &self.usage,
             self.redactor.clone(),
             &breaker,
-            self.generation,
+            (self.generation, &shared),
             (&self.ledger, &self.quota),
         );
         register_usage(&self.metrics, &self.usage);
+        register_state(&self.metrics, &shared);
+        self.ledger.share(&shared);
         register_context(&self.metrics, &self.context_stats);
         let (pruned, compacted) = (Arc::<AtomicU64>::default(), Arc::<AtomicU64>::default());
         register_rewrites(&self.metrics, &pruned, &compacted);
@@ -574,6 +610,7 @@ impl GatewayBuilder {
         let key_limiter = (!self.key_limits.is_empty()).then(|| {
             RateLimitLayer::new(RateLimitConfig::default(), principal_key as KeyFn)
                 .with_overrides(self.key_limits.clone())
+                .with_shared_state(shared.clone(), "key")
         });
         let passthrough_redactor = self.redactor.clone();
         let chat = ServiceBuilder::new()
@@ -633,6 +670,7 @@ impl GatewayBuilder {
                 limiter: ((self.limits, self.limit_overrides), limiter),
                 cache: self.cache.zip(cache),
                 ledger: self.ledger.clone(),
+                state: self.state,
             },
         }
     }
@@ -866,10 +904,11 @@ fn statsz(
     usage: &UsageMeter,
     redactor: Option<Redactor>,
     breaker: &CircuitBreakerLayer<KeyFn>,
-    generation: u64,
+    (generation, state): (u64, &SharedState),
     (ledger, quota): (&Ledger, &QuotaConfig),
 ) -> Arc<dyn Fn() -> String + Send + Sync> {
     let started = std::time::Instant::now();
+    let state = state.clone();
     let (metrics, usage, breaker) = (metrics.clone(), usage.clone(), breaker.clone());
     let (ledger, quota) = (ledger.clone(), quota.clone());
     Arc::new(move || {
@@ -915,9 +954,45 @@ fn statsz(
             "key_usage": key_usage,
             "provider_budgets": provider_budgets(&ledger, &quota),
             "open_circuits": open,
+            "state": {
+                "backend": state.health().backend(),
+                "up": state.health().is_up(),
+                "fallbacks": state.health().fallbacks(),
+                "errors": state.health().errors(),
+            },
         })
         .to_string()
     })
+}
+
+/// The `state` section as a back end.
+fn state_from_config(s: &crate::config::StateSection) -> Result<SharedState, ConfigError> {
+    let err =
+        |field: &str, msg: String| ConfigError::new(None, Some(format!("state.{field}")), msg);
+    match s.backend.as_str() {
+        "memory" => Ok(SharedState::memory()),
+        #[cfg(feature = "redis")]
+        "redis" => {
+            let url = s
+                .url
+                .clone()
+                .ok_or_else(|| err("url", "the redis back end needs a url".into()))?;
+            let mut rc = crate::state::RedisConfig::new(url);
+            rc.cluster_nodes = s.cluster_nodes.clone();
+            rc.key_prefix = s.key_prefix.clone();
+            rc.timeout = Duration::from_millis(s.timeout_ms.max(1));
+            SharedState::redis(rc).map_err(|e| err("url", e))
+        }
+        #[cfg(not(feature = "redis"))]
+        "redis" => Err(err(
+            "backend",
+            "this build has no Redis back end (cargo feature `redis`)".into(),
+        )),
+        other => Err(err(
+            "backend",
+            format!("unknown back end `{other}` (memory or redis)"),
+        )),
+    }
 }
 
 /// `governance.routing_strategy` and its weights.
@@ -1157,6 +1232,47 @@ fn register_cache(metrics: &Metrics, cache: &ResponseCache) {
     });
 }
 
+/// The shared-state back end's health as metrics.
+fn register_state(metrics: &Metrics, state: &SharedState) {
+    use crate::layers::metrics::family;
+    use std::fmt::Write as _;
+    let state = state.clone();
+    metrics.register("state", move |out| {
+        let h = state.health();
+        let backend = h.backend();
+        family(
+            out,
+            "nenya_state_backend_up",
+            "gauge",
+            "Whether the shared-state back end answered its last call (1) or replicas use local state (0).",
+        );
+        let up = u8::from(h.is_up());
+        let _ = writeln!(out, "nenya_state_backend_up{{backend=\"{backend}\"}} {up}");
+        family(
+            out,
+            "nenya_state_fallbacks_total",
+            "counter",
+            "Shared-state calls answered from local state because the back end was unavailable.",
+        );
+        let _ = writeln!(
+            out,
+            "nenya_state_fallbacks_total{{backend=\"{backend}\"}} {}",
+            h.fallbacks()
+        );
+        family(
+            out,
+            "nenya_state_errors_total",
+            "counter",
+            "Shared-state calls that failed or timed out.",
+        );
+        let _ = writeln!(
+            out,
+            "nenya_state_errors_total{{backend=\"{backend}\"}} {}",
+            h.errors()
+        );
+    });
+}
+
 /// Token usage as metrics.
 fn register_usage(metrics: &Metrics, usage: &UsageMeter) {
     use crate::layers::metrics::{escape, family};
@@ -1344,6 +1460,7 @@ impl Gateway {
             max_upload_bytes: DEFAULT_MAX_UPLOAD_BYTES,
             local_engines: crate::services::LocalEngines::default(),
             semantic: None,
+            state: (None, SharedState::memory()),
             carried: None,
         }
     }
@@ -1366,7 +1483,10 @@ impl Gateway {
                     },
                 ))
             }));
+        let state = state_from_config(&cfg.state)?;
         Self::builder(table)
+            .shared_state(state)
+            .state_section(cfg.state.clone())
             .local_engines(local)
             .window(window)
             .max_body_bytes(cfg.server.max_body_bytes)

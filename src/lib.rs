@@ -30,6 +30,7 @@ pub mod pricing;
 pub mod server;
 pub mod services;
 pub mod sse;
+pub mod state;
 pub mod telemetry;
 pub mod tokens;
 

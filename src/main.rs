@@ -268,10 +268,18 @@ fn secrets_path() -> Option<PathBuf> {
 
 /// Reads config and secrets and assembles a gateway builder (the same for start-up and reload).
 fn load(path: Option<&std::path::Path>) -> Result<(Config, Secrets, GatewayBuilder), String> {
-    let cfg = match path {
+    let mut cfg = match path {
         Some(p) => Config::load(p).map_err(|e| e.to_string())?,
         None => Config::default(),
     };
+    // The shared-state URL may carry a password: it can come from the environment (a
+    // Kubernetes Secret) instead of the config file.
+    if let Some(url) = std::env::var("NENYA_STATE_URL")
+        .ok()
+        .filter(|v| !v.is_empty())
+    {
+        cfg.state.url = Some(url);
+    }
     let secrets = match secrets_path() {
         Some(d) => Secrets::load_dir(&d).map_err(|e| e.to_string())?,
         None => Secrets::default(),

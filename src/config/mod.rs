@@ -78,9 +78,73 @@ pub struct Config {
     /// upstream untouched unless asked).
     #[serde(default)]
     pub prefix_cache: Option<PrefixCacheSection>,
+    /// Where state shared by replicas lives (`state`; default in process). A nenya addition.
+    #[serde(default)]
+    pub state: StateSection,
     /// Sections nenya does not implement yet (kept so nothing fails to load).
     #[serde(flatten)]
     pub other: BTreeMap<String, Value>,
+}
+
+/// `state` section: where rate-limit buckets, breaker states, the response cache and usage
+/// counters shared by replicas live (see [`crate::state`]).
+///
+/// ```
+/// let cfg = nenya::config::Config::from_json_str(
+///     r#"{"state": {"backend": "redis", "url": "redis://127.0.0.1:6379"}}"#).unwrap();
+/// assert_eq!(cfg.state.backend, "redis");
+/// assert_eq!(cfg.state.timeout_ms, 250);
+/// assert_eq!(nenya::config::Config::from_json_str("{}").unwrap().state.backend, "memory");
+/// ```
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+pub struct StateSection {
+    /// `memory` (default: nothing shared) or `redis` (Redis, Valkey or a Redis Cluster).
+    #[serde(default = "default_state_backend")]
+    pub backend: String,
+    /// `redis://[user:password@]host:port[/db]` (for a cluster: one node).
+    #[serde(default)]
+    pub url: Option<String>,
+    /// More Redis Cluster nodes; non-empty selects cluster mode.
+    #[serde(default)]
+    pub cluster_nodes: Vec<String>,
+    /// Prefix of every key (replicas sharing state use the same one).
+    #[serde(default = "default_state_prefix")]
+    pub key_prefix: String,
+    /// Deadline of each back-end call in milliseconds; past it, local state answers.
+    #[serde(default = "default_state_timeout")]
+    pub timeout_ms: u64,
+}
+
+impl std::fmt::Debug for StateSection {
+    // The URL may carry a password.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StateSection")
+            .field("backend", &self.backend)
+            .field("key_prefix", &self.key_prefix)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for StateSection {
+    fn default() -> Self {
+        Self {
+            backend: default_state_backend(),
+            url: None,
+            cluster_nodes: Vec::new(),
+            key_prefix: default_state_prefix(),
+            timeout_ms: default_state_timeout(),
+        }
+    }
+}
+
+fn default_state_backend() -> String {
+    "memory".into()
+}
+fn default_state_prefix() -> String {
+    "nenya".into()
+}
+fn default_state_timeout() -> u64 {
+    250
 }
 
 /// `server` section.

@@ -57,6 +57,7 @@ pub mod semantic;
 
 use crate::body::{Observed, Observer};
 use crate::model::{ChatRequest, CountTokens};
+use crate::state::SharedState;
 use crate::{Body, BoxError};
 
 /// Cache settings.
@@ -119,6 +120,8 @@ struct Store {
 pub struct ResponseCache {
     cfg: CacheConfig,
     store: Arc<Mutex<Store>>,
+    /// Entries shared with other replicas (read on a local miss, written on every store).
+    state: Option<SharedState>,
 }
 
 impl std::fmt::Debug for ResponseCache {
@@ -135,7 +138,24 @@ impl ResponseCache {
         Self {
             cfg,
             store: Arc::default(),
+            state: None,
         }
+    }
+
+    /// Shares entries with every replica on the same [`SharedState`]: an answer stored by
+    /// one is a hit on the others (the shared store keeps the same TTL and `max_bytes`,
+    /// evicting the oldest). A local miss then costs one back-end lookup; while the back end
+    /// is unavailable the cache is local only.
+    ///
+    /// ```
+    /// use nenya::layers::{CacheConfig, ResponseCache};
+    /// let cache = ResponseCache::new(CacheConfig::default())
+    ///     .with_shared_state(nenya::state::SharedState::memory());
+    /// assert_eq!(cache.stats().3, 0);
+    /// ```
+    pub fn with_shared_state(mut self, state: SharedState) -> Self {
+        self.state = state.is_shared().then_some(state);
+        self
     }
 
     /// `(hits, misses, stored bytes, entries)` so far.
@@ -180,6 +200,35 @@ impl ResponseCache {
         if size > self.cfg.max_entry_bytes || size > self.cfg.max_bytes {
             return;
         }
+        if let Some(state) = &self.state {
+            let value = encode_entry(status, &headers, &frames);
+            state.cache_put(&key, value, self.cfg.ttl, self.cfg.max_bytes);
+        }
+        self.put_local(key, status, headers, frames, size);
+    }
+
+    /// A hit in the shared store: counted as a hit, kept locally too.
+    fn shared_hit(&self, key: Key, value: &Bytes) -> Option<(StatusCode, HeaderMap, Arc<[Bytes]>)> {
+        let (status, headers, frames) = decode_entry(value)?;
+        {
+            let mut s = self.store.lock().unwrap_or_else(|p| p.into_inner());
+            s.hits += 1;
+            s.misses = s.misses.saturating_sub(1);
+        }
+        let size = frames.iter().map(Bytes::len).sum();
+        let frames = self.put_local(key, status, headers.clone(), frames, size);
+        Some((status, headers, frames))
+    }
+
+    /// Stores in this process only; the stored frames.
+    fn put_local(
+        &self,
+        key: Key,
+        status: StatusCode,
+        headers: HeaderMap,
+        frames: Vec<Bytes>,
+        size: usize,
+    ) -> Arc<[Bytes]> {
         let mut s = self.store.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(e) = s.entries.remove(&key) {
             s.lru.remove(&e.tick);
@@ -197,18 +246,85 @@ impl ResponseCache {
         let tick = s.tick;
         s.lru.insert(tick, key);
         s.bytes += size;
+        let frames: Arc<[Bytes]> = frames.into();
         s.entries.insert(
             key,
             Entry {
                 status,
                 headers,
-                frames: frames.into(),
+                frames: frames.clone(),
                 size,
                 stored: Instant::now(),
                 tick,
             },
         );
+        frames
     }
+}
+
+/// An entry as bytes for the shared store: `NC1`, status (u16), header count (u16), each
+/// header as name (u16 length) and value (u32 length), frame count (u32), each frame (u32
+/// length). Big-endian.
+fn encode_entry(status: StatusCode, headers: &HeaderMap, frames: &[Bytes]) -> Vec<u8> {
+    let size: usize = frames.iter().map(|f| f.len() + 4).sum::<usize>()
+        + headers
+            .iter()
+            .map(|(n, v)| n.as_str().len() + v.len() + 6)
+            .sum::<usize>();
+    let mut out = Vec::with_capacity(size + 11);
+    out.extend_from_slice(b"NC1");
+    out.extend_from_slice(&status.as_u16().to_be_bytes());
+    let headers: Vec<_> = headers
+        .iter()
+        .filter(|(n, v)| n.as_str().len() <= usize::from(u16::MAX) && v.len() <= u32::MAX as usize)
+        .take(usize::from(u16::MAX))
+        .collect();
+    out.extend_from_slice(&(headers.len() as u16).to_be_bytes());
+    for (n, v) in headers {
+        out.extend_from_slice(&(n.as_str().len() as u16).to_be_bytes());
+        out.extend_from_slice(n.as_str().as_bytes());
+        out.extend_from_slice(&(v.len() as u32).to_be_bytes());
+        out.extend_from_slice(v.as_bytes());
+    }
+    out.extend_from_slice(&(frames.len() as u32).to_be_bytes());
+    for f in frames {
+        out.extend_from_slice(&(f.len() as u32).to_be_bytes());
+        out.extend_from_slice(f);
+    }
+    out
+}
+
+/// The inverse of [`encode_entry`]; `None` for anything malformed (then it is a miss). Frames
+/// are slices of `value`, not copies.
+fn decode_entry(value: &Bytes) -> Option<(StatusCode, HeaderMap, Vec<Bytes>)> {
+    let mut at = 0usize;
+    let mut take = |n: usize| {
+        let s = value.get(at..at.checked_add(n)?)?;
+        at += n;
+        Some((s, at - n))
+    };
+    if take(3)?.0 != b"NC1" {
+        return None;
+    }
+    let u16_at = |b: &[u8]| u16::from_be_bytes([b[0], b[1]]);
+    let u32_at = |b: &[u8]| u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as usize;
+    let status = StatusCode::from_u16(u16_at(take(2)?.0)).ok()?;
+    let mut headers = HeaderMap::new();
+    for _ in 0..u16_at(take(2)?.0) {
+        let n = usize::from(u16_at(take(2)?.0));
+        let name = http::HeaderName::from_bytes(take(n)?.0).ok()?;
+        let n = u32_at(take(4)?.0);
+        let val = HeaderValue::from_bytes(take(n)?.0).ok()?;
+        headers.append(name, val);
+    }
+    let count = u32_at(take(4)?.0);
+    let mut frames = Vec::with_capacity(count.min(4096));
+    for _ in 0..count {
+        let n = u32_at(take(4)?.0);
+        let (_, start) = take(n)?;
+        frames.push(value.slice(start..start + n));
+    }
+    (at == value.len()).then_some((status, headers, frames))
 }
 
 /// The cache key of a request, or `None` when it must not be cached.
@@ -302,11 +418,11 @@ pub struct ResponseCacheService<S> {
 
 impl<S> Service<Request<ChatRequest>> for ResponseCacheService<S>
 where
-    S: Service<Request<ChatRequest>, Response = Response<Body>>,
+    S: Service<Request<ChatRequest>, Response = Response<Body>> + Clone,
 {
     type Response = Response<Body>;
     type Error = S::Error;
-    type Future = ResponseFuture<S::Future>;
+    type Future = ResponseFuture<S>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
         self.inner.poll_ready(cx)
@@ -320,19 +436,29 @@ where
                 },
             };
         };
-        if let Some((status, headers, frames)) = self.cache.get(&k) {
-            let mut resp = Response::new(Body::new(Replay { frames, next: 0 }));
-            *resp.status_mut() = status;
-            *resp.headers_mut() = headers;
-            resp.headers_mut()
-                .insert("x-nenya-cache", HeaderValue::from_static("hit"));
+        if let Some(stored) = self.cache.get(&k) {
             return ResponseFuture {
-                state: CacheState::Hit { resp: Some(resp) },
+                state: CacheState::Hit {
+                    resp: Some(replay(stored)),
+                },
             };
         }
         // The semantic tier below keys its index by the same exact key: hand it on.
         let mut req = req;
         req.extensions_mut().insert(ExactKey(k));
+        if let Some(lookup) = self.cache.state.as_ref().and_then(|s| s.cache_get(&k)) {
+            // The ready service goes into the future; a clone stays for the next call.
+            let clone = self.inner.clone();
+            let svc = std::mem::replace(&mut self.inner, clone);
+            return ResponseFuture {
+                state: CacheState::Lookup {
+                    lookup: Box::pin(lookup),
+                    svc: Some((svc, req)),
+                    key: k,
+                    cache: self.cache.clone(),
+                },
+            };
+        }
         ResponseFuture {
             state: CacheState::Miss {
                 fut: self.inner.call(req),
@@ -343,66 +469,126 @@ where
     }
 }
 
+/// A stored answer as a response.
+fn replay((status, headers, frames): (StatusCode, HeaderMap, Arc<[Bytes]>)) -> Response<Body> {
+    let mut resp = Response::new(Body::new(Replay { frames, next: 0 }));
+    *resp.status_mut() = status;
+    *resp.headers_mut() = headers;
+    resp.headers_mut()
+        .insert("x-nenya-cache", HeaderValue::from_static("hit"));
+    resp
+}
+
+type Lookup = Pin<Box<dyn Future<Output = Option<Option<Bytes>>> + Send>>;
+
 pin_project! {
     /// Response future of [`ResponseCacheService`].
-    pub struct ResponseFuture<F> {
+    pub struct ResponseFuture<S>
+    where
+        S: Service<Request<ChatRequest>>,
+    {
         #[pin]
-        state: CacheState<F>,
+        state: CacheState<S>,
     }
 }
 
 pin_project! {
     #[project = CacheProj]
-    enum CacheState<F> {
-        Pass { #[pin] fut: F },
+    enum CacheState<S>
+    where
+        S: Service<Request<ChatRequest>>,
+    {
+        Pass { #[pin] fut: S::Future },
         Hit { resp: Option<Response<Body>> },
-        Miss { #[pin] fut: F, key: Key, cache: Option<ResponseCache> },
+        Lookup {
+            lookup: Lookup,
+            svc: Option<(S, Request<ChatRequest>)>,
+            key: Key,
+            cache: ResponseCache,
+        },
+        Miss { #[pin] fut: S::Future, key: Key, cache: Option<ResponseCache> },
     }
 }
 
-impl<F, E> Future for ResponseFuture<F>
+impl<S> Future for ResponseFuture<S>
+where
+    S: Service<Request<ChatRequest>, Response = Response<Body>>,
+{
+    type Output = Result<Response<Body>, S::Error>;
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        loop {
+            let next = match self.as_mut().project().state.project() {
+                CacheProj::Pass { fut } => return fut.poll(cx),
+                CacheProj::Hit { resp } => return Poll::Ready(Ok(resp.take().unwrap_or_default())),
+                CacheProj::Lookup {
+                    lookup,
+                    svc,
+                    key,
+                    cache,
+                } => {
+                    let found = ready!(lookup.as_mut().poll(cx)).flatten();
+                    let hit = found.and_then(|v| cache.shared_hit(*key, &v));
+                    let Some((mut svc, req)) = svc.take() else {
+                        return Poll::Ready(Ok(Response::default()));
+                    };
+                    match hit {
+                        Some(stored) => CacheState::Hit {
+                            resp: Some(replay(stored)),
+                        },
+                        None => CacheState::Miss {
+                            fut: svc.call(req),
+                            key: *key,
+                            cache: Some(cache.clone()),
+                        },
+                    }
+                }
+                CacheProj::Miss { fut, key, cache } => return miss(fut, key, cache, cx),
+            };
+            self.as_mut().project().state.set(next);
+        }
+    }
+}
+
+/// The inner service's answer, teed into the cache when it is a `200`.
+fn miss<F, E>(
+    fut: Pin<&mut F>,
+    key: &Key,
+    cache: &mut Option<ResponseCache>,
+    cx: &mut Context<'_>,
+) -> Poll<Result<Response<Body>, E>>
 where
     F: Future<Output = Result<Response<Body>, E>>,
 {
-    type Output = F::Output;
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        match self.project().state.project() {
-            CacheProj::Pass { fut } => fut.poll(cx),
-            CacheProj::Hit { resp } => Poll::Ready(Ok(resp.take().unwrap_or_default())),
-            CacheProj::Miss { fut, key, cache } => {
-                let out = ready!(fut.poll(cx));
-                let Ok(mut resp) = out else {
-                    return Poll::Ready(out);
-                };
-                if resp.headers().contains_key("x-nenya-cache") {
-                    // Answered by the semantic tier from a stored answer: nothing to store.
-                    return Poll::Ready(Ok(resp));
-                }
-                resp.headers_mut()
-                    .insert("x-nenya-cache", HeaderValue::from_static("miss"));
-                let Some(cache) = cache.take().filter(|_| resp.status() == StatusCode::OK) else {
-                    return Poll::Ready(Ok(resp));
-                };
-                let mut headers = resp.headers().clone();
-                headers.remove("x-nenya-cache");
-                headers.remove("x-request-id");
-                headers.remove("x-nenya-attempts");
-                headers.remove(http::header::CONTENT_LENGTH);
-                let status = resp.status();
-                let key = *key;
-                Poll::Ready(Ok(resp.map(|body| {
-                    Body::new(Observed::new(
-                        body,
-                        Tee {
-                            frames: Vec::new(),
-                            size: 0,
-                            sink: Some((cache, key, status, headers)),
-                        },
-                    ))
-                })))
-            }
-        }
+    let out = ready!(fut.poll(cx));
+    let Ok(mut resp) = out else {
+        return Poll::Ready(out);
+    };
+    if resp.headers().contains_key("x-nenya-cache") {
+        // Answered by the semantic tier from a stored answer: nothing to store.
+        return Poll::Ready(Ok(resp));
     }
+    resp.headers_mut()
+        .insert("x-nenya-cache", HeaderValue::from_static("miss"));
+    let Some(cache) = cache.take().filter(|_| resp.status() == StatusCode::OK) else {
+        return Poll::Ready(Ok(resp));
+    };
+    let mut headers = resp.headers().clone();
+    headers.remove("x-nenya-cache");
+    headers.remove("x-request-id");
+    headers.remove("x-nenya-attempts");
+    headers.remove(http::header::CONTENT_LENGTH);
+    let status = resp.status();
+    let key = *key;
+    Poll::Ready(Ok(resp.map(|body| {
+        Body::new(Observed::new(
+            body,
+            Tee {
+                frames: Vec::new(),
+                size: 0,
+                sink: Some((cache, key, status, headers)),
+            },
+        ))
+    })))
 }
 
 /// Replays stored frames.
@@ -490,6 +676,49 @@ impl Observer for Tee {
         // An error or a hang-up means an incomplete answer: never stored.
         if complete {
             self.store();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// What the shared store holds comes back as it went in.
+        #[test]
+        fn a_shared_entry_decodes_to_what_was_encoded(
+            status in 200u16..600,
+            headers in proptest::collection::vec(("[a-z][a-z0-9-]{0,20}", "[ -~]{0,40}"), 0..6),
+            frames in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..200), 0..8),
+        ) {
+            let status = StatusCode::from_u16(status).unwrap();
+            let mut map = HeaderMap::new();
+            for (n, v) in &headers {
+                map.append(http::HeaderName::from_bytes(n.as_bytes()).unwrap(), HeaderValue::from_str(v).unwrap());
+            }
+            let frames: Vec<Bytes> = frames.into_iter().map(Bytes::from).collect();
+            let enc = Bytes::from(encode_entry(status, &map, &frames));
+            let (s2, h2, f2) = decode_entry(&enc).expect("decodes");
+            prop_assert_eq!(s2, status);
+            prop_assert_eq!(h2, map);
+            prop_assert_eq!(f2, frames);
+        }
+
+        /// Anything else in the store (corrupt, truncated, another writer's) is a miss, never
+        /// a panic.
+        #[test]
+        fn any_bytes_decode_or_are_refused_without_panic(
+            raw in proptest::collection::vec(any::<u8>(), 0..300),
+            cut in 0usize..300,
+        ) {
+            let _ = decode_entry(&Bytes::from(raw.clone()));
+            let mut good = encode_entry(StatusCode::OK, &HeaderMap::new(), &[Bytes::from(raw)]);
+            if cut < good.len() {
+                good.truncate(cut);
+                prop_assert!(decode_entry(&Bytes::from(good)).is_none(), "a truncated entry is refused");
+            }
         }
     }
 }

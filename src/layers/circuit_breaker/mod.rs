@@ -57,6 +57,7 @@ use tower::Service;
 use tower_layer::Layer;
 
 use crate::error::{Error, ErrorKind};
+use crate::state::{BreakerEvent, SharedState};
 
 /// Breaker settings.
 ///
@@ -142,9 +143,64 @@ struct Shared {
     overrides: HashMap<Arc<str>, BreakerConfig>,
     circuits: Mutex<HashMap<Arc<str>, State>>,
     jitter: RandomState,
+    /// Where openings and closings are told to (and heard from) other replicas.
+    state: Option<SharedState>,
 }
 
 impl Shared {
+    fn new(
+        cfg: BreakerConfig,
+        overrides: HashMap<Arc<str>, BreakerConfig>,
+        state: Option<SharedState>,
+    ) -> Arc<Self> {
+        let shared = Arc::new(Self {
+            cfg,
+            overrides,
+            circuits: Mutex::new(HashMap::new()),
+            jitter: RandomState::new(),
+            state,
+        });
+        if let Some(state) = &shared.state {
+            let weak = Arc::downgrade(&shared);
+            state.breaker_listen(Box::new(move |key, event| match weak.upgrade() {
+                Some(s) => {
+                    s.apply_remote(key, event);
+                    true
+                }
+                None => false,
+            }));
+        }
+        shared
+    }
+
+    /// Another replica's change (not told on again).
+    fn apply_remote(&self, key: &str, event: BreakerEvent) {
+        let now = Instant::now();
+        let mut map = self.circuits.lock().unwrap_or_else(|p| p.into_inner());
+        let st = match map.get_mut(key) {
+            Some(st) => st,
+            None => map
+                .entry(Arc::from(key))
+                .or_insert(State::Closed { failures: 0 }),
+        };
+        match (event, *st) {
+            (BreakerEvent::Opened { remaining, .. }, State::Open { until, .. })
+                if until >= now + remaining => {}
+            (BreakerEvent::Opened { remaining, level }, _) => {
+                tracing::warn!(circuit = %key, "circuit opened by another replica");
+                *st = State::Open {
+                    until: now + remaining,
+                    level,
+                };
+            }
+            (BreakerEvent::Closed, State::Closed { .. }) => {}
+            (BreakerEvent::Closed, _) => {
+                tracing::info!(circuit = %key, "circuit closed by another replica");
+                *st = State::Closed { failures: 0 };
+            }
+        }
+    }
+
     /// Whether a request for `key` may pass now: `Some(true)` for the half-open probe (the
     /// slot is then taken), `Some(false)` for an ordinary pass, `None` when refused.
     fn admit(&self, key: &Arc<str>) -> Option<bool> {
@@ -202,13 +258,25 @@ impl Shared {
             },
             (State::Open { .. }, Outcome::Failure) => *st,
         };
-        if matches!(next, State::Open { .. }) && !matches!(*st, State::Open { .. }) {
-            tracing::warn!(circuit = %key, "circuit opened");
+        let mut event = None;
+        if let State::Open { until, level } = next {
+            if !matches!(*st, State::Open { .. }) {
+                tracing::warn!(circuit = %key, "circuit opened");
+                event = Some(BreakerEvent::Opened {
+                    remaining: until.saturating_duration_since(now),
+                    level,
+                });
+            }
         }
         if matches!(next, State::Closed { failures: 0 }) && matches!(*st, State::HalfOpen { .. }) {
             tracing::info!(circuit = %key, "circuit closed");
+            event = Some(BreakerEvent::Closed);
         }
         *st = next;
+        drop(map);
+        if let (Some(state), Some(event)) = (&self.state, event) {
+            state.breaker_publish(key, event);
+        }
     }
 
     fn cfg_for(&self, key: &Arc<str>) -> &BreakerConfig {
@@ -255,14 +323,31 @@ impl<K> CircuitBreakerLayer<K> {
     /// Breakers with `cfg`, one per key that `key` returns (`None`: not guarded).
     pub fn new(cfg: BreakerConfig, key: K) -> Self {
         Self {
-            shared: Arc::new(Shared {
-                cfg,
-                overrides: HashMap::new(),
-                circuits: Mutex::new(HashMap::new()),
-                jitter: RandomState::new(),
-            }),
+            shared: Shared::new(cfg, HashMap::new(), None),
             key: Arc::new(key),
         }
+    }
+
+    /// Shares openings and closings with every replica on the same [`SharedState`]: a
+    /// circuit one replica opens is open on the others within the back end's latency (they
+    /// also read the circuits open now when they (re)connect). While the back end is
+    /// unavailable each replica keeps its own circuits.
+    ///
+    /// ```
+    /// use nenya::layers::{BreakerConfig, CircuitBreakerLayer};
+    /// let key = |_: &http::Request<()>| Some(std::sync::Arc::<str>::from("up/m"));
+    /// let layer = CircuitBreakerLayer::new(BreakerConfig::default(), key)
+    ///     .with_shared_state(nenya::state::SharedState::memory());
+    /// # drop(layer);
+    /// ```
+    pub fn with_shared_state(mut self, state: SharedState) -> Self {
+        let s = &self.shared;
+        self.shared = Shared::new(
+            s.cfg,
+            s.overrides.clone(),
+            state.is_shared().then_some(state),
+        );
+        self
     }
 
     /// Other settings for some circuits (an agent's own `failure_threshold` and
@@ -281,12 +366,11 @@ impl<K> CircuitBreakerLayer<K> {
         I: IntoIterator<Item = (N, BreakerConfig)>,
         N: Into<Arc<str>>,
     {
-        self.shared = Arc::new(Shared {
-            cfg: self.shared.cfg,
-            overrides: overrides.into_iter().map(|(k, v)| (k.into(), v)).collect(),
-            circuits: Mutex::new(HashMap::new()),
-            jitter: RandomState::new(),
-        });
+        self.shared = Shared::new(
+            self.shared.cfg,
+            overrides.into_iter().map(|(k, v)| (k.into(), v)).collect(),
+            self.shared.state.clone(),
+        );
         self
     }
 

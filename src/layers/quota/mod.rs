@@ -153,11 +153,19 @@ struct Counter {
     used: u64,
     reserved: u64,
     requests: u64,
+    /// Tokens used today by every replica (this one included), as last read from the shared
+    /// counters; 0 when nothing is shared.
+    shared_used: u64,
 }
 
 impl Counter {
+    /// Today's use: this replica's, or all replicas' when that is known and larger.
+    fn used(&self) -> u64 {
+        self.used.max(self.shared_used)
+    }
+
     fn fits(&self, budget: u64, more: u64) -> bool {
-        self.used + self.reserved + more <= budget
+        self.used() + self.reserved + more <= budget
     }
 }
 
@@ -166,6 +174,8 @@ struct State {
     day: u64,
     keys: HashMap<Arc<str>, Counter>,
     providers: HashMap<Arc<str>, Counter>,
+    /// Where settled use is added up across replicas (see [`Ledger::share`]).
+    shared: Option<crate::state::SharedState>,
 }
 
 impl State {
@@ -176,6 +186,7 @@ impl State {
             for c in self.keys.values_mut().chain(self.providers.values_mut()) {
                 c.used = 0;
                 c.requests = 0;
+                c.shared_used = 0;
             }
         }
     }
@@ -253,7 +264,7 @@ impl Ledger {
                 (
                     k.clone(),
                     DailyUse {
-                        used: c.used,
+                        used: c.used(),
                         reserved: c.reserved,
                         requests: c.requests,
                     },
@@ -262,6 +273,64 @@ impl Ledger {
             .collect();
         v.sort_by(|a, b| a.0.cmp(&b.0));
         v
+    }
+
+    /// Adds settled use to `state`'s per-day counters and reads every replica's totals back
+    /// each second, so budgets hold across replicas (to within a second of the others' use).
+    /// Nothing changes when `state` shares nothing. Needs a tokio runtime.
+    ///
+    /// ```
+    /// let ledger = nenya::layers::quota::Ledger::new();
+    /// ledger.share(&nenya::state::SharedState::memory());
+    /// assert!(ledger.keys().is_empty());
+    /// ```
+    pub fn share(&self, state: &crate::state::SharedState) {
+        let mut s = self.lock();
+        if !state.is_shared() {
+            s.shared = None;
+            return;
+        }
+        if s.shared.as_ref().is_some_and(|x| x.same_as(state)) {
+            return; // already shared there (a reload that kept the back end)
+        }
+        s.shared = Some(state.clone());
+        drop(s);
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let weak = Arc::downgrade(&self.state);
+        let clock = self.clock.clone();
+        let state = state.clone();
+        rt.spawn(async move {
+            let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let day = clock() / 86_400;
+                let read = state.usage_get(day);
+                let totals = match read {
+                    Some(f) => f.await,
+                    None => None,
+                };
+                let Some(ledger) = weak.upgrade() else { return };
+                let mut s = ledger.lock().unwrap_or_else(|p| p.into_inner());
+                // Replaced by another back end (a reload), or the day turned meanwhile.
+                if !s.shared.as_ref().is_some_and(|x| x.same_as(&state)) {
+                    return;
+                }
+                let (Some(totals), true) = (totals, s.day == day) else {
+                    continue;
+                };
+                for (name, n) in totals {
+                    let counter = match name.split_once(':') {
+                        Some(("key", k)) => s.keys.entry(Arc::from(k)).or_default(),
+                        Some(("provider", p)) => s.providers.entry(Arc::from(p)).or_default(),
+                        _ => continue,
+                    };
+                    counter.shared_used = n.max(0.0) as u64;
+                }
+            }
+        });
     }
 
     /// Today's use per caller key, by name.
@@ -360,6 +429,15 @@ impl Reservation {
         }
         if let Some(c) = s.providers.get_mut(&self.provider) {
             apply(c);
+        }
+        if let (Some(shared), Some(u)) = (&s.shared, used) {
+            shared.usage_add(
+                self.day,
+                vec![
+                    (format!("key:{}", self.key), u as f64),
+                    (format!("provider:{}", self.provider), u as f64),
+                ],
+            );
         }
     }
 }

@@ -32,19 +32,24 @@
 
 use std::collections::HashMap;
 use std::fmt;
+use std::future::Future;
 use std::num::NonZeroU32;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
 
 use governor::clock::{Clock, DefaultClock};
 use governor::state::{InMemoryState, NotKeyed};
 use governor::{Quota, RateLimiter};
 use http::Request;
+use pin_project_lite::pin_project;
 use tower::Service;
 use tower_layer::Layer;
 
 use crate::error::{Error, ErrorKind};
 use crate::model::ChatRequest;
+use crate::state::SharedState;
 
 /// Limits per bucket; `0` turns one off.
 ///
@@ -73,15 +78,21 @@ struct Shared {
     any: bool,
     buckets: Mutex<HashMap<Arc<str>, Arc<Bucket>>>,
     clock: DefaultClock,
+    /// Buckets shared with other replicas, under this namespace (`provider`, `key`).
+    state: Option<(SharedState, Arc<str>)>,
 }
 
 impl Shared {
+    fn cfg_for(&self, key: &Arc<str>) -> RateLimitConfig {
+        *self.overrides.get(key).unwrap_or(&self.cfg)
+    }
+
     fn bucket(&self, key: &Arc<str>) -> Arc<Bucket> {
         let mut map = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
         map.entry(key.clone())
             .or_insert_with(|| {
                 let per_minute = |n: u32| NonZeroU32::new(n).map(|n| (Quota::per_minute(n), n));
-                let cfg = self.overrides.get(key).unwrap_or(&self.cfg);
+                let cfg = self.cfg_for(key);
                 Arc::new(Bucket {
                     rpm: per_minute(cfg.rpm).map(|(q, _)| RateLimiter::direct(q)),
                     tpm: per_minute(cfg.tpm).map(|(q, n)| (RateLimiter::direct(q), n)),
@@ -91,7 +102,7 @@ impl Shared {
     }
 
     /// `Err(wait)` when the request must not go now.
-    fn admit(&self, key: &Arc<str>, tokens: u64) -> Result<(), std::time::Duration> {
+    fn admit(&self, key: &Arc<str>, tokens: u64) -> Result<(), Duration> {
         let b = self.bucket(key);
         if let Some((tpm, budget)) = &b.tpm {
             let want = u32::try_from(tokens).unwrap_or(u32::MAX).max(1);
@@ -150,9 +161,35 @@ impl<K> RateLimitLayer<K> {
                 any: cfg.rpm > 0 || cfg.tpm > 0,
                 buckets: Mutex::new(HashMap::new()),
                 clock: DefaultClock::default(),
+                state: None,
             }),
             key: Arc::new(key),
         }
+    }
+
+    /// Shares the buckets with every replica on the same [`SharedState`], under
+    /// `namespace` (so a provider and an API key of the same name stay apart). While the
+    /// shared back end is unavailable each replica falls back to its local buckets. Call
+    /// after [`Self::with_overrides`], before the layer is cloned or used.
+    ///
+    /// ```
+    /// use nenya::layers::{RateLimitConfig, RateLimitLayer};
+    /// let key = |_: &http::Request<nenya::model::ChatRequest>| Some(std::sync::Arc::<str>::from("up"));
+    /// let layer = RateLimitLayer::new(RateLimitConfig { rpm: 10, tpm: 0 }, key)
+    ///     .with_shared_state(nenya::state::SharedState::memory(), "provider");
+    /// # drop(layer);
+    /// ```
+    pub fn with_shared_state(mut self, state: SharedState, namespace: &str) -> Self {
+        let s = &self.shared;
+        self.shared = Arc::new(Shared {
+            cfg: s.cfg,
+            overrides: s.overrides.clone(),
+            any: s.any,
+            buckets: Mutex::new(HashMap::new()),
+            clock: DefaultClock::default(),
+            state: state.is_shared().then(|| (state, namespace.into())),
+        });
+        self
     }
 }
 
@@ -182,6 +219,7 @@ impl<K> RateLimitLayer<K> {
             any,
             buckets: Mutex::new(HashMap::new()),
             clock: DefaultClock::default(),
+            state: self.shared.state.clone(),
         });
         self
     }
@@ -225,35 +263,135 @@ impl<S: fmt::Debug, K> fmt::Debug for RateLimit<S, K> {
 
 impl<S, K> Service<Request<ChatRequest>> for RateLimit<S, K>
 where
-    S: Service<Request<ChatRequest>, Error = Error>,
+    S: Service<Request<ChatRequest>, Error = Error> + Clone,
     K: Fn(&Request<ChatRequest>) -> Option<Arc<str>>,
 {
     type Response = S::Response;
     type Error = Error;
-    type Future = crate::layers::guard::ErrOr<S::Future>;
+    type Future = ResponseFuture<S>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
         self.inner.poll_ready(cx)
     }
 
     fn call(&mut self, req: Request<ChatRequest>) -> Self::Future {
-        if let Some(key) = (self.key)(&req) {
-            let limited = self
-                .shared
-                .any
-                .then(|| self.shared.admit(&key, req.body().estimate_tokens()))
-                .and_then(Result::err);
-            if let Some(wait) = limited {
-                tracing::info!(bucket = %key, wait_ms = wait.as_millis() as u64, "rate limited");
-                let msg = format!(
-                    "rate limit for `{key}` reached; retry in {} s",
-                    wait.as_secs() + 1
-                );
-                return crate::layers::guard::ErrOr::err(
-                    Error::new(ErrorKind::RateLimited, msg).with_retry_after(wait),
-                );
+        let key = (self.key)(&req).filter(|_| self.shared.any);
+        let Some(key) = key else {
+            return ResponseFuture::inner(self.inner.call(req));
+        };
+        let tokens = req.body().estimate_tokens();
+        if let Some((state, ns)) = &self.shared.state {
+            let cfg = self.shared.cfg_for(&key);
+            let check = (cfg.rpm > 0 || cfg.tpm > 0)
+                .then(|| state.rate_admit(&format!("{ns}:{key}"), cfg.rpm, cfg.tpm, tokens))
+                .flatten();
+            if let Some(check) = check {
+                // The ready service goes into the future; a clone stays for the next call.
+                let clone = self.inner.clone();
+                let svc = std::mem::replace(&mut self.inner, clone);
+                return ResponseFuture {
+                    state: FutState::Checking {
+                        check: Box::pin(check),
+                        svc: Some((svc, req, key, tokens)),
+                        shared: self.shared.clone(),
+                    },
+                };
             }
         }
-        crate::layers::guard::ErrOr::inner(self.inner.call(req))
+        match self.shared.admit(&key, tokens) {
+            Ok(()) => ResponseFuture::inner(self.inner.call(req)),
+            Err(wait) => ResponseFuture::refused(limited(&key, wait)),
+        }
+    }
+}
+
+/// The refusal of a request over bucket `key`'s limit.
+fn limited(key: &str, wait: Duration) -> Error {
+    tracing::info!(bucket = %key, wait_ms = wait.as_millis() as u64, "rate limited");
+    let msg = format!(
+        "rate limit for `{key}` reached; retry in {} s",
+        wait.as_secs() + 1
+    );
+    Error::new(ErrorKind::RateLimited, msg).with_retry_after(wait)
+}
+
+type Check = Pin<Box<dyn Future<Output = Option<Result<(), Duration>>> + Send>>;
+
+pin_project! {
+    /// Response future of [`RateLimit`]: the shared check (when the buckets are shared),
+    /// then the inner service's future.
+    pub struct ResponseFuture<S>
+    where
+        S: Service<Request<ChatRequest>>,
+    {
+        #[pin]
+        state: FutState<S>,
+    }
+}
+
+pin_project! {
+    #[project = FutProj]
+    enum FutState<S>
+    where
+        S: Service<Request<ChatRequest>>,
+    {
+        Checking {
+            check: Check,
+            svc: Option<(S, Request<ChatRequest>, Arc<str>, u64)>,
+            shared: Arc<Shared>,
+        },
+        Inner { #[pin] fut: S::Future },
+        Refused { err: Option<Error> },
+    }
+}
+
+impl<S: Service<Request<ChatRequest>>> ResponseFuture<S> {
+    fn inner(fut: S::Future) -> Self {
+        Self {
+            state: FutState::Inner { fut },
+        }
+    }
+
+    fn refused(err: Error) -> Self {
+        Self {
+            state: FutState::Refused { err: Some(err) },
+        }
+    }
+}
+
+impl<S> Future for ResponseFuture<S>
+where
+    S: Service<Request<ChatRequest>, Error = Error>,
+{
+    type Output = Result<S::Response, Error>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        loop {
+            let next = match self.as_mut().project().state.project() {
+                FutProj::Inner { fut } => return fut.poll(cx),
+                FutProj::Refused { err } => {
+                    return Poll::Ready(Err(err.take().unwrap_or_else(|| {
+                        Error::new(ErrorKind::Internal, "future polled after completion")
+                    })));
+                }
+                FutProj::Checking { check, svc, shared } => {
+                    let verdict = ready!(check.as_mut().poll(cx));
+                    let Some((mut svc, req, key, tokens)) = svc.take() else {
+                        return Poll::Ready(Err(Error::new(
+                            ErrorKind::Internal,
+                            "future polled after completion",
+                        )));
+                    };
+                    // `None`: the shared back end is unavailable, the local bucket decides.
+                    match verdict.unwrap_or_else(|| shared.admit(&key, tokens)) {
+                        Ok(()) => FutState::Inner { fut: svc.call(req) },
+                        Err(wait) => FutState::Refused {
+                            err: Some(limited(&key, wait)),
+                        },
+                    }
+                }
+            };
+            self.as_mut().project().state.set(next);
+        }
     }
 }
