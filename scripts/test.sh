@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh checkout. Installs what the tests need when it is missing
 # (a Python venv with the official OpenAI/Anthropic SDKs, cargo-deny, Debian's
-# systemd-socket-activate, redis-server and Prometheus' promtool), then runs the format
+# systemd-socket-activate, redis-server, Prometheus' promtool and the reference MCP memory
+# server from npm), then runs the format
 # check, clippy, every test (unit, property, black-box, examples, SDK, doc tests), the docs
 # build and cargo-deny. `.ci/run` calls exactly this.
 set -euo pipefail
@@ -42,6 +43,15 @@ if ! command -v redis-server >/dev/null 2>&1; then
 fi
 redis-server --version
 export NENYA_REQUIRE_REDIS=1
+
+step "the reference MCP memory server from npm (.tools/mcp; MCP tests start it over stdio)"
+memory_js=.tools/mcp/node_modules/@modelcontextprotocol/server-memory/dist/index.js
+if [ ! -f "$memory_js" ]; then
+  mkdir -p .tools/mcp
+  (cd .tools/mcp && npm install --silent --no-audit --no-fund @modelcontextprotocol/server-memory@2026.8.31 >/dev/null)
+fi
+node --version
+export NENYA_REQUIRE_MCP_MEMORY=1
 
 step "cargo-deny"
 if ! command -v cargo-deny >/dev/null 2>&1; then

@@ -181,8 +181,17 @@ pub struct GatewayBuilder {
     local_engines: crate::services::LocalEngines,
     semantic: Option<SemanticTier>,
     state: (Option<crate::config::StateSection>, SharedState),
+    #[cfg(feature = "mcp")]
+    mcp: Option<McpSettings>,
     carried: Option<Carried>,
 }
+
+/// The `mcp_servers` section and the agents' tool settings.
+#[cfg(feature = "mcp")]
+type McpSettings = (
+    BTreeMap<String, crate::config::McpServerSection>,
+    std::collections::HashMap<String, crate::layers::mcp::AgentTools>,
+);
 
 /// Default limit of streamed uploads (OpenAI's file limit).
 const DEFAULT_MAX_UPLOAD_BYTES: u64 = 512 << 20;
@@ -217,6 +226,11 @@ struct Carried {
     cache: Option<(CacheConfig, ResponseCache)>,
     ledger: Ledger,
     state: (Option<crate::config::StateSection>, SharedState),
+    #[cfg(feature = "mcp")]
+    mcp: Option<(
+        BTreeMap<String, crate::config::McpServerSection>,
+        crate::services::mcp::McpServers,
+    )>,
 }
 
 impl std::fmt::Debug for Carried {
@@ -422,6 +436,19 @@ impl GatewayBuilder {
         self
     }
 
+    /// MCP servers and the agents that use their tools (see
+    /// [`McpLayer`](crate::layers::mcp::McpLayer)); the servers start when the gateway is
+    /// built, and a reload with the same `mcp_servers` keeps them running. Default: none.
+    #[cfg(feature = "mcp")]
+    pub fn mcp(
+        mut self,
+        servers: BTreeMap<String, crate::config::McpServerSection>,
+        agents: std::collections::HashMap<String, crate::layers::mcp::AgentTools>,
+    ) -> Self {
+        self.mcp = (!servers.is_empty() || !agents.is_empty()).then_some((servers, agents));
+        self
+    }
+
     /// Records the `state` section `shared_state` came from, so a reload with the same
     /// section keeps the connection (call after [`Self::shared_state`]).
     pub fn state_section(mut self, section: crate::config::StateSection) -> Self {
@@ -511,7 +538,33 @@ impl GatewayBuilder {
         if let Some(c) = &cache {
             register_cache(&self.metrics, c);
         }
+        // MCP servers (carried over a reload that kept their section).
+        #[cfg(feature = "mcp")]
+        let mcp_servers = self.mcp.as_ref().map(|(servers, _)| {
+            match self.carried.as_ref().and_then(|c| c.mcp.as_ref()) {
+                Some((old, running)) if old == servers => running.clone(),
+                _ => crate::services::mcp::McpServers::start(servers),
+            }
+        });
+        #[cfg(feature = "mcp")]
+        let mcp_status: Option<StatusFn> = mcp_servers.clone().map(|m| {
+            Arc::new(move || {
+                serde_json::Value::Object(
+                    m.status()
+                        .into_iter()
+                        .map(|(n, s)| {
+                            let v = serde_json::json!({"connected": s.connected, "tools": s.tools,
+                                "connections": s.connections, "last_error": s.last_error});
+                            (n, v)
+                        })
+                        .collect(),
+                )
+            }) as StatusFn
+        });
+        #[cfg(not(feature = "mcp"))]
+        let mcp_status: Option<StatusFn> = None;
         let statsz = statsz(
+            mcp_status,
             &self.metrics,
             &self.usage,
             self.redactor.clone(),
@@ -535,13 +588,13 @@ impl GatewayBuilder {
         // Each provider's live model list, fetched in the background (at start and on every
         // reload); `GET /v1/models` merges what has arrived.
         let discoverable = table.discoverable();
-        if !discoverable.is_empty() {
-            if let Ok(rt) = tokio::runtime::Handle::try_current() {
-                rt.spawn(crate::services::refresh_models(
-                    discoverable,
-                    self.live_models.clone(),
-                ));
-            }
+        if !discoverable.is_empty()
+            && let Ok(rt) = tokio::runtime::Handle::try_current()
+        {
+            rt.spawn(crate::services::refresh_models(
+                discoverable,
+                self.live_models.clone(),
+            ));
         }
         // Per key and provider budgets and the cost ceiling, only when configured.
         let quota = (!self.quota.is_empty()).then(|| {
@@ -606,6 +659,17 @@ impl GatewayBuilder {
             })
             .with_stats(self.context_stats.clone())
         });
+        #[cfg(feature = "mcp")]
+        // MCP tools for agents that have them, around the routed stack: every round of the
+        // tool loop gets failover, breakers, limits and usage accounting.
+        #[cfg(feature = "mcp")]
+        let mcp = self
+            .mcp
+            .as_ref()
+            .zip(mcp_servers.clone())
+            .map(|((_, agents), s)| crate::layers::mcp::McpLayer::new(Arc::new(s), agents.clone()));
+        #[cfg(not(feature = "mcp"))]
+        let mcp: Option<crate::layers::mcp::McpLayer> = None;
         // Per-key request rates (only keys that have one are limited).
         let key_limiter = (!self.key_limits.is_empty()).then(|| {
             RateLimitLayer::new(RateLimitConfig::default(), principal_key as KeyFn)
@@ -635,6 +699,7 @@ impl GatewayBuilder {
                     .map(|(c, SemanticTier(cfg, embed))| SemanticCacheLayer::new(c, cfg, embed)),
             )
             .option_layer(summarize)
+            .option_layer(mcp)
             .service(routed);
         let svc = ServiceBuilder::new()
             .layer(RequestIdLayer::new())
@@ -671,6 +736,8 @@ impl GatewayBuilder {
                 cache: self.cache.zip(cache),
                 ledger: self.ledger.clone(),
                 state: self.state,
+                #[cfg(feature = "mcp")]
+                mcp: self.mcp.map(|(c, _)| c).zip(mcp_servers),
             },
         }
     }
@@ -899,7 +966,11 @@ fn provider_key(req: &Request<ChatRequest>) -> Option<Arc<str>> {
 }
 
 /// `GET /statsz`: a JSON summary for humans and health checks.
+/// A section of `/statsz` computed on demand.
+type StatusFn = Arc<dyn Fn() -> serde_json::Value + Send + Sync>;
+
 fn statsz(
+    mcp: Option<StatusFn>,
     metrics: &Metrics,
     usage: &UsageMeter,
     redactor: Option<Redactor>,
@@ -954,6 +1025,7 @@ fn statsz(
             "key_usage": key_usage,
             "provider_budgets": provider_budgets(&ledger, &quota),
             "open_circuits": open,
+            "mcp_servers": mcp.as_ref().map(|f| f()),
             "state": {
                 "backend": state.health().backend(),
                 "up": state.health().is_up(),
@@ -1461,6 +1533,8 @@ impl Gateway {
             local_engines: crate::services::LocalEngines::default(),
             semantic: None,
             state: (None, SharedState::memory()),
+            #[cfg(feature = "mcp")]
+            mcp: None,
             carried: None,
         }
     }
@@ -1484,7 +1558,20 @@ impl Gateway {
                 ))
             }));
         let state = state_from_config(&cfg.state)?;
-        Self::builder(table)
+        #[cfg(feature = "mcp")]
+        let agent_tools = crate::services::mcp::agent_tools(cfg)?;
+        #[cfg(not(feature = "mcp"))]
+        if !cfg.mcp_servers.is_empty() {
+            return Err(ConfigError::new(
+                None,
+                Some("mcp_servers".into()),
+                "this build has no MCP client (cargo feature `mcp`)".to_owned(),
+            ));
+        }
+        let builder = Self::builder(table);
+        #[cfg(feature = "mcp")]
+        let builder = builder.mcp(cfg.mcp_servers.clone(), agent_tools);
+        builder
             .shared_state(state)
             .state_section(cfg.state.clone())
             .local_engines(local)

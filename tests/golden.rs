@@ -17,10 +17,10 @@ fn format(v: &Value) -> ApiFormat {
 
 /// `created` is a timestamp: zero it for comparison.
 fn scrub(mut v: Value) -> Value {
-    if let Some(o) = v.as_object_mut() {
-        if o.contains_key("created") {
-            o.insert("created".into(), json!(0));
-        }
+    if let Some(o) = v.as_object_mut()
+        && o.contains_key("created")
+    {
+        o.insert("created".into(), json!(0));
     }
     v
 }

@@ -44,17 +44,6 @@ fn config(a: &Running, b: &Running, extra: Value) -> Config {
     Config::from_json_str(&c.to_string()).unwrap()
 }
 
-fn merge(a: &mut Value, b: Value) {
-    match (a, b) {
-        (Value::Object(a), Value::Object(b)) => {
-            for (k, v) in b {
-                merge(a.entry(k).or_insert(Value::Null), v);
-            }
-        }
-        (a, b) => *a = b,
-    }
-}
-
 fn secrets(keys: Value) -> Secrets {
     Secrets::from_json_str(&json!({"api_keys": keys}).to_string()).unwrap()
 }

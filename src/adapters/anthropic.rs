@@ -428,24 +428,22 @@ pub(crate) fn place_breakpoints(map: &mut JsonMap, bp: &crate::model::CacheBreak
         }
         _ => {}
     };
-    if bp.system {
-        if let Some(v) = map.get_mut("system") {
-            mark_last(v);
-        }
+    if bp.system
+        && let Some(v) = map.get_mut("system")
+    {
+        mark_last(v);
     }
-    if bp.tools {
-        if let Some(Value::Array(tools)) = map.get_mut("tools") {
-            if let Some(Value::Object(o)) = tools.last_mut() {
-                o.insert("cache_control".into(), marker());
-            }
-        }
+    if bp.tools
+        && let Some(Value::Array(tools)) = map.get_mut("tools")
+        && let Some(Value::Object(o)) = tools.last_mut()
+    {
+        o.insert("cache_control".into(), marker());
     }
-    if bp.messages {
-        if let Some(Value::Array(msgs)) = map.get_mut("messages") {
-            if let Some(c) = msgs.last_mut().and_then(|m| m.get_mut("content")) {
-                mark_last(c);
-            }
-        }
+    if bp.messages
+        && let Some(Value::Array(msgs)) = map.get_mut("messages")
+        && let Some(c) = msgs.last_mut().and_then(|m| m.get_mut("content"))
+    {
+        mark_last(c);
     }
 }
 

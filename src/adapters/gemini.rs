@@ -42,13 +42,12 @@ pub(crate) fn encode_request(req: ChatRequest) -> JsonMap {
             return;
         }
         // Gemini wants alternating turns: merge into the previous turn of the same role.
-        if let Some(last) = contents.last_mut() {
-            if last["role"] == role {
-                if let Some(arr) = last["parts"].as_array_mut() {
-                    arr.extend(parts);
-                    return;
-                }
-            }
+        if let Some(last) = contents.last_mut()
+            && last["role"] == role
+            && let Some(arr) = last["parts"].as_array_mut()
+        {
+            arr.extend(parts);
+            return;
         }
         contents.push(json!({"role": role, "parts": parts}));
     };

@@ -25,7 +25,7 @@ use bytes::Bytes;
 use serde_json::Value;
 
 use crate::error::{Error, ErrorKind};
-use crate::model::{ApiFormat, ChatRequest, JsonMap};
+use crate::model::{ApiFormat, ChatRequest, ChatResponse, JsonMap};
 use providers::{Capabilities, Quirks};
 
 /// Parses a client body of `format` into the typed request.
@@ -130,6 +130,19 @@ pub fn encode_request_cached(
 /// assert_eq!(v["usage"]["prompt_tokens"], 3);
 /// ```
 pub fn convert_response(body: &[u8], from: ApiFormat, to: ApiFormat) -> Result<Bytes, Error> {
+    Ok(encode_response(decode_response(body, from)?, to))
+}
+
+/// Decodes a complete answer in `format` (an upstream's, or one already converted for the
+/// client).
+///
+/// ```
+/// use nenya::model::{ApiFormat, Part};
+/// let r = nenya::adapters::decode_response(br#"{"id":"x","model":"m","choices":[{"index":0,
+///   "message":{"role":"assistant","content":"hi"},"finish_reason":"stop"}]}"#, ApiFormat::OpenAi).unwrap();
+/// assert_eq!(r.content, vec![Part::text("hi")]);
+/// ```
+pub fn decode_response(body: &[u8], format: ApiFormat) -> Result<ChatResponse, Error> {
     let bad = |e: String| {
         Error::new(
             ErrorKind::UpstreamProtocol,
@@ -140,17 +153,30 @@ pub fn convert_response(body: &[u8], from: ApiFormat, to: ApiFormat) -> Result<B
     let Value::Object(map) = v else {
         return Err(bad("not a JSON object".into()));
     };
-    let resp = match from {
+    match format {
         ApiFormat::Anthropic => anthropic::decode_response(map),
         ApiFormat::Gemini => gemini::decode_response(map),
         ApiFormat::OpenAi => openai::decode_response(map),
     }
-    .map_err(|e| bad(e.message().to_owned()))?;
-    let out = match to {
+    .map_err(|e| bad(e.message().to_owned()))
+}
+
+/// Encodes a complete answer for a client of `format` (OpenAI or Anthropic).
+///
+/// ```
+/// use nenya::model::ApiFormat;
+/// let r = nenya::adapters::decode_response(br#"{"id":"x","type":"message","role":"assistant","model":"m",
+///   "content":[{"type":"text","text":"hi"}],"stop_reason":"end_turn","usage":{"input_tokens":3,"output_tokens":1}}"#,
+///   ApiFormat::Anthropic).unwrap();
+/// let out = nenya::adapters::encode_response(r, ApiFormat::OpenAi);
+/// assert!(std::str::from_utf8(&out).unwrap().contains(r#""finish_reason":"stop""#));
+/// ```
+pub fn encode_response(resp: ChatResponse, format: ApiFormat) -> Bytes {
+    let out = match format {
         ApiFormat::Anthropic => anthropic::encode_response(resp),
         _ => openai::encode_response(resp),
     };
-    Ok(Bytes::from(out.to_string()))
+    Bytes::from(out.to_string())
 }
 
 /// Re-renders an upstream's error body (any format) in the client's format, keeping its message.
@@ -197,37 +223,37 @@ fn apply_openai_rules(map: &mut JsonMap, caps: &Capabilities) {
     {
         map.shift_remove("tool_choice");
     }
-    if !caps.vision || !caps.content_arrays {
-        if let Some(Value::Array(messages)) = map.get_mut("messages") {
-            let mut dropped_images = 0usize;
-            for m in messages.iter_mut() {
-                let Some(Value::Array(parts)) = m.get_mut("content") else {
-                    continue;
-                };
-                if !caps.vision {
-                    let before = parts.len();
-                    parts.retain(|p| p.get("type").and_then(Value::as_str) != Some("image_url"));
-                    dropped_images += before - parts.len();
-                }
-                if !caps.content_arrays
-                    && parts
-                        .iter()
-                        .all(|p| p.get("type").and_then(Value::as_str) == Some("text"))
-                {
-                    let text: Vec<&str> = parts
-                        .iter()
-                        .filter_map(|p| p.get("text").and_then(Value::as_str))
-                        .collect();
-                    let joined = text.join("\n");
-                    m["content"] = Value::String(joined);
-                }
+    if (!caps.vision || !caps.content_arrays)
+        && let Some(Value::Array(messages)) = map.get_mut("messages")
+    {
+        let mut dropped_images = 0usize;
+        for m in messages.iter_mut() {
+            let Some(Value::Array(parts)) = m.get_mut("content") else {
+                continue;
+            };
+            if !caps.vision {
+                let before = parts.len();
+                parts.retain(|p| p.get("type").and_then(Value::as_str) != Some("image_url"));
+                dropped_images += before - parts.len();
             }
-            if dropped_images > 0 {
-                tracing::warn!(
-                    dropped_images,
-                    "the upstream does not accept images; they were removed"
-                );
+            if !caps.content_arrays
+                && parts
+                    .iter()
+                    .all(|p| p.get("type").and_then(Value::as_str) == Some("text"))
+            {
+                let text: Vec<&str> = parts
+                    .iter()
+                    .filter_map(|p| p.get("text").and_then(Value::as_str))
+                    .collect();
+                let joined = text.join("\n");
+                m["content"] = Value::String(joined);
             }
+        }
+        if dropped_images > 0 {
+            tracing::warn!(
+                dropped_images,
+                "the upstream does not accept images; they were removed"
+            );
         }
     }
     let model = map
@@ -239,10 +265,10 @@ fn apply_openai_rules(map: &mut JsonMap, caps: &Capabilities) {
         for f in rule.drop {
             map.shift_remove(*f);
         }
-        if rule.max_completion_tokens {
-            if let Some(n) = map.shift_remove("max_tokens") {
-                map.insert("max_completion_tokens".into(), n);
-            }
+        if rule.max_completion_tokens
+            && let Some(n) = map.shift_remove("max_tokens")
+        {
+            map.insert("max_completion_tokens".into(), n);
         }
     }
 }

@@ -307,22 +307,21 @@ pub(crate) fn encode_request(req: ChatRequest) -> JsonMap {
             &mut out,
             &["metadata", "thinking", "stream_options"],
         );
-        if let Some(b) = super::reasoning_budget(req.source, &req.extra) {
-            if out
+        if let Some(b) = super::reasoning_budget(req.source, &req.extra)
+            && out
                 .get("model")
                 .and_then(Value::as_str)
                 .is_some_and(super::accepts_reasoning_effort)
-            {
-                out.insert(
-                    "reasoning_effort".into(),
-                    super::effort_for_budget(b).into(),
-                );
-            }
+        {
+            out.insert(
+                "reasoning_effort".into(),
+                super::effort_for_budget(b).into(),
+            );
         }
-        if req.stream {
-            if let Some(so) = req.extra.get("stream_options") {
-                out.insert("stream_options".into(), so.clone());
-            }
+        if req.stream
+            && let Some(so) = req.extra.get("stream_options")
+        {
+            out.insert("stream_options".into(), so.clone());
         }
         if let Some(user) = req
             .extra
@@ -549,16 +548,16 @@ pub(crate) fn decode_response(mut o: JsonMap) -> Result<ChatResponse, Error> {
     let model = take_string(&mut o, "model");
     let mut content = Vec::new();
     let mut stop_reason = None;
-    if let Some(Value::Array(choices)) = o.shift_remove("choices") {
-        if let Some(Value::Object(mut choice)) = choices.into_iter().next() {
-            stop_reason = match choice.shift_remove("finish_reason") {
-                Some(Value::String(s)) => Some(StopReason::from_openai(&s)),
-                _ => None,
-            };
-            if let Some(Value::Object(msg)) = choice.shift_remove("message") {
-                let m = decode_message(msg, "choices[0].message")?;
-                content = m.content.into_parts();
-            }
+    if let Some(Value::Array(choices)) = o.shift_remove("choices")
+        && let Some(Value::Object(mut choice)) = choices.into_iter().next()
+    {
+        stop_reason = match choice.shift_remove("finish_reason") {
+            Some(Value::String(s)) => Some(StopReason::from_openai(&s)),
+            _ => None,
+        };
+        if let Some(Value::Object(msg)) = choice.shift_remove("message") {
+            let m = decode_message(msg, "choices[0].message")?;
+            content = m.content.into_parts();
         }
     }
     let usage = match o.shift_remove("usage") {

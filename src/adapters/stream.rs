@@ -23,7 +23,9 @@ use serde_json::{Value, json};
 
 use super::{anthropic, gemini, openai};
 use crate::error::{Error, ErrorKind, error_json};
-use crate::model::{ApiFormat, BlockStart, Delta, JsonMap, StopReason, StreamEvent, Usage};
+use crate::model::{
+    ApiFormat, BlockStart, ChatResponse, Delta, JsonMap, Part, StopReason, StreamEvent, Usage,
+};
 use crate::sse::{self, Event};
 
 fn protocol(msg: impl Into<String>) -> Error {
@@ -114,6 +116,88 @@ impl StreamConverter {
             }
         }
     }
+}
+
+/// A complete answer as the client's stream: the frames a streamed answer with the same
+/// content would have had, ending the way a finished stream ends. For answers nenya has to
+/// see whole before it may send them (an MCP tool loop).
+///
+/// ```
+/// use nenya::adapters::stream::response_frames;
+/// use nenya::model::{ApiFormat, ChatResponse, Part, StopReason, Usage};
+/// let resp = ChatResponse { id: "x".into(), model: "m".into(), content: vec![Part::text("hi")],
+///     stop_reason: Some(StopReason::EndTurn), stop_sequence: None, usage: Usage::default(),
+///     extra: Default::default() };
+/// let text: String = response_frames(resp, ApiFormat::OpenAi, false).iter()
+///     .map(|b| String::from_utf8_lossy(b).into_owned()).collect();
+/// assert!(text.contains(r#""content":"hi""#) && text.ends_with("data: [DONE]\n\n"));
+/// ```
+pub fn response_frames(resp: ChatResponse, to: ApiFormat, include_usage: bool) -> Vec<Bytes> {
+    let mut encoder = match to {
+        ApiFormat::Anthropic => Encoder::Anthropic(AnthropicEncoder::default()),
+        _ => Encoder::OpenAi(OpenAiEncoder {
+            include_usage,
+            ..OpenAiEncoder::default()
+        }),
+    };
+    let start_usage = Usage {
+        output: 0,
+        reasoning: 0,
+        ..resp.usage
+    };
+    let mut events = vec![StreamEvent::MessageStart {
+        id: resp.id,
+        model: resp.model,
+        usage: start_usage,
+    }];
+    let mut index = 0;
+    for part in resp.content {
+        let (block, deltas) = match part {
+            Part::Text { text, .. } => (BlockStart::Text, vec![Delta::Text(text)]),
+            Part::Thinking {
+                thinking,
+                signature,
+                ..
+            } => {
+                let mut d = vec![Delta::Thinking(thinking)];
+                d.extend(signature.map(Delta::Signature));
+                (BlockStart::Thinking, d)
+            }
+            Part::ToolUse {
+                id,
+                name,
+                arguments,
+                ..
+            } => (
+                BlockStart::ToolUse { id, name },
+                vec![Delta::ToolArgs(arguments)],
+            ),
+            Part::Other(v) => (BlockStart::Other(v), Vec::new()),
+            // Answers carry no images or tool results.
+            Part::Image { .. } | Part::ToolResult { .. } => continue,
+        };
+        events.push(StreamEvent::BlockStart { index, block });
+        events.extend(
+            deltas
+                .into_iter()
+                .map(|delta| StreamEvent::BlockDelta { index, delta }),
+        );
+        events.push(StreamEvent::BlockStop { index });
+        index += 1;
+    }
+    events.push(StreamEvent::MessageDelta {
+        stop_reason: resp.stop_reason,
+        usage: resp.usage,
+    });
+    events.push(StreamEvent::MessageStop);
+    let mut out = Vec::new();
+    for ev in events {
+        match &mut encoder {
+            Encoder::OpenAi(e) => e.encode(ev, &mut out),
+            Encoder::Anthropic(e) => e.encode(ev, &mut out),
+        }
+    }
+    out
 }
 
 #[derive(Debug)]
@@ -240,10 +324,10 @@ impl GeminiDecoder {
     }
 
     fn ensure(&mut self, kind: Open, out: &mut Vec<StreamEvent>) -> usize {
-        if let Some((i, k)) = self.open {
-            if k == kind {
-                return i;
-            }
+        if let Some((i, k)) = self.open
+            && k == kind
+        {
+            return i;
         }
         self.close(out);
         let index = self.next;
@@ -313,10 +397,10 @@ impl OpenAiDecoder {
     }
 
     fn ensure(&mut self, kind: Open, out: &mut Vec<StreamEvent>) -> usize {
-        if let Some((i, k)) = self.open {
-            if k == kind {
-                return i;
-            }
+        if let Some((i, k)) = self.open
+            && k == kind
+        {
+            return i;
         }
         self.close(out);
         let index = self.next;

@@ -81,6 +81,9 @@ pub struct Config {
     /// Where state shared by replicas lives (`state`; default in process). A nenya addition.
     #[serde(default)]
     pub state: StateSection,
+    /// MCP tool servers agents may use (`mcp_servers`), by name.
+    #[serde(default)]
+    pub mcp_servers: BTreeMap<String, McpServerSection>,
     /// Sections nenya does not implement yet (kept so nothing fails to load).
     #[serde(flatten)]
     pub other: BTreeMap<String, Value>,
@@ -145,6 +148,102 @@ fn default_state_prefix() -> String {
 }
 fn default_state_timeout() -> u64 {
     250
+}
+
+/// `mcp_servers.<name>`: an MCP server over HTTP (`url`) or a child process speaking on its
+/// standard input and output (`command`).
+///
+/// ```
+/// let cfg = nenya::config::Config::from_json_str(r#"{"mcp_servers": {
+///   "memory": {"command": "npx", "args": ["-y", "@modelcontextprotocol/server-memory"], "timeout": 10},
+///   "palace": {"url": "http://localhost:6060", "headers": {"Authorization": "Bearer t"}}}}"#).unwrap();
+/// assert_eq!(cfg.mcp_servers["memory"].timeout, 10);
+/// assert_eq!(cfg.mcp_servers["palace"].timeout, 30);
+/// assert!(!format!("{:?}", cfg.mcp_servers["palace"]).contains("Bearer"));
+/// ```
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+pub struct McpServerSection {
+    /// The server's MCP endpoint (streamable HTTP).
+    #[serde(default)]
+    pub url: Option<String>,
+    /// Per-call timeout in seconds (default 30).
+    #[serde(default = "default_mcp_timeout")]
+    pub timeout: u64,
+    /// Headers sent to an HTTP server (credentials: never logged).
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    /// Keep-alive ping interval in seconds (accepted; the stdio transport needs none).
+    #[serde(default)]
+    pub keep_alive_interval: Option<u64>,
+    /// A program to start, speaking MCP on stdin/stdout.
+    #[serde(default)]
+    pub command: Option<String>,
+    /// Its arguments.
+    #[serde(default)]
+    pub args: Vec<String>,
+    /// Its extra environment (values never logged).
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+}
+
+impl std::fmt::Debug for McpServerSection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("McpServerSection")
+            .field("url", &self.url)
+            .field("command", &self.command)
+            .field("args", &self.args)
+            .field("timeout", &self.timeout)
+            .field("headers", &self.headers.keys().collect::<Vec<_>>())
+            .field("env", &self.env.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+fn default_mcp_timeout() -> u64 {
+    30
+}
+
+/// `agents.<name>.mcp`: the MCP servers whose tools the agent's model may call, and the loop
+/// nenya runs for it.
+///
+/// ```
+/// let cfg = nenya::config::Config::from_json_str(r#"{"agents": {"build": {"models": ["gpt-4o"],
+///   "mcp": {"servers": ["memory"], "auto_search": true}}}}"#).unwrap();
+/// let m = cfg.agents["build"].mcp.as_ref().unwrap();
+/// assert_eq!(m.max_iterations, 10);
+/// assert!(m.auto_search && !m.auto_save);
+/// ```
+#[derive(Debug, Clone, Deserialize)]
+pub struct AgentMcpSection {
+    /// Names of `mcp_servers`.
+    #[serde(default)]
+    pub servers: Vec<String>,
+    /// Most tool rounds per request (default 10).
+    #[serde(default = "default_mcp_iterations")]
+    pub max_iterations: u32,
+    /// Search a server with the last user message first and add what it finds as context.
+    #[serde(default)]
+    pub auto_search: bool,
+    /// Store each completed answer with a server's memory tool.
+    #[serde(default)]
+    pub auto_save: bool,
+    /// The search tool (default: the first whose name contains `search`).
+    #[serde(default)]
+    pub search_tool: Option<String>,
+    /// The save tool (default: the first whose name contains `add`, then `save`).
+    #[serde(default)]
+    pub save_tool: Option<String>,
+    /// Time for the whole tool loop in seconds (default 300; a nenya addition): past it the
+    /// last answer is returned.
+    #[serde(default = "default_mcp_budget")]
+    pub time_budget_seconds: u64,
+}
+
+fn default_mcp_iterations() -> u32 {
+    10
+}
+fn default_mcp_budget() -> u64 {
+    300
 }
 
 /// `server` section.
@@ -729,6 +828,9 @@ pub struct AgentConfig {
     /// First cool-down of an opened circuit, in seconds (doubles on each re-opening).
     #[serde(default)]
     pub cooldown_seconds: Option<u64>,
+    /// MCP tools for this agent (`mcp`).
+    #[serde(default)]
+    pub mcp: Option<AgentMcpSection>,
     /// Fields not implemented yet.
     #[serde(flatten)]
     pub other: BTreeMap<String, Value>,

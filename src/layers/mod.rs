@@ -41,6 +41,7 @@ pub mod decode;
 pub mod entropy;
 pub mod error_response;
 pub mod guard;
+pub mod mcp;
 pub mod metrics;
 pub mod origin;
 pub mod prefix_cache;
@@ -63,6 +64,7 @@ pub use concurrency::{ConcurrencyFuture, ConcurrencyLimit, ConcurrencyLimitLayer
 pub use decode::{Decode, DecodeLayer};
 pub use entropy::{Entropy, EntropyDetector, EntropyLayer};
 pub use error_response::{ErrorResponse, ErrorResponseLayer};
+pub use mcp::{AgentTools, Mcp, McpLayer, ToolHost};
 pub use metrics::{Metrics, MetricsLayer, MetricsService, MetricsSnapshot};
 pub use origin::{OriginGuard, OriginGuardLayer};
 pub use prefix_cache::{PrefixCache, PrefixCacheConfig, PrefixCacheLayer};

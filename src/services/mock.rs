@@ -133,6 +133,9 @@ pub struct MockConfig {
     /// Answer with a call of this tool (name, JSON arguments) after a short text; streamed
     /// arguments arrive in `chunks` fragments.
     pub tool_call: Option<(String, String)>,
+    /// With `tool_call`: once the conversation holds this many tool results (default 1), the
+    /// answer is `tool said: <the last results>` instead of another call.
+    pub tool_rounds: usize,
     /// Reasoning to send before the answer (Anthropic `thinking` with a signature, OpenAI
     /// `reasoning_content`).
     pub thinking: Option<String>,
@@ -148,10 +151,84 @@ impl Default for MockConfig {
             echo: false,
             fault: None,
             tool_call: None,
+            tool_rounds: 1,
             thinking: None,
             load_delay: Duration::ZERO,
         }
     }
+}
+
+/// How many tool results the request's conversation holds, and the text of those it ends
+/// with (`None` when it does not end with any).
+fn tool_results(format: ApiFormat, req: &Value) -> Option<(usize, String)> {
+    let text_of = |c: &Value| match c {
+        Value::String(s) => s.clone(),
+        Value::Array(parts) => parts
+            .iter()
+            .filter_map(|p| p.get("text").and_then(Value::as_str))
+            .collect::<Vec<_>>()
+            .join(""),
+        other => other.to_string(),
+    };
+    let count = |list: &str, pred: &dyn Fn(&Value) -> bool| {
+        req.get(list)
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .flat_map(|m| {
+                let own = usize::from(pred(m));
+                let inner = ["content", "parts"]
+                    .iter()
+                    .filter_map(|k| m.get(*k).and_then(Value::as_array))
+                    .flatten()
+                    .filter(|b| pred(b))
+                    .count();
+                [own, inner]
+            })
+            .sum::<usize>()
+    };
+    let total = match format {
+        ApiFormat::OpenAi => count("messages", &|m| {
+            m.get("role").and_then(Value::as_str) == Some("tool")
+        }),
+        ApiFormat::Anthropic => count("messages", &|b| {
+            b.get("type").and_then(Value::as_str) == Some("tool_result")
+        }),
+        ApiFormat::Gemini => count("contents", &|p| p.get("functionResponse").is_some()),
+    };
+    let results: Vec<String> = match format {
+        ApiFormat::OpenAi => {
+            let msgs = req.get("messages")?.as_array()?;
+            let tail: Vec<&Value> = msgs
+                .iter()
+                .rev()
+                .take_while(|m| m.get("role").and_then(Value::as_str) == Some("tool"))
+                .collect();
+            tail.iter()
+                .rev()
+                .map(|m| text_of(m.get("content").unwrap_or(&Value::Null)))
+                .collect()
+        }
+        ApiFormat::Anthropic => {
+            let last = req.get("messages")?.as_array()?.last()?;
+            last.get("content")?
+                .as_array()?
+                .iter()
+                .filter(|b| b.get("type").and_then(Value::as_str) == Some("tool_result"))
+                .map(|b| text_of(b.get("content").unwrap_or(&Value::Null)))
+                .collect()
+        }
+        ApiFormat::Gemini => {
+            let last = req.get("contents")?.as_array()?.last()?;
+            last.get("parts")?
+                .as_array()?
+                .iter()
+                .filter_map(|p| p.pointer("/functionResponse/response"))
+                .map(Value::to_string)
+                .collect()
+        }
+    };
+    (!results.is_empty()).then(|| (total, results.join(" | ")))
 }
 
 /// A request the mock received.
@@ -377,10 +454,10 @@ impl MockProvider {
                     {"id": "mock-live-2", "object": "model", "owned_by": "mock"}]}),
             ));
         }
-        if format.is_none() {
-            if let Some(r) = other_endpoint(&parts.method, &parts.uri, &parts.headers, &body) {
-                return Ok(r);
-            }
+        if format.is_none()
+            && let Some(r) = other_endpoint(&parts.method, &parts.uri, &parts.headers, &body)
+        {
+            return Ok(r);
         }
         let Some(format) = format else {
             return Ok(json_response(
@@ -500,13 +577,21 @@ impl MockProvider {
         };
         let prompt_tokens = (body.len() / 4) as u64;
         let completion_tokens = pieces.len() as u64;
+        // A scripted tool user: it calls the tool until the conversation holds
+        // `tool_rounds` results, then answers with the last ones.
+        let answered = cfg
+            .tool_call
+            .as_ref()
+            .and_then(|_| tool_results(format, &req_json))
+            .filter(|(n, _)| *n >= cfg.tool_rounds.max(1))
+            .map(|(_, last)| last);
         let script = Script {
-            pieces: if cfg.tool_call.is_some() {
-                vec![TOOL_PREAMBLE.to_owned()]
-            } else {
-                pieces
+            pieces: match (&answered, &cfg.tool_call) {
+                (Some(result), _) => vec![format!("tool said: {result}")],
+                (None, Some(_)) => vec![TOOL_PREAMBLE.to_owned()],
+                (None, None) => pieces,
             },
-            tool: cfg.tool_call.clone(),
+            tool: cfg.tool_call.clone().filter(|_| answered.is_none()),
             thinking: cfg.thinking.clone(),
             chunks: cfg.chunks.max(1),
         };

@@ -5,6 +5,8 @@ pub mod a2a;
 pub mod convert;
 mod discovery;
 pub mod local;
+#[cfg(feature = "mcp")]
+pub mod mcp;
 pub mod mock;
 pub mod passthrough;
 pub mod provider;

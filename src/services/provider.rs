@@ -766,14 +766,14 @@ where
                 Poll::Ready(None)
             }
             Poll::Pending => {
-                if let Some(total) = this.total.as_mut() {
-                    if total.as_mut().poll(cx).is_ready() {
-                        return fail(
-                            &mut this,
-                            ErrorKind::UpstreamTimeout,
-                            "the upstream answer ran past the total timeout",
-                        );
-                    }
+                if let Some(total) = this.total.as_mut()
+                    && total.as_mut().poll(cx).is_ready()
+                {
+                    return fail(
+                        &mut this,
+                        ErrorKind::UpstreamTimeout,
+                        "the upstream answer ran past the total timeout",
+                    );
                 }
                 ready!(this.sleep.as_mut().poll(cx));
                 fail(

@@ -438,13 +438,13 @@ impl RouteTable {
                 .map(|i| target(&agent.chain[(start + i) % n], client))
                 .collect();
         }
-        if let Some((p, m)) = model.split_once('/') {
-            if let Some(provider) = self.providers.get(p) {
-                return Ok(vec![target(
-                    &TargetSpec::new(provider.clone(), m.to_owned(), None, None, None),
-                    client,
-                )?]);
-            }
+        if let Some((p, m)) = model.split_once('/')
+            && let Some(provider) = self.providers.get(p)
+        {
+            return Ok(vec![target(
+                &TargetSpec::new(provider.clone(), m.to_owned(), None, None, None),
+                client,
+            )?]);
         }
         let provider = known_model(model)
             .and_then(|k| self.providers.get(k.provider))
@@ -850,11 +850,11 @@ where
 
     fn call(&mut self, mut req: Request<ChatRequest>) -> Self::Future {
         let chat = req.body();
-        if let Some(p) = req.extensions().get::<Principal>() {
-            if !p.may_use(&chat.model) {
-                let msg = format!("API key `{}` may not use `{}`", p.name, chat.model);
-                return RouterFuture::failed(Error::new(ErrorKind::Forbidden, msg));
-            }
+        if let Some(p) = req.extensions().get::<Principal>()
+            && !p.may_use(&chat.model)
+        {
+            let msg = format!("API key `{}` may not use `{}`", p.name, chat.model);
+            return RouterFuture::failed(Error::new(ErrorKind::Forbidden, msg));
         }
         let targets = match self.table.resolve(&chat.model, chat.source) {
             Ok(t) => t,
@@ -1187,30 +1187,30 @@ where
                             continue;
                         }
                     }
-                    if more || can_tighten {
-                        if let Ok(resp) = out {
-                            if resp.status() == http::StatusCode::BAD_REQUEST {
-                                let (head, body) = resp.into_parts();
-                                this.state.set(RouterState::Inspecting {
-                                    head: Some(head),
-                                    body: Some(body),
-                                    buf: Vec::new(),
-                                });
-                                continue;
-                            }
-                            if !more || !is_event_stream(&resp) {
-                                return Poll::Ready(Ok(with_attempts(resp, *this.attempts)));
-                            }
+                    if (more || can_tighten)
+                        && let Ok(resp) = out
+                    {
+                        if resp.status() == http::StatusCode::BAD_REQUEST {
                             let (head, body) = resp.into_parts();
-                            this.state.set(RouterState::Peeking {
+                            this.state.set(RouterState::Inspecting {
                                 head: Some(head),
                                 body: Some(body),
-                                seen: Vec::new(),
-                                len: 0,
-                                decoder: Box::new(Decoder::new(PEEK_LIMIT)),
+                                buf: Vec::new(),
                             });
                             continue;
                         }
+                        if !more || !is_event_stream(&resp) {
+                            return Poll::Ready(Ok(with_attempts(resp, *this.attempts)));
+                        }
+                        let (head, body) = resp.into_parts();
+                        this.state.set(RouterState::Peeking {
+                            head: Some(head),
+                            body: Some(body),
+                            seen: Vec::new(),
+                            len: 0,
+                            decoder: Box::new(Decoder::new(PEEK_LIMIT)),
+                        });
+                        continue;
                     }
                     return Poll::Ready(out.map(|r| with_attempts(r, *this.attempts)));
                 }
@@ -1292,27 +1292,27 @@ where
                     if !done {
                         continue;
                     }
-                    if context_exceeded(buf) {
-                        if let Some(retry) = this.retry.as_mut() {
-                            if let (false, Some(t)) = (retry.tightened, retry.current.take()) {
-                                tracing::warn!(
-                                    attempt = *this.attempts,
-                                    "the upstream's context window was exceeded; retrying with a tighter budget"
-                                );
-                                retry.tightened = true;
-                                retry.extensions.insert(ContextRetry::from_error_body(buf));
-                                retry.next.push_front(t);
-                                this.state.set(RouterState::Retrying);
-                                continue;
-                            }
-                            if !retry.next.is_empty() {
-                                tracing::warn!(
-                                    attempt = *this.attempts,
-                                    "the upstream's context window was exceeded; failing over"
-                                );
-                                this.state.set(RouterState::Retrying);
-                                continue;
-                            }
+                    if context_exceeded(buf)
+                        && let Some(retry) = this.retry.as_mut()
+                    {
+                        if let (false, Some(t)) = (retry.tightened, retry.current.take()) {
+                            tracing::warn!(
+                                attempt = *this.attempts,
+                                "the upstream's context window was exceeded; retrying with a tighter budget"
+                            );
+                            retry.tightened = true;
+                            retry.extensions.insert(ContextRetry::from_error_body(buf));
+                            retry.next.push_front(t);
+                            this.state.set(RouterState::Retrying);
+                            continue;
+                        }
+                        if !retry.next.is_empty() {
+                            tracing::warn!(
+                                attempt = *this.attempts,
+                                "the upstream's context window was exceeded; failing over"
+                            );
+                            this.state.set(RouterState::Retrying);
+                            continue;
                         }
                     }
                     let (Some(h), Some(rest)) = (head.take(), body.take()) else {

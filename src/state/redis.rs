@@ -567,10 +567,9 @@ async fn subscribe(
                 if let Some((origin, circuit, event)) = std::str::from_utf8(msg.get_payload_bytes())
                     .ok()
                     .and_then(parse_message)
+                    && origin != r.origin
                 {
-                    if origin != r.origin {
-                        r.deliver(circuit, event);
-                    }
+                    r.deliver(circuit, event);
                 }
             }
             Some(())

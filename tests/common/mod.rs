@@ -247,6 +247,18 @@ pub fn sse_events(body: &str) -> Vec<(Option<String>, String)> {
         .collect()
 }
 
+/// Deep-merges JSON object `b` into `a` (other values replace).
+pub fn merge(a: &mut Value, b: Value) {
+    match (a, b) {
+        (Value::Object(a), Value::Object(b)) => {
+            for (k, v) in b {
+                merge(a.entry(k).or_insert(Value::Null), v);
+            }
+        }
+        (a, b) => *a = b,
+    }
+}
+
 pub fn mock_default() -> MockConfig {
     MockConfig::default()
 }

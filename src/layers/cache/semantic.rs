@@ -221,10 +221,10 @@ where
                 .await
                 .ok()
                 .flatten();
-            if let Some(e) = &embedding {
-                if let Some(hit) = tier.lookup(&scope, e) {
-                    return Ok(hit);
-                }
+            if let Some(e) = &embedding
+                && let Some(hit) = tier.lookup(&scope, e)
+            {
+                return Ok(hit);
             }
             if let Some(e) = embedding {
                 tier.remember(scope, e, exact);

@@ -259,14 +259,14 @@ impl Shared {
             (State::Open { .. }, Outcome::Failure) => *st,
         };
         let mut event = None;
-        if let State::Open { until, level } = next {
-            if !matches!(*st, State::Open { .. }) {
-                tracing::warn!(circuit = %key, "circuit opened");
-                event = Some(BreakerEvent::Opened {
-                    remaining: until.saturating_duration_since(now),
-                    level,
-                });
-            }
+        if let State::Open { until, level } = next
+            && !matches!(*st, State::Open { .. })
+        {
+            tracing::warn!(circuit = %key, "circuit opened");
+            event = Some(BreakerEvent::Opened {
+                remaining: until.saturating_duration_since(now),
+                level,
+            });
         }
         if matches!(next, State::Closed { failures: 0 }) && matches!(*st, State::HalfOpen { .. }) {
             tracing::info!(circuit = %key, "circuit closed");

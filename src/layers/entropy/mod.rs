@@ -265,13 +265,12 @@ fn skipped_by_context(b: &[u8], s: usize, e: usize) -> bool {
         .rposition(|c| c.is_ascii_whitespace() || matches!(c, b'"' | b'\'' | b'(' | b'<'))
         .map_or(0, |i| i + 1);
     let word = &b[word_start..s];
-    if let Some(scheme) = word.windows(3).position(|w| w == b"://") {
-        if !word[scheme..]
+    if let Some(scheme) = word.windows(3).position(|w| w == b"://")
+        && !word[scheme..]
             .iter()
             .any(|c| matches!(c, b'?' | b'&' | b'=' | b'#'))
-        {
-            return true;
-        }
+    {
+        return true;
     }
     false
 }

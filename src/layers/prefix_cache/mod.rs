@@ -83,13 +83,12 @@ pub fn stabilise(req: &mut ChatRequest, cfg: &PrefixCacheConfig) -> bool {
             changed = true;
         }
     }
-    if cfg.stable_tools {
-        if let Some(tools) = &mut req.tools {
-            if !tools.is_sorted_by(|a, b| tool_name(a) <= tool_name(b)) {
-                tools.sort_by(|a, b| tool_name(a).cmp(tool_name(b)));
-                changed = true;
-            }
-        }
+    if cfg.stable_tools
+        && let Some(tools) = &mut req.tools
+        && !tools.is_sorted_by(|a, b| tool_name(a) <= tool_name(b))
+    {
+        tools.sort_by(|a, b| tool_name(a).cmp(tool_name(b)));
+        changed = true;
     }
     changed
 }

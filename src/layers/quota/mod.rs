@@ -549,18 +549,18 @@ where
         let subject = (l.subject)(&req);
         let prompt = req.body().estimate_tokens();
         let output = req.body().max_tokens.unwrap_or(0);
-        if let Some(max) = l.cfg.max_cost_per_request {
-            if let Some(price) = l.prices.price(&subject.provider, &subject.model) {
-                let cost = price.cost(prompt, 0, output);
-                if cost > max {
-                    return ErrOr::err(Error::new(
-                        ErrorKind::CostLimitExceeded,
-                        format!(
-                            "the estimated cost of this request on {}/{} (${cost:.4}) exceeds governance.max_cost_per_request (${max})",
-                            subject.provider, subject.model
-                        ),
-                    ));
-                }
+        if let Some(max) = l.cfg.max_cost_per_request
+            && let Some(price) = l.prices.price(&subject.provider, &subject.model)
+        {
+            let cost = price.cost(prompt, 0, output);
+            if cost > max {
+                return ErrOr::err(Error::new(
+                    ErrorKind::CostLimitExceeded,
+                    format!(
+                        "the estimated cost of this request on {}/{} (${cost:.4}) exceeds governance.max_cost_per_request (${max})",
+                        subject.provider, subject.model
+                    ),
+                ));
             }
         }
         let quota = l.cfg.keys.get(&subject.key).copied().unwrap_or_default();

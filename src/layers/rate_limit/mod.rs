@@ -119,10 +119,10 @@ impl Shared {
                 }
             }
         }
-        if let Some(rpm) = &b.rpm {
-            if let Err(not_until) = rpm.check() {
-                return Err(not_until.wait_time_from(self.clock.now()));
-            }
+        if let Some(rpm) = &b.rpm
+            && let Err(not_until) = rpm.check()
+        {
+            return Err(not_until.wait_time_from(self.clock.now()));
         }
         Ok(())
     }

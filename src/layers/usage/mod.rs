@@ -346,10 +346,10 @@ impl TapBody {
                 }
                 // A broken stream is the client's to see; the tap just stops reading it.
                 let _ = dec.feed(data, |ev| {
-                    if ev.data.contains("usage") {
-                        if let Ok(v) = serde_json::from_str::<Value>(&ev.data) {
-                            note(usage, format, &v);
-                        }
+                    if ev.data.contains("usage")
+                        && let Ok(v) = serde_json::from_str::<Value>(&ev.data)
+                    {
+                        note(usage, format, &v);
                     }
                 });
             }
@@ -367,10 +367,11 @@ impl TapBody {
         let Some(r) = self.recorder.take() else {
             return;
         };
-        if self.sse.is_none() && !self.json.is_empty() {
-            if let Ok(v) = serde_json::from_slice::<Value>(&self.json) {
-                note(&mut self.usage, r.format, &v);
-            }
+        if self.sse.is_none()
+            && !self.json.is_empty()
+            && let Ok(v) = serde_json::from_slice::<Value>(&self.json)
+        {
+            note(&mut self.usage, r.format, &v);
         }
         let s = match self.usage {
             Some(u) => Settlement {
