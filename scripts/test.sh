@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh checkout. Installs what the tests need when it is missing
 # (a Python venv with the official OpenAI/Anthropic SDKs, cargo-deny, Debian's
-# systemd-socket-activate, redis-server, Prometheus' promtool and the reference MCP memory
-# server from npm), then runs the format
+# systemd-socket-activate, redis-server, Prometheus' promtool and the reference MCP servers
+# from npm), then runs the format
 # check, clippy, every test (unit, property, black-box, examples, SDK, doc tests), the docs
 # build and cargo-deny. `.ci/run` calls exactly this.
 set -euo pipefail
@@ -44,11 +44,12 @@ fi
 redis-server --version
 export NENYA_REQUIRE_REDIS=1
 
-step "the reference MCP memory server from npm (.tools/mcp; MCP tests start it over stdio)"
-memory_js=.tools/mcp/node_modules/@modelcontextprotocol/server-memory/dist/index.js
-if [ ! -f "$memory_js" ]; then
+step "the reference MCP servers from npm (.tools/mcp): memory (stdio), everything (HTTP)"
+mcp_js=.tools/mcp/node_modules/@modelcontextprotocol
+if [ ! -f "$mcp_js/server-memory/dist/index.js" ] || [ ! -f "$mcp_js/server-everything/dist/index.js" ]; then
   mkdir -p .tools/mcp
-  (cd .tools/mcp && npm install --silent --no-audit --no-fund @modelcontextprotocol/server-memory@2026.8.31 >/dev/null)
+  (cd .tools/mcp && npm install --silent --no-audit --no-fund \
+    @modelcontextprotocol/server-memory@2026.8.31 @modelcontextprotocol/server-everything@2026.8.31 >/dev/null)
 fi
 node --version
 export NENYA_REQUIRE_MCP_MEMORY=1

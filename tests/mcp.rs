@@ -33,8 +33,14 @@ fn calc_server() -> PathBuf {
 }
 
 fn memory_server() -> Option<PathBuf> {
-    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join(".tools/mcp/node_modules/@modelcontextprotocol/server-memory/dist/index.js");
+    npm_server("server-memory")
+}
+
+/// `.tools/mcp/node_modules/@modelcontextprotocol/<name>/dist/index.js`, when installed.
+fn npm_server(name: &str) -> Option<PathBuf> {
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(format!(
+        ".tools/mcp/node_modules/@modelcontextprotocol/{name}/dist/index.js"
+    ));
     if p.exists() {
         return Some(p);
     }
@@ -43,8 +49,47 @@ fn memory_server() -> Option<PathBuf> {
         "NENYA_REQUIRE_MCP_MEMORY is set but {} is missing",
         p.display()
     );
-    eprintln!("SKIPPED: the npm memory server is not installed (scripts/test.sh installs it)");
+    eprintln!("SKIPPED: the npm {name} is not installed (scripts/test.sh installs it)");
     None
+}
+
+/// The reference `server-everything` over HTTP (`sse` or `streamableHttp`), killed on drop.
+struct HttpServer {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl Drop for HttpServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn everything(mode: &str) -> Option<HttpServer> {
+    let js = npm_server("server-everything")?;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let child = std::process::Command::new("node")
+        .arg(js)
+        .arg(mode)
+        .env("PORT", port.to_string())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("node");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "server-everything {mode} did not start"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Some(HttpServer { child, port })
 }
 
 /// A mock that calls `tool` with `args` (`rounds` times before it answers).
@@ -481,4 +526,43 @@ fn client() -> hyper_util::client::legacy::Client<
     nenya::Body,
 > {
     hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build_http()
+}
+
+#[tokio::test]
+async fn http_servers_over_streamable_http_and_the_legacy_sse_transport() {
+    let Some(streamable) = everything("streamableHttp") else {
+        return;
+    };
+    let Some(legacy) = everything("sse") else {
+        return;
+    };
+    let (_m, up) = tool_mock("streamable__get-sum", r#"{"a": 2, "b": 3}"#, 1).await;
+    let (_m2, up2) = tool_mock("legacy__get-sum", r#"{"a": 4, "b": 5}"#, 1).await;
+    let gw = gateway(
+        &up,
+        json!({"mcp_servers": {
+                // Streamable HTTP at its endpoint; a header as credentials would be.
+                "streamable": {"url": format!("http://127.0.0.1:{}/mcp", streamable.port),
+                    "headers": {"x-team": "platform"}},
+                // Nenya's style: the base URL of an HTTP+SSE server (`/sse`, then `/message`).
+                "legacy": {"url": format!("http://127.0.0.1:{}", legacy.port)}},
+            "providers": {"up2": {"url": up2.url("/v1/chat/completions"), "auth_style": "bearer"}},
+            "agents": {
+                "s-agent": {"models": [{"provider": "up", "model": "m"}], "mcp": {"servers": ["streamable"]}},
+                "l-agent": {"models": [{"provider": "up2", "model": "m"}], "mcp": {"servers": ["legacy"]}}}}),
+    )
+    .await;
+    wait_connected(&gw, "streamable", 1).await;
+    wait_connected(&gw, "legacy", 1).await;
+    let v = openai(&gw, ask("s-agent", false)).await.json();
+    let text = v["choices"][0]["message"]["content"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(text.starts_with("tool said:") && text.contains('5'), "{v}");
+    let r = openai(&gw, ask("l-agent", true)).await;
+    let text = openai_stream_text(&r.text());
+    assert!(
+        text.starts_with("tool said:") && text.contains('9'),
+        "{text}"
+    );
 }

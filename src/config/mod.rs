@@ -163,7 +163,8 @@ fn default_state_timeout() -> u64 {
 /// ```
 #[derive(Clone, PartialEq, Eq, Deserialize)]
 pub struct McpServerSection {
-    /// The server's MCP endpoint (streamable HTTP).
+    /// The server's MCP endpoint: streamable HTTP, or the base URL of a legacy HTTP+SSE
+    /// server (`/sse`, then the endpoint it names).
     #[serde(default)]
     pub url: Option<String>,
     /// Per-call timeout in seconds (default 30).

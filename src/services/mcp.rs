@@ -3,7 +3,7 @@
 //! [`McpLayer`](crate::layers::mcp::McpLayer) runs agents' tool loops with.
 //!
 //! Each server has a task of its own: it starts the server (a `command` speaking MCP on its
-//! standard input and output), runs the `initialize` handshake, lists the tools
+//! standard input and output, or an HTTP endpoint), runs the `initialize` handshake, lists the tools
 //! (`tools/list`, every page) and lists them again on `notifications/tools/list_changed`.
 //! When the connection ends (the process exits, crashes, closes its pipes) or cannot be made,
 //! it tries again after a back-off (1 s doubling to 30 s; reset once connected). Meanwhile
@@ -11,8 +11,8 @@
 //! [`McpServers::status`] reports each server for `/statsz`. Dropping the last handle stops
 //! the tasks and the processes.
 //!
-//! HTTP servers (`url`) are not connected yet: they are reported as such in the status and
-//! in a warning at start.
+//! A server with a `url` is reached over HTTP ([`mcp_http`](super::mcp_http)): streamable
+//! HTTP, falling back to the legacy HTTP+SSE transport, with its `headers` on every request.
 //!
 //! ```no_run
 //! use nenya::config::Config;
@@ -320,27 +320,46 @@ async fn session(server: &Arc<Server>) -> bool {
         server.changed.notify_waiters();
         false
     };
-    let Some(command) = &server.cfg.command else {
-        return fail(match &server.cfg.url {
-            Some(_) => {
-                "HTTP MCP servers are not supported yet (stdio `command` servers are)".into()
-            }
-            None => "neither `command` nor `url` is set".into(),
-        });
-    };
-    let mut cmd = tokio::process::Command::new(command);
-    cmd.args(&server.cfg.args).envs(&server.cfg.env);
-    let transport = match TokioChildProcess::builder(cmd)
-        .stderr(std::process::Stdio::null())
-        .spawn()
-    {
-        Ok((t, _)) => t,
-        Err(e) => return fail(format!("cannot start `{command}`: {e}")),
-    };
     let handler = Handler {
         server: Arc::downgrade(server),
     };
-    let running = match handler.serve(transport).await {
+    let running = match (&server.cfg.command, &server.cfg.url) {
+        (Some(command), _) => {
+            let mut cmd = tokio::process::Command::new(command);
+            cmd.args(&server.cfg.args).envs(&server.cfg.env);
+            let transport = match TokioChildProcess::builder(cmd)
+                .stderr(std::process::Stdio::null())
+                .spawn()
+            {
+                Ok((t, _)) => t,
+                Err(e) => return fail(format!("cannot start `{command}`: {e}")),
+            };
+            handler.serve(transport).await
+        }
+        (None, Some(url)) => {
+            let mut headers = http::HeaderMap::new();
+            for (k, v) in &server.cfg.headers {
+                match (
+                    http::HeaderName::from_bytes(k.as_bytes()),
+                    http::HeaderValue::from_str(v),
+                ) {
+                    (Ok(k), Ok(mut v)) => {
+                        v.set_sensitive(true);
+                        headers.insert(k, v);
+                    }
+                    _ => return fail(format!("header `{k}` is not a valid HTTP header")),
+                }
+            }
+            let client = super::http_client(Duration::from_secs(server.cfg.timeout.max(1)));
+            let transport = match super::mcp_http::HttpTransport::new(client, url, headers) {
+                Ok(t) => t,
+                Err(e) => return fail(e),
+            };
+            handler.serve(transport).await
+        }
+        (None, None) => return fail("neither `command` nor `url` is set".into()),
+    };
+    let running = match running {
         Ok(r) => r,
         Err(e) => return fail(format!("the MCP handshake failed: {e}")),
     };

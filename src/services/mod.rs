@@ -7,6 +7,8 @@ mod discovery;
 pub mod local;
 #[cfg(feature = "mcp")]
 pub mod mcp;
+#[cfg(feature = "mcp")]
+pub mod mcp_http;
 pub mod mock;
 pub mod passthrough;
 pub mod provider;
