@@ -344,10 +344,21 @@ async fn the_clients_own_tool_calls_pass_through_untouched() {
 
 #[tokio::test]
 async fn tool_errors_timeouts_and_crashes_become_results_the_model_reads() {
-    // A tool error.
-    let (_m, up) = tool_mock("calc__fail", "{}", 1).await;
-    let gw = gateway(&up, json!({})).await;
+    // A tool error; auto-search and auto-save with tools that fail too: best effort, the
+    // answer still comes.
+    let (mock, up) = tool_mock("calc__fail", "{}", 1).await;
+    let gw = gateway(
+        &up,
+        json!({"agents": {"calc-agent": {"mcp": {"auto_search": true, "search_tool": "fail",
+            "auto_save": true, "save_tool": "fail"}}}}),
+    )
+    .await;
     let v = openai(&gw, ask("calc-agent", false)).await.json();
+    assert_eq!(
+        mock.received()[0].json()["messages"][0]["role"],
+        "user",
+        "no context from a failed search"
+    );
     let text = v["choices"][0]["message"]["content"]
         .as_str()
         .unwrap()

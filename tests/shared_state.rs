@@ -17,6 +17,24 @@ use common::*;
 use nenya::services::{Fault, MockConfig};
 use serde_json::{Value, json};
 
+/// Whether `redis-server` can be started (when not, the test is skipped, unless the suite
+/// requires it).
+fn redis_installed() -> bool {
+    let ok = Command::new("redis-server")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !ok {
+        assert!(
+            std::env::var_os("NENYA_REQUIRE_REDIS").is_none(),
+            "NENYA_REQUIRE_REDIS is set but there is no redis-server on the PATH"
+        );
+        eprintln!("SKIPPED: no redis-server on the PATH (scripts/test.sh installs it)");
+    }
+    ok
+}
+
 /// A `redis-server` on a loopback port, killed on drop.
 struct Redis {
     child: Option<Child>,
@@ -26,17 +44,7 @@ struct Redis {
 impl Redis {
     /// Starts one on a free port, or `None` when there is no `redis-server` to start.
     fn start() -> Option<Self> {
-        let ok = Command::new("redis-server")
-            .arg("--version")
-            .stdout(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success());
-        if !ok {
-            assert!(
-                std::env::var_os("NENYA_REQUIRE_REDIS").is_none(),
-                "NENYA_REQUIRE_REDIS is set but there is no redis-server on the PATH"
-            );
-            eprintln!("SKIPPED: no redis-server on the PATH (scripts/test.sh installs it)");
+        if !redis_installed() {
             return None;
         }
         let port = std::net::TcpListener::bind("127.0.0.1:0")
@@ -546,4 +554,151 @@ async fn a_daily_budget_spent_through_one_replica_is_spent_on_the_others() {
         assert_eq!(r.json()["error"]["error_kind"], "budget_exceeded");
     }
     assert_eq!(mock.received().len(), sent);
+}
+
+/// A three-node Redis Cluster (no replicas) on loopback ports, killed on drop.
+struct Cluster {
+    nodes: Vec<Redis>,
+}
+
+impl Cluster {
+    fn start() -> Option<Self> {
+        if !redis_installed() {
+            return None;
+        }
+        let mut nodes = Vec::new();
+        for _ in 0..3 {
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port();
+            let dir = temp_dir(&format!("redis-cluster-{port}"));
+            let child = Command::new("redis-server")
+                .args([
+                    "--port",
+                    &port.to_string(),
+                    "--bind",
+                    "127.0.0.1",
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-config-file",
+                    dir.join("nodes.conf").to_str().unwrap(),
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                ])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .ok()?;
+            let node = Redis {
+                child: Some(child),
+                port,
+            };
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while node.cmd(&["PING"]).as_deref() != Some("PONG") {
+                assert!(Instant::now() < deadline, "cluster node did not start");
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            nodes.push(node);
+        }
+        let addrs: Vec<String> = nodes
+            .iter()
+            .map(|n| format!("127.0.0.1:{}", n.port))
+            .collect();
+        let ok = Command::new("redis-cli")
+            .arg("--cluster")
+            .arg("create")
+            .args(&addrs)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "redis-cli --cluster create failed");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let all_ok = nodes.iter().all(|n| {
+                n.cmd(&["CLUSTER", "INFO"])
+                    .is_some_and(|i| i.contains("cluster_state:ok"))
+            });
+            if all_ok {
+                break;
+            }
+            assert!(Instant::now() < deadline, "the cluster never became ok");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Some(Cluster { nodes })
+    }
+}
+
+#[tokio::test]
+async fn replicas_share_limits_and_cache_through_a_redis_cluster() {
+    let Some(cluster) = Cluster::start() else {
+        return;
+    };
+    let (mock, up) = start_mock(MockConfig::default()).await;
+    let url = |n: &Redis| format!("redis://127.0.0.1:{}", n.port);
+    let bins = replicas(
+        "state-cluster",
+        &json!({
+            "providers": {"up": provider(&up, json!({"ratelimit_max_rpm": 6}))},
+            "agents": {"coder": {"models": [{"provider": "up", "model": "m"}]}},
+            "response_cache": {"enabled": true},
+            "state": {"backend": "redis", "url": url(&cluster.nodes[0]),
+                "cluster_nodes": [url(&cluster.nodes[1]), url(&cluster.nodes[2])]},
+        }),
+    );
+    // The cluster connection is made in the background: wait until every replica shares.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    for b in &bins {
+        while !metrics_of(b)
+            .await
+            .contains("nenya_state_backend_up{backend=\"redis\"} 1")
+        {
+            assert!(
+                Instant::now() < deadline,
+                "replica never reached the cluster"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    // An answer stored through one replica is a hit on the others.
+    let first = chat(&bins[0], "coder", Some(0.0)).await;
+    assert_eq!(first.headers["x-nenya-cache"], "miss");
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while cluster
+        .nodes
+        .iter()
+        .all(|n| n.cmd(&["ZCARD", "nenya:{cache}:idx"]).as_deref() != Some("1"))
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the entry never reached the cluster"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    for b in &bins[1..] {
+        let r = chat(b, "coder", Some(0.0)).await;
+        assert_eq!(r.headers["x-nenya-cache"], "hit");
+    }
+    let probes = mock.received().len();
+    assert_eq!(probes, 1);
+    // The rest of the shared rpm=6 (burst) goes to whoever asks first, then 429s.
+    let mut ok = 0;
+    for i in 0..12 {
+        let r = chat(&bins[i % 3], "coder", None).await;
+        match r.status.as_u16() {
+            200 => ok += 1,
+            429 => {}
+            s => panic!("unexpected {s}: {}", r.text()),
+        }
+    }
+    assert_eq!(
+        ok + probes,
+        6,
+        "the cluster held one rpm=6 for three replicas"
+    );
 }

@@ -300,10 +300,10 @@ impl StateHealth {
         self.backend
     }
 
-    /// Whether the last call to the back end succeeded (always true in memory; true before
-    /// the first call).
+    /// Whether the last call to the back end succeeded (always true in memory; false until a
+    /// remote back end first answered).
     pub fn is_up(&self) -> bool {
-        self.state.load(Ordering::Relaxed) != DOWN
+        self.backend == "memory" || self.state.load(Ordering::Relaxed) == UP
     }
 
     /// Calls that used local state because the back end was unavailable.

@@ -230,6 +230,8 @@ impl Remote {
         let rt = tokio::runtime::Handle::try_current()
             .map_err(|_| "the Redis state back end needs a tokio runtime".to_owned())?;
         let conn = Arc::new(std::sync::OnceLock::new());
+        // Signalled when the connection exists (at once for one server).
+        let ready = Arc::new(tokio::sync::Notify::new());
         if cfg.cluster_nodes.is_empty() {
             let mc = ConnectionManagerConfig::new()
                 .set_connection_timeout(Some(cfg.timeout))
@@ -252,12 +254,14 @@ impl Remote {
             // A cluster connection needs the slot map first: fetched in the background, with
             // back-off; until then, local state.
             let slot = conn.clone();
+            let connected = ready.clone();
             rt.spawn(async move {
                 let mut wait = Duration::from_millis(100);
                 loop {
                     match cc.get_async_connection().await {
                         Ok(c) => {
                             let _ = slot.set(Conn::Cluster(c));
+                            connected.notify_one();
                             return;
                         }
                         Err(e) => {
@@ -285,6 +289,21 @@ impl Remote {
         // Classic pub/sub reaches every node of a cluster, so one subscriber (to the first
         // node) hears every replica.
         rt.spawn(subscribe(Arc::downgrade(&remote), client, stopped));
+        // One PING once connected, so health (and `nenya_state_backend_up`) tells from the
+        // start whether sharing works, before any limit or cache needs it.
+        let weak = Arc::downgrade(&remote);
+        let single = remote.conn.get().is_some();
+        rt.spawn(async move {
+            if !single {
+                ready.notified().await;
+            }
+            if let Some(r) = weak.upgrade() {
+                r.run(
+                    |mut c| async move { redis::cmd("PING").query_async::<String>(&mut c).await },
+                )
+                .await;
+            }
+        });
         Ok(remote)
     }
 
