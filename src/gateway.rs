@@ -542,7 +542,11 @@ impl GatewayBuilder {
         #[cfg(feature = "mcp")]
         let mcp_servers = self.mcp.as_ref().map(|(servers, _)| {
             match self.carried.as_ref().and_then(|c| c.mcp.as_ref()) {
-                Some((old, running)) if old == servers => running.clone(),
+                Some((old, running)) if old == servers => {
+                    // Same servers: keep their sessions, list their tools again.
+                    running.refresh();
+                    running.clone()
+                }
                 _ => crate::services::mcp::McpServers::start(servers),
             }
         });

@@ -110,6 +110,13 @@ async fn tool_mock(
 /// A gateway with providers `up` (OpenAI format) and `claude` (Anthropic) at `mock`, the calc
 /// server as `calc` (timeout 1 s) and `extra` merged in; waits until `calc` is connected.
 async fn gateway(mock: &Running, extra: Value) -> Running {
+    let (cfg, secrets) = config(mock, extra);
+    let gw = start_gateway(Gateway::from_config(&cfg, &secrets).unwrap().build()).await;
+    wait_connected(&gw, "calc", 1).await;
+    gw
+}
+
+fn config(mock: &Running, extra: Value) -> (Config, Secrets) {
     let mut cfg = json!({
         "providers": {
             "up": {"url": mock.url("/v1/chat/completions"), "auth_style": "bearer"},
@@ -130,9 +137,7 @@ async fn gateway(mock: &Running, extra: Value) -> Running {
         r#"{{"client_token": "{CLIENT_TOKEN}", "provider_keys": {{"up": "{PROVIDER_KEY}", "claude": "{PROVIDER_KEY}"}}}}"#
     ))
     .unwrap();
-    let gw = start_gateway(Gateway::from_config(&cfg, &secrets).unwrap().build()).await;
-    wait_connected(&gw, "calc", 1).await;
-    gw
+    (cfg, secrets)
 }
 
 async fn statsz(gw: &Running) -> Value {
@@ -576,4 +581,26 @@ async fn http_servers_over_streamable_http_and_the_legacy_sse_transport() {
         text.starts_with("tool said:") && text.contains('9'),
         "{text}"
     );
+}
+
+#[tokio::test]
+async fn a_reload_with_the_same_servers_keeps_their_sessions() {
+    let (_m, up) = tool_mock("calc__add", r#"{"a": 1, "b": 1}"#, 1).await;
+    let (cfg, secrets) = config(&up, json!({}));
+    let first = Gateway::from_config(&cfg, &secrets).unwrap().build();
+    let gw1 = start_gateway(first.clone()).await;
+    wait_connected(&gw1, "calc", 1).await;
+    // The reloaded gateway carries the running server: the same session, its tools listed.
+    let second = Gateway::from_config(&cfg, &secrets)
+        .unwrap()
+        .carry_state_from(&first)
+        .build();
+    drop(first);
+    drop(gw1);
+    let gw2 = start_gateway(second).await;
+    let s = statsz(&gw2).await;
+    assert_eq!(s["mcp_servers"]["calc"]["connections"], 1, "{s}");
+    assert_eq!(s["mcp_servers"]["calc"]["connected"], true, "{s}");
+    let v = openai(&gw2, ask("calc-agent", false)).await.json();
+    assert_eq!(v["choices"][0]["message"]["content"], "tool said: 2", "{v}");
 }

@@ -173,6 +173,13 @@ impl McpServers {
         let _ = tokio::time::timeout(wait, all).await;
     }
 
+    /// Lists every server's tools again (a configuration reload that kept the servers).
+    pub fn refresh(&self) {
+        for s in self.inner.servers.values() {
+            s.relist.notify_one();
+        }
+    }
+
     fn server_of(&self, qualified: &str) -> Option<(&Arc<Server>, String)> {
         let (server, tool) = qualified.split_once("__")?;
         let s = self.inner.servers.get(server)?;

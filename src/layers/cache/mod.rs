@@ -453,7 +453,7 @@ where
             return ResponseFuture {
                 state: CacheState::Lookup {
                     lookup: Box::pin(lookup),
-                    svc: Some((svc, req)),
+                    svc: Some(Box::new((svc, req))),
                     key: k,
                     cache: self.cache.clone(),
                 },
@@ -502,7 +502,8 @@ pin_project! {
         Hit { resp: Option<Response<Body>> },
         Lookup {
             lookup: Lookup,
-            svc: Option<(S, Request<ChatRequest>)>,
+            // Boxed: a local hit or a plain miss never carries the request here.
+            svc: Option<Box<(S, Request<ChatRequest>)>>,
             key: Key,
             cache: ResponseCache,
         },
@@ -528,7 +529,7 @@ where
                 } => {
                     let found = ready!(lookup.as_mut().poll(cx)).flatten();
                     let hit = found.and_then(|v| cache.shared_hit(*key, &v));
-                    let Some((mut svc, req)) = svc.take() else {
+                    let Some((mut svc, req)) = svc.take().map(|b| *b) else {
                         return Poll::Ready(Ok(Response::default()));
                     };
                     match hit {

@@ -292,7 +292,7 @@ where
                 return ResponseFuture {
                     state: FutState::Checking {
                         check: Box::pin(check),
-                        svc: Some((svc, req, key, tokens)),
+                        svc: Some(Box::new((svc, req, key, tokens))),
                         shared: self.shared.clone(),
                     },
                 };
@@ -337,7 +337,9 @@ pin_project! {
     {
         Checking {
             check: Check,
-            svc: Option<(S, Request<ChatRequest>, Arc<str>, u64)>,
+            // Boxed: only the shared path pays for carrying the request (the local path's
+            // future stays small).
+            svc: Option<Box<(S, Request<ChatRequest>, Arc<str>, u64)>>,
             shared: Arc<Shared>,
         },
         Inner { #[pin] fut: S::Future },
@@ -376,7 +378,7 @@ where
                 }
                 FutProj::Checking { check, svc, shared } => {
                     let verdict = ready!(check.as_mut().poll(cx));
-                    let Some((mut svc, req, key, tokens)) = svc.take() else {
+                    let Some((mut svc, req, key, tokens)) = svc.take().map(|b| *b) else {
                         return Poll::Ready(Err(Error::new(
                             ErrorKind::Internal,
                             "future polled after completion",
