@@ -918,6 +918,25 @@ where
                         Err(other) => return Poll::Ready(Some(Ok(other))),
                     };
                     *this.seen_bytes |= !data.is_empty();
+                    // The common case: the chunk is whole events and nothing waits. It is
+                    // checked and passed on as it came (no copy into the pending buffer).
+                    if this.pending.is_empty()
+                        && (data.ends_with(b"\n\n") || data.ends_with(b"\r\n\r\n"))
+                    {
+                        match check_events(this.decoder, &data, *this.format, *this.finished) {
+                            Some(f) => {
+                                *this.finished = f;
+                                return Poll::Ready(Some(Ok(Frame::data(data))));
+                            }
+                            None => {
+                                return fail(
+                                    this.done,
+                                    *this.format,
+                                    "the upstream sent a malformed event",
+                                );
+                            }
+                        }
+                    }
                     this.pending.extend_from_slice(&data);
                     let Some(end) = last_event_end(this.pending) else {
                         if this.pending.len() > MAX_PENDING_EVENT {
