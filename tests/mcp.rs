@@ -306,6 +306,31 @@ async fn an_mcp_tool_call_is_run_and_only_the_final_answer_reaches_the_client() 
     let r = anthropic(&gw, ask("calc-agent", true)).await;
     assert_eq!(anthropic_stream_text(&r.text()), "tool said: 5");
 
+    // A token count counts the agent's tools and runs none.
+    let before = mock.received().len();
+    let r = post(
+        &gw.url("/v1/messages/count_tokens"),
+        &[
+            ("x-api-key", CLIENT_TOKEN),
+            ("anthropic-version", "2023-06-01"),
+        ],
+        ask("calc-claude", false).to_string(),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(r.json()["input_tokens"].as_u64().is_some(), "{}", r.text());
+    let sent = mock.received();
+    assert_eq!(sent.len(), before + 1, "the count alone went upstream");
+    assert!(
+        sent[before].uri.ends_with("count_tokens"),
+        "{}",
+        sent[before].uri
+    );
+    assert!(
+        String::from_utf8_lossy(&sent[before].body).contains("calc__add"),
+        "the count includes the injected tools"
+    );
+
     // An agent without MCP is untouched: the call goes to the client.
     let before = mock.received().len();
     let r = openai(&gw, ask("plain", false)).await;

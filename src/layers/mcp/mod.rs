@@ -22,6 +22,9 @@
 //!    the agent's calls dropped;
 //! 5. with auto-save, hands the final answer's text to the save tool in the background.
 //!
+//! A token count (`/v1/messages/count_tokens`) for such an agent counts the tools it would
+//! carry and runs none.
+//!
 //! The tools come from a [`ToolHost`] (the gateway's is the MCP client,
 //! [`McpServers`](crate::services::mcp::McpServers)), so this layer knows nothing of MCP
 //! transports. Every other request passes through untouched, at no cost.
@@ -235,6 +238,25 @@ where
                 },
             };
         };
+        // A token count (`/v1/messages/count_tokens`) counts the tools the request would
+        // carry, and runs none.
+        if req
+            .extensions()
+            .get::<crate::model::CountTokens>()
+            .is_some()
+        {
+            let mut req = req;
+            let tools = self.shared.host.tools(&agent.servers);
+            req.body_mut()
+                .tools
+                .get_or_insert_with(Vec::new)
+                .extend(tools);
+            return ResponseFuture {
+                state: State::Pass {
+                    fut: self.inner.call(req),
+                },
+            };
+        }
         // The ready service goes into the loop; a clone stays for the next call.
         let clone = self.inner.clone();
         let svc = std::mem::replace(&mut self.inner, clone);
