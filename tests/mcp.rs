@@ -165,16 +165,6 @@ async fn wait_connected(gw: &Running, name: &str, connections: u64) {
     }
 }
 
-async fn openai(gw: &Running, body: Value) -> Reply {
-    let (k, v) = bearer();
-    post(
-        &gw.url("/v1/chat/completions"),
-        &[(k, &v)],
-        body.to_string(),
-    )
-    .await
-}
-
 async fn anthropic(gw: &Running, body: Value) -> Reply {
     post(
         &gw.url("/v1/messages"),
@@ -248,7 +238,7 @@ async fn an_mcp_tool_call_is_run_and_only_the_final_answer_reaches_the_client() 
     let gw = gateway(&up, json!({})).await;
 
     // OpenAI, not streamed.
-    let r = openai(&gw, ask("calc-agent", false)).await;
+    let r = post_chat(&gw, &ask("calc-agent", false)).await;
     assert_eq!(r.status, 200, "{}", r.text());
     let v = r.json();
     assert_eq!(v["choices"][0]["message"]["content"], "tool said: 5", "{v}");
@@ -281,7 +271,7 @@ async fn an_mcp_tool_call_is_run_and_only_the_final_answer_reaches_the_client() 
     assert_eq!(msgs[2]["content"], "5");
 
     // OpenAI, streamed.
-    let r = openai(&gw, ask("calc-agent", true)).await;
+    let r = post_chat(&gw, &ask("calc-agent", true)).await;
     assert_eq!(r.status, 200);
     assert!(
         r.headers["content-type"]
@@ -333,7 +323,7 @@ async fn an_mcp_tool_call_is_run_and_only_the_final_answer_reaches_the_client() 
 
     // An agent without MCP is untouched: the call goes to the client.
     let before = mock.received().len();
-    let r = openai(&gw, ask("plain", false)).await;
+    let r = post_chat(&gw, &ask("plain", false)).await;
     let v = r.json();
     assert_eq!(
         v["choices"][0]["message"]["tool_calls"][0]["function"]["name"],
@@ -350,7 +340,7 @@ async fn the_clients_own_tool_calls_pass_through_untouched() {
     let mut body = ask("calc-agent", false);
     body["tools"] = json!([{"type": "function", "function": {"name": "read_file",
         "parameters": {"type": "object", "properties": {"path": {"type": "string"}}}}}]);
-    let r = openai(&gw, body).await;
+    let r = post_chat(&gw, &body).await;
     assert_eq!(r.status, 200, "{}", r.text());
     let v = r.json();
     let call = &v["choices"][0]["message"]["tool_calls"][0];
@@ -383,7 +373,7 @@ async fn tool_errors_timeouts_and_crashes_become_results_the_model_reads() {
             "auto_save": true, "save_tool": "fail"}}}}),
     )
     .await;
-    let v = openai(&gw, ask("calc-agent", false)).await.json();
+    let v = post_chat(&gw, &ask("calc-agent", false)).await.json();
     assert_eq!(
         mock.received()[0].json()["messages"][0]["role"],
         "user",
@@ -402,7 +392,7 @@ async fn tool_errors_timeouts_and_crashes_become_results_the_model_reads() {
     let (_m, up) = tool_mock("calc__sleep", r#"{"ms": 10000}"#, 1).await;
     let gw = gateway(&up, json!({})).await;
     let started = Instant::now();
-    let r = openai(&gw, ask("calc-agent", true)).await;
+    let r = post_chat(&gw, &ask("calc-agent", true)).await;
     assert!(
         started.elapsed() < Duration::from_secs(5),
         "{:?}",
@@ -421,7 +411,7 @@ async fn tool_errors_timeouts_and_crashes_become_results_the_model_reads() {
             "agents": {"adder": {"models": [{"provider": "up2", "model": "m"}], "mcp": {"servers": ["calc"]}}}}),
     )
     .await;
-    let r = openai(&gw, ask("calc-agent", false)).await;
+    let r = post_chat(&gw, &ask("calc-agent", false)).await;
     assert_eq!(r.status, 200, "{}", r.text());
     let text = r.json()["choices"][0]["message"]["content"]
         .as_str()
@@ -432,7 +422,7 @@ async fn tool_errors_timeouts_and_crashes_become_results_the_model_reads() {
         "{text}"
     );
     wait_connected(&gw, "calc", 2).await;
-    let v = openai(&gw, ask("adder", false)).await.json();
+    let v = post_chat(&gw, &ask("adder", false)).await.json();
     assert_eq!(
         v["choices"][0]["message"]["content"], "tool said: 42",
         "{v}"
@@ -444,7 +434,7 @@ async fn the_loop_stops_at_its_round_limit_with_the_last_answer() {
     // The model never stops calling the tool.
     let (mock, up) = tool_mock("calc__echo", r#"{"text": "again"}"#, 100).await;
     let gw = gateway(&up, json!({})).await;
-    let r = openai(&gw, ask("calc-agent", true)).await;
+    let r = post_chat(&gw, &ask("calc-agent", true)).await;
     assert_eq!(r.status, 200);
     let body = r.text();
     let text = openai_stream_text(&body);
@@ -527,9 +517,9 @@ async fn the_reference_memory_server_searches_saves_and_answers_tool_calls() {
     )
     .await;
     wait_connected(&gw, "memory", 1).await;
-    let r = openai(
+    let r = post_chat(
         &gw,
-        json!({"model": "rememberer", "messages": [{"role": "user", "content": "deploy"}]}),
+        &json!({"model": "rememberer", "messages": [{"role": "user", "content": "deploy"}]}),
     )
     .await;
     assert_eq!(r.status, 200, "{}", r.text());
@@ -595,12 +585,12 @@ async fn http_servers_over_streamable_http_and_the_legacy_sse_transport() {
     .await;
     wait_connected(&gw, "streamable", 1).await;
     wait_connected(&gw, "legacy", 1).await;
-    let v = openai(&gw, ask("s-agent", false)).await.json();
+    let v = post_chat(&gw, &ask("s-agent", false)).await.json();
     let text = v["choices"][0]["message"]["content"]
         .as_str()
         .unwrap_or_default();
     assert!(text.starts_with("tool said:") && text.contains('5'), "{v}");
-    let r = openai(&gw, ask("l-agent", true)).await;
+    let r = post_chat(&gw, &ask("l-agent", true)).await;
     let text = openai_stream_text(&r.text());
     assert!(
         text.starts_with("tool said:") && text.contains('9'),
@@ -626,6 +616,6 @@ async fn a_reload_with_the_same_servers_keeps_their_sessions() {
     let s = statsz(&gw2).await;
     assert_eq!(s["mcp_servers"]["calc"]["connections"], 1, "{s}");
     assert_eq!(s["mcp_servers"]["calc"]["connected"], true, "{s}");
-    let v = openai(&gw2, ask("calc-agent", false)).await.json();
+    let v = post_chat(&gw2, &ask("calc-agent", false)).await.json();
     assert_eq!(v["choices"][0]["message"]["content"], "tool said: 2", "{v}");
 }

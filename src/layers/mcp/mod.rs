@@ -304,6 +304,23 @@ where
 /// Largest answer the loop reads whole.
 const MAX_ANSWER_BYTES: usize = 32 << 20;
 
+/// The routed stack each round goes to (the bounds of [`Mcp`]'s inner service).
+trait Routed:
+    Service<Request<ChatRequest>, Response = Response<Body>, Error = Error, Future: Send>
+    + Clone
+    + Send
+    + 'static
+{
+}
+
+impl<S> Routed for S where
+    S: Service<Request<ChatRequest>, Response = Response<Body>, Error = Error, Future: Send>
+        + Clone
+        + Send
+        + 'static
+{
+}
+
 /// One request's tool loop.
 struct Run {
     shared: Arc<Shared>,
@@ -318,14 +335,11 @@ enum Outcome {
 }
 
 impl Run {
-    async fn start<S>(self, svc: S, req: Request<ChatRequest>) -> Result<Response<Body>, Error>
-    where
-        S: Service<Request<ChatRequest>, Response = Response<Body>, Error = Error>
-            + Clone
-            + Send
-            + 'static,
-        S::Future: Send + 'static,
-    {
+    async fn start<S: Routed>(
+        self,
+        svc: S,
+        req: Request<ChatRequest>,
+    ) -> Result<Response<Body>, Error> {
         let (parts, mut chat) = req.into_parts();
         let tools = self.shared.host.tools(&self.agent.servers);
         let names: Vec<String> = tools.iter().filter_map(tool_name).collect();
@@ -392,21 +406,14 @@ impl Run {
     }
 
     /// The tool rounds; progress comments go to `progress` (a streaming client).
-    async fn rounds<S>(
+    async fn rounds<S: Routed>(
         &self,
         mut svc: S,
         template: &Template,
         mut chat: ChatRequest,
         names: &[String],
         progress: Option<&tokio::sync::mpsc::Sender<Bytes>>,
-    ) -> Result<Outcome, Error>
-    where
-        S: Service<Request<ChatRequest>, Response = Response<Body>, Error = Error>
-            + Clone
-            + Send
-            + 'static,
-        S::Future: Send + 'static,
-    {
+    ) -> Result<Outcome, Error> {
         let deadline = Instant::now() + self.agent.time_budget;
         let format = chat.source;
         let mut round = 0u32;
