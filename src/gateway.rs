@@ -98,6 +98,25 @@ use crate::services::{
 use crate::state::SharedState;
 use crate::{Body, BoxError};
 
+/// The typed chat stack, its type erased.
+type ChatService = BoxCloneSyncService<Request<ChatRequest>, Response<Body>, Error>;
+
+/// Erases the type of a part of the chat stack. Every optional layer is an `Either` that
+/// names the service below it twice, so ten of them in a row made type names of megabytes
+/// (10 MB symbols, 335 MB test binaries that filled CI's disk). Erasing after every few
+/// optional layers bounds the names for one boxed future per group on each request.
+fn erase_chat<S>(svc: S) -> ChatService
+where
+    S: Service<Request<ChatRequest>, Response = Response<Body>, Error = Error>
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    S::Future: Send + 'static,
+{
+    BoxCloneSyncService::new(svc)
+}
+
 /// Lets `POST /admin/reload` ask whoever owns the configuration (the binary's reloader) to
 /// reload it, and wait for the verdict. The trigger holds no reference to any gateway.
 ///
@@ -630,29 +649,31 @@ impl GatewayBuilder {
                 concurrency_key,
             ))
             .service(ProviderService::new());
-        let routed = Router::new(
-            self.table,
-            ServiceBuilder::new()
-                .layer(
-                    BudgetTrimLayer::new(self.budget, target_window as WindowFn)
-                        .with_stats(self.context_stats.clone()),
-                )
-                .option_layer(quota)
-                .service(upstream),
-        )
-        .context_retry(self.context_retry)
-        .auto_context_skip(self.auto_context_skip)
-        .failover_policy(self.failover)
-        .reorder_by_latency(
-            (self.reorder_by_latency || self.balance.is_some()).then(|| self.latency.clone()),
-        )
-        .balanced(
-            self.balance
-                .map(|(latency_weight, cost_weight)| crate::services::Balance {
-                    latency_weight,
-                    cost_weight,
-                    prices: self.prices.clone(),
-                }),
+        let routed = erase_chat(
+            Router::new(
+                self.table,
+                ServiceBuilder::new()
+                    .layer(
+                        BudgetTrimLayer::new(self.budget, target_window as WindowFn)
+                            .with_stats(self.context_stats.clone()),
+                    )
+                    .option_layer(quota)
+                    .service(upstream),
+            )
+            .context_retry(self.context_retry)
+            .auto_context_skip(self.auto_context_skip)
+            .failover_policy(self.failover)
+            .reorder_by_latency(
+                (self.reorder_by_latency || self.balance.is_some()).then(|| self.latency.clone()),
+            )
+            .balanced(
+                self.balance
+                    .map(|(latency_weight, cost_weight)| crate::services::Balance {
+                        latency_weight,
+                        cost_weight,
+                        prices: self.prices.clone(),
+                    }),
+            ),
         );
         // The window engine is the same routed stack: an agent name or `provider/model` picks
         // it, with its failover, breaker, limits and usage accounting.
@@ -686,6 +707,7 @@ impl GatewayBuilder {
             .option_layer(key_limiter)
             .option_layer(self.redactor.map(RedactLayer::new))
             .option_layer(self.entropy.map(EntropyLayer::new))
+            .layer_fn(erase_chat)
             .option_layer(
                 (self.prune.thoughts || self.prune.stale_tool_results)
                     .then(|| PruneLayer::new(self.prune).counting(pruned.clone())),
@@ -695,6 +717,7 @@ impl GatewayBuilder {
                     .then(|| CompactLayer::new(self.compact).counting(compacted.clone())),
             )
             .option_layer(self.prefix_cache.map(PrefixCacheLayer::new))
+            .layer_fn(erase_chat)
             .option_layer(cache.clone().map(ResponseCacheLayer::new))
             .option_layer(
                 cache
