@@ -7,7 +7,7 @@
 //!    the byte length (times the family's scale) bounds the count. A request whose bound fits
 //!    its budget is proven to fit without tokenising anything.
 //! 2. [`estimate`]: bytes divided by a ratio calibrated against o200k on this repository's
-//!    code and prose (median 3.7 bytes/token; `tests/tokens.rs` checks the total stays within
+//!    code and prose (median 3.7 bytes/token; `tests/it/tokens.rs` checks the total stays within
 //!    15% and every file within -15%/+40%). Used for triggers and reporting.
 //! 3. [`TokenCounter::count`]: exact for OpenAI-family models (o200k or cl100k, GitHub's
 //!    linear-time `bpe-openai`); for other families (Anthropic, Gemini, open models) whose

@@ -1,7 +1,7 @@
 //! The official `openai` and `anthropic` Python SDKs, plain and streamed, against the running
 //! `nenya` binary (built-in mock upstream). The Python venv is made by `scripts/test.sh`.
 
-mod common;
+use crate::common;
 
 use std::path::PathBuf;
 use std::process::Command;

@@ -1,7 +1,7 @@
 //! The `window` section (SummarizeLayer): older turns summarised by an engine model, relevant
 //! excerpts, or a note; engine failure and stalls never fail the request.
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 

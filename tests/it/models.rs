@@ -1,7 +1,7 @@
 //! `GET /v1/models`: agents plus the registry models of configured providers, in the client's
 //! format, limited to what a scoped key may use.
 
-mod common;
+use crate::common;
 
 use common::*;
 use nenya::Gateway;

@@ -1,7 +1,7 @@
 //! Token usage read from answers as they stream by, per agent, provider and model, in both
 //! client formats, streamed and not; estimated when the upstream reports none.
 
-mod common;
+use crate::common;
 
 use common::*;
 use nenya::services::MockConfig;

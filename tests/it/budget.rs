@@ -1,7 +1,7 @@
 //! Context-budget trimming: black-box through the gateway (an oversized conversation reaches
 //! the upstream within budget, a small one untouched) and properties over random conversations.
 
-mod common;
+use crate::common;
 
 use common::*;
 use nenya::Gateway;

@@ -2,7 +2,7 @@
 //! position, both client formats, same- and cross-format upstreams), benign text reaches it
 //! byte-identical, browser-origin refusal, RBAC, fail-open scrubbing.
 
-mod common;
+use crate::common;
 
 use common::*;
 use nenya::Gateway;

@@ -2,7 +2,7 @@
 //! requests (counted at the mock), a limited target is skipped for the next one, and the client
 //! gets 429 with `Retry-After` only when every target is limited.
 
-mod common;
+use crate::common;
 
 use common::*;
 use nenya::Gateway;

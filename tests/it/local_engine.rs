@@ -2,7 +2,7 @@
 //! least-recently-used eviction beyond `max_loaded`, and a model still loading is skipped for
 //! the next target instead of being waited on.
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 

@@ -1,7 +1,7 @@
 //! The reference binary: starts on the mock with no config, serves from a config file, and
 //! exits cleanly on SIGTERM.
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 

@@ -4,7 +4,7 @@
 //! with an error event, or a JSON error in its shape), within a bound, and the gateway goes on
 //! serving the next request.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -2,7 +2,7 @@
 //! gateway, a failing target that stops receiving requests while the chain answers from the
 //! next one.
 
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU16, AtomicUsize, Ordering};

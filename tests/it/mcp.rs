@@ -5,7 +5,7 @@
 //! `.tools/mcp`). The mock LLM calls a tool on the first turn and answers with its result on
 //! the second; the client only ever sees that answer.
 
-mod common;
+use crate::common;
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};

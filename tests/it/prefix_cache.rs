@@ -3,7 +3,7 @@
 //! prefix; an Anthropic-format upstream gets `cache_control` breakpoints when the client set
 //! none, and the client's own breakpoints are left exactly as they were.
 
-mod common;
+use crate::common;
 
 use common::*;
 use nenya::Gateway;

@@ -3,7 +3,7 @@
 //! requests and `Cache-Control: no-cache` never hit; concurrent identical requests all get
 //! correct answers.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -4,7 +4,7 @@
 //! multipart upload through the real binary with flat memory, and SSRF attempts on `/proxy`
 //! all refused before anything is sent.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

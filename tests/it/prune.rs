@@ -1,7 +1,7 @@
 //! History pruning through the gateway: old thinking and stale tool results go, the current
 //! tool loop stays exactly as sent, every call keeps its result.
 
-mod common;
+use crate::common;
 
 use common::*;
 use nenya::Gateway;

@@ -2,7 +2,7 @@
 //! end the client's stream with a well-formed error event in its own format, and shutdown
 //! drains in-flight streams.
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 

@@ -2,7 +2,7 @@
 //! client assembles must equal what the upstream meant (text, thinking, tool calls whose
 //! arguments arrive in many fragments, stop reasons, usage, errors).
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

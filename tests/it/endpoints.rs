@@ -1,7 +1,7 @@
 //! Both ingress endpoints, streaming and not, over real loopback HTTP against the mock
 //! upstream in echo mode: what the client gets, and exactly what the upstream received.
 
-mod common;
+use crate::common;
 
 use common::*;
 use nenya::services::MockConfig;

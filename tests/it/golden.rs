@@ -1,6 +1,6 @@
 //! Golden conversion tests: every `tests/fixtures/golden/*.json` holds an input in one wire
 //! format and the exact expected output in another (requests, whole answers, streams).
-//! `NENYA_BLESS=1 cargo test --test golden` writes the current output as the expectation, to be
+//! `NENYA_BLESS=1 cargo test --test it golden::` writes the current output as the expectation, to be
 //! reviewed by eye before it is committed.
 
 use std::path::Path;

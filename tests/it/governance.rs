@@ -3,7 +3,7 @@
 //! `always` tiers against a provider's daily budget, cost accounting against the price table,
 //! and the per-request cost ceiling.
 
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};

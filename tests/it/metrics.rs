@@ -1,7 +1,7 @@
 //! `GET /metrics` after a scripted mix of requests: the counts match what happened, and the
 //! text is valid Prometheus exposition (checked here; also by `promtool` when installed).
 
-mod common;
+use crate::common;
 
 use std::collections::{BTreeMap, BTreeSet};
 

@@ -6,7 +6,7 @@
 //! Needs `redis-server` on the PATH (`scripts/test.sh` installs Debian's); without it the
 //! tests say so and pass, unless `NENYA_REQUIRE_REDIS` is set (as the suite sets it).
 
-mod common;
+use crate::common;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;

@@ -1,7 +1,7 @@
 //! Fallback chains over real loopback HTTP: a failing first target is skipped before anything
 //! reaches the client; client errors never fail over; round-robin spreads the load.
 
-mod common;
+use crate::common;
 
 use common::*;
 use nenya::Gateway;

@@ -3,7 +3,7 @@
 //! above the threshold and a miss below it; the exact tier still answers first; a different
 //! context or an unrelated prompt is a miss; a failing embedder makes plain misses.
 
-mod common;
+use crate::common;
 
 use common::*;
 use nenya::Gateway;

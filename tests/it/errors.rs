@@ -1,7 +1,7 @@
 //! Every error case answers in the client's own format with the right status and a stable
 //! `error_kind`; none panics or hangs, and the gateway keeps serving afterwards.
 
-mod common;
+use crate::common;
 
 use common::*;
 use http::Request;
