@@ -8,6 +8,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# A one-shot build gains nothing from incremental compilation, and its cache was the largest
+# thing in target/ (2-4 GB); CI's disk is small.
+export CARGO_INCREMENTAL=0
+
 step() { printf '\n==> %s\n' "$*"; }
 
 step "Python venv with the official SDKs (.venv)"
@@ -68,7 +72,7 @@ cargo clippy --all-targets --locked -- -D warnings
 step "the lean build (no default features: no Redis back end) passes clippy"
 cargo clippy --locked --no-default-features --lib -- -D warnings
 
-step "cargo build --examples (tests/examples.rs runs the real example binaries)"
+step "cargo build --examples (tests/it/examples.rs runs the real example binaries)"
 # `cargo test --all-targets` builds examples only in test mode (under deps/), so the runnable
 # example binaries are built here first; they share every dependency artifact with the tests.
 cargo build --examples --locked
