@@ -1568,7 +1568,7 @@ impl Gateway {
 
     /// A builder from config and secrets (upstreams over the shared pooled HTTP client).
     pub fn from_config(cfg: &Config, secrets: &Secrets) -> Result<GatewayBuilder, ConfigError> {
-        let client = http_client(Duration::from_secs(10));
+        let client = http_client(crate::services::transport::DEFAULT_CONNECT_TIMEOUT);
         let table = RouteTable::from_config(cfg, secrets, &client)?;
         let window = window_config(cfg, &table)?;
         let semantic = semantic_config(cfg, &table)?;

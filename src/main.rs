@@ -49,6 +49,15 @@ struct ServeArgs {
     /// Address to listen on (overrides PORT/HOST and server.listen_addr).
     #[arg(long)]
     listen: Option<String>,
+    /// Connection threads, each with its own single-threaded runtime; a connection stays on
+    /// one (0: one per CPU; -1: none, connections run on the shared work-stealing runtime).
+    #[arg(
+        long,
+        env = "NENYA_WORKERS",
+        default_value_t = 0,
+        allow_negative_numbers = true
+    )]
+    workers: i64,
 }
 
 #[derive(Args, Debug)]
@@ -300,6 +309,19 @@ fn load(path: Option<&std::path::Path>) -> Result<(Config, Secrets, GatewayBuild
     Ok((cfg, secrets, builder))
 }
 
+/// `--workers`: 0 is one thread per CPU, a negative number none (see [`ServeArgs`]).
+fn connection_workers(n: i64) -> Result<Option<nenya::server::ConnectionWorkers>, String> {
+    let n = match usize::try_from(n) {
+        Err(_) => return Ok(None),
+        Ok(0) => std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get),
+        Ok(n) => n,
+    };
+    let workers = nenya::server::ConnectionWorkers::new(n)
+        .map_err(|e| format!("cannot start {n} connection threads: {e}"))?;
+    tracing::debug!(threads = n, "connection threads started");
+    Ok(Some(workers))
+}
+
 async fn run_serve(args: ServeArgs, log: LogFormat) -> Result<(), String> {
     let path = config_path(args.config);
     let (cfg, secrets, builder) = load(path.as_deref())?;
@@ -339,9 +361,11 @@ async fn run_serve(args: ServeArgs, log: LogFormat) -> Result<(), String> {
     };
     let local = listener.local_addr().map_err(|e| e.to_string())?;
     tracing::info!(%local, "nenya listening on {local}");
-    nenya::server::serve(listener, gateway, shutdown, GRACE)
-        .await
-        .map_err(|e| e.to_string())?;
+    let served = match connection_workers(args.workers)? {
+        Some(w) => nenya::server::serve_on_workers(listener, gateway, shutdown, GRACE, &w).await,
+        None => nenya::server::serve(listener, gateway, shutdown, GRACE).await,
+    };
+    served.map_err(|e| e.to_string())?;
     tracing::info!("stopped");
     otel::shutdown();
     Ok(())

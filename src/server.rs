@@ -1,6 +1,7 @@
 //! Serving a tower service over HTTP/1.1 and HTTP/2 with graceful shutdown.
 
 use std::future::Future;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
@@ -44,8 +45,102 @@ impl Drop for ConnectionGuard {
     }
 }
 
+/// A fixed set of threads, each running its own single-threaded tokio runtime, that
+/// [`serve_on_workers`] deals accepted connections to, round-robin.
+///
+/// A connection then lives on one thread: its requests, the upstream connections they open and
+/// the tasks those spawn are woken on that thread, with no hand-off between worker threads (in
+/// a work-stealing runtime each such wake-up may unpark another worker: a futex wake and a
+/// context switch per hop, which is most of what a proxy adds to a request at low
+/// concurrency). The threads stop when the last clone is dropped.
+///
+/// ```
+/// let workers = nenya::server::ConnectionWorkers::new(2)?;
+/// assert_eq!(workers.len(), 2);
+/// # Ok::<(), std::io::Error>(())
+/// ```
+#[derive(Clone, Debug)]
+pub struct ConnectionWorkers {
+    inner: Arc<WorkersInner>,
+}
+
+#[derive(Debug)]
+struct WorkersInner {
+    handles: Vec<tokio::runtime::Handle>,
+    stop: Vec<tokio::sync::oneshot::Sender<()>>,
+    next: AtomicUsize,
+}
+
+impl ConnectionWorkers {
+    /// Starts `n` worker threads (at least one), named `nenya-conn-N`.
+    ///
+    /// # Errors
+    /// When a runtime or a thread cannot be created.
+    pub fn new(n: usize) -> std::io::Result<Self> {
+        let n = n.max(1);
+        let mut handles = Vec::with_capacity(n);
+        let mut stop = Vec::with_capacity(n);
+        for i in 0..n {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+            handles.push(rt.handle().clone());
+            std::thread::Builder::new()
+                .name(format!("nenya-conn-{i}"))
+                .spawn(move || {
+                    ON_WORKER.set(true);
+                    // Runs the spawned connections until told to stop (or the pool is gone).
+                    let _ = rt.block_on(rx);
+                })?;
+            stop.push(tx);
+        }
+        Ok(Self {
+            inner: Arc::new(WorkersInner {
+                handles,
+                stop,
+                next: AtomicUsize::new(0),
+            }),
+        })
+    }
+
+    /// How many worker threads there are.
+    pub fn len(&self) -> usize {
+        self.inner.handles.len()
+    }
+
+    /// Always false: a pool has at least one thread.
+    pub fn is_empty(&self) -> bool {
+        self.inner.handles.is_empty()
+    }
+
+    fn next(&self) -> &tokio::runtime::Handle {
+        let i = self.inner.next.fetch_add(1, Ordering::Relaxed) % self.inner.handles.len();
+        &self.inner.handles[i]
+    }
+}
+
+thread_local! {
+    static ON_WORKER: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Whether this thread is one of a [`ConnectionWorkers`] pool's (upstream clients keep a pool
+/// per such thread: see [`Transport::Pooled`](crate::services::Transport::Pooled)).
+pub(crate) fn on_connection_worker() -> bool {
+    ON_WORKER.get()
+}
+
+impl Drop for WorkersInner {
+    fn drop(&mut self) {
+        for tx in self.stop.drain(..) {
+            let _ = tx.send(());
+        }
+    }
+}
+
 /// Serves `service` on `listener` until `shutdown` completes, then stops accepting and lets
-/// in-flight requests finish for up to `grace`.
+/// in-flight requests finish for up to `grace`. Connections run as tasks of the current
+/// runtime; [`serve_on_workers`] runs them on a [`ConnectionWorkers`] pool instead.
 ///
 /// Accepted sockets get `TCP_NODELAY` (without it, small SSE writes wait on Nagle's algorithm).
 ///
@@ -62,6 +157,50 @@ pub async fn serve<S>(
     service: S,
     shutdown: impl Future<Output = ()> + Send,
     grace: Duration,
+) -> std::io::Result<()>
+where
+    S: Service<Request<Body>, Response = Response<Body>> + Clone + Send + 'static,
+    S::Error: Into<BoxError>,
+    S::Future: Send + 'static,
+{
+    serve_inner(listener, service, shutdown, grace, None).await
+}
+
+/// [`serve`], with each accepted connection handed to the next thread of `workers` (its
+/// socket re-registered with that thread's runtime), so that all of one connection's work
+/// stays on one thread. The accept loop and the graceful drain run on the caller's runtime.
+///
+/// ```no_run
+/// # async fn run() -> std::io::Result<()> {
+/// use nenya::services::{MockProvider, MockConfig};
+/// let workers = nenya::server::ConnectionWorkers::new(2)?;
+/// let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+/// let svc = MockProvider::new(MockConfig::default());
+/// let grace = std::time::Duration::from_secs(5);
+/// nenya::server::serve_on_workers(listener, svc, std::future::pending(), grace, &workers).await
+/// # }
+/// ```
+pub async fn serve_on_workers<S>(
+    listener: TcpListener,
+    service: S,
+    shutdown: impl Future<Output = ()> + Send,
+    grace: Duration,
+    workers: &ConnectionWorkers,
+) -> std::io::Result<()>
+where
+    S: Service<Request<Body>, Response = Response<Body>> + Clone + Send + 'static,
+    S::Error: Into<BoxError>,
+    S::Future: Send + 'static,
+{
+    serve_inner(listener, service, shutdown, grace, Some(workers)).await
+}
+
+async fn serve_inner<S>(
+    listener: TcpListener,
+    service: S,
+    shutdown: impl Future<Output = ()> + Send,
+    grace: Duration,
+    workers: Option<&ConnectionWorkers>,
 ) -> std::io::Result<()>
 where
     S: Service<Request<Body>, Response = Response<Body>> + Clone + Send + 'static,
@@ -89,12 +228,39 @@ where
                 let svc = service
                     .clone()
                     .map_request(|r: Request<Incoming>| r.map(Body::new));
-                let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), TowerToHyperService::new(svc));
-                let conn = graceful.watch(conn.into_owned());
                 let guard = ConnectionGuard::new();
-                tokio::spawn(async move {
+                let Some(workers) = workers else {
+                    let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), TowerToHyperService::new(svc));
+                    let conn = graceful.watch(conn.into_owned());
+                    tokio::spawn(async move {
+                        let _guard = guard;
+                        if let Err(e) = conn.await {
+                            tracing::debug!(%peer, error = %e, "connection ended with an error");
+                        }
+                    });
+                    continue;
+                };
+                // Deregister from this runtime's reactor; the worker registers it with its own.
+                let stream = match stream.into_std() {
+                    Ok(s) => s,
+                    Err(e) => {
+                        tracing::debug!(%peer, error = %e, "could not hand the connection over");
+                        continue;
+                    }
+                };
+                let watcher = graceful.watcher();
+                let builder = builder.clone();
+                workers.next().spawn(async move {
                     let _guard = guard;
-                    if let Err(e) = conn.await {
+                    let stream = match tokio::net::TcpStream::from_std(stream) {
+                        Ok(s) => s,
+                        Err(e) => {
+                            tracing::debug!(%peer, error = %e, "could not register the connection");
+                            return;
+                        }
+                    };
+                    let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), TowerToHyperService::new(svc));
+                    if let Err(e) = watcher.watch(conn.into_owned()).await {
                         tracing::debug!(%peer, error = %e, "connection ended with an error");
                     }
                 });

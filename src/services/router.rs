@@ -208,11 +208,17 @@ impl RouteTable {
                     }),
             };
             // A provider with its own connect timeout gets a client of its own.
-            let client = match pc.connect_timeout_seconds.filter(|s| *s > 0) {
-                Some(s) => super::http_client(Duration::from_secs(s)),
-                None => client.clone(),
+            let transport = match pc.connect_timeout_seconds.filter(|s| *s > 0) {
+                Some(s) => Transport::Pooled {
+                    client: super::http_client(Duration::from_secs(s)),
+                    connect_timeout: Duration::from_secs(s),
+                },
+                None => Transport::Pooled {
+                    client: client.clone(),
+                    connect_timeout: super::transport::DEFAULT_CONNECT_TIMEOUT,
+                },
             };
-            let mut spec = ProviderSpec::new(name, Transport::Http(client))
+            let mut spec = ProviderSpec::new(name, transport)
                 .with_endpoint(format, url)
                 .with_auth(
                     auth,
@@ -405,7 +411,7 @@ impl RouteTable {
             .filter(|(name, p)| {
                 (cfg.providers.contains_key(*name) || secrets.provider_keys.contains_key(*name))
                     && (p.key.is_some() || p.accounts.is_some() || p.auth == AuthStyle::None)
-                    && matches!(p.transport, Transport::Http(_))
+                    && matches!(p.transport, Transport::Http(_) | Transport::Pooled { .. })
             })
             .map(|(_, p)| p.clone())
             .collect();

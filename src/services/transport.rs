@@ -18,6 +18,9 @@ use crate::{Body, BoxError};
 /// The pooled HTTP/1.1 + HTTP/2 client used for upstreams (rustls, `TCP_NODELAY`).
 pub type HttpClient = Client<HttpsConnector<HttpConnector>, Body>;
 
+/// The connect timeout of the client shared by providers without one of their own.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Builds the shared upstream client.
 ///
 /// ```
@@ -60,8 +63,18 @@ pub fn http_client(connect_timeout: Duration) -> HttpClient {
 // One per provider, shared behind an `Arc<ProviderSpec>` and never moved per request.
 #[allow(clippy::large_enum_variant)]
 pub enum Transport {
-    /// Real HTTP.
+    /// Real HTTP, always through this client.
     Http(HttpClient),
+    /// Real HTTP through `client`, built by [`http_client`] with `connect_timeout`; on a
+    /// [`ConnectionWorkers`](crate::server::ConnectionWorkers) thread through that thread's own
+    /// client of the same settings instead, so that the upstream connection is driven on the
+    /// thread that serves the request (no cross-thread wake-up per read and write).
+    Pooled {
+        /// The client used off the connection threads.
+        client: HttpClient,
+        /// What the per-thread clients are built with.
+        connect_timeout: Duration,
+    },
     /// The in-process mock provider.
     Mock(MockProvider),
 }
@@ -70,6 +83,7 @@ impl std::fmt::Debug for Transport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Self::Http(_) => f.write_str("Transport::Http"),
+            Self::Pooled { .. } => f.write_str("Transport::Pooled"),
             Self::Mock(_) => f.write_str("Transport::Mock"),
         }
     }
@@ -82,6 +96,14 @@ impl Transport {
             Self::Http(c) => TransportFuture {
                 state: State::Http {
                     fut: c.request(req),
+                },
+            },
+            Self::Pooled {
+                client,
+                connect_timeout,
+            } => TransportFuture {
+                state: State::Http {
+                    fut: pooled_request(client, *connect_timeout, req),
                 },
             },
             Self::Mock(m) => TransportFuture {
@@ -104,16 +126,39 @@ impl Service<Request<Body>> for Transport {
 
     fn call(&mut self, req: Request<Body>) -> TransportFuture {
         match self {
-            Self::Http(c) => TransportFuture {
-                state: State::Http {
-                    fut: c.request(req),
-                },
-            },
             Self::Mock(m) => TransportFuture {
                 state: State::Mock { fut: m.call(req) },
             },
+            other => other.send(req),
         }
     }
+}
+
+thread_local! {
+    /// A connection thread's own upstream clients, one per connect timeout (the settings
+    /// [`http_client`] takes), built on first use.
+    static THREAD_CLIENTS: std::cell::RefCell<Vec<(Duration, HttpClient)>> =
+        const { std::cell::RefCell::new(Vec::new()) };
+}
+
+fn pooled_request(
+    shared: &HttpClient,
+    connect_timeout: Duration,
+    req: Request<Body>,
+) -> hyper_util::client::legacy::ResponseFuture {
+    if !crate::server::on_connection_worker() {
+        return shared.request(req);
+    }
+    THREAD_CLIENTS.with_borrow_mut(|clients| {
+        let i = match clients.iter().position(|(t, _)| *t == connect_timeout) {
+            Some(i) => i,
+            None => {
+                clients.push((connect_timeout, http_client(connect_timeout)));
+                clients.len() - 1
+            }
+        };
+        clients[i].1.request(req)
+    })
 }
 
 pin_project! {

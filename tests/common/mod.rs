@@ -97,14 +97,22 @@ where
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (tx, rx) = oneshot::channel::<()>();
+    // The gateway serves its connections on connection threads, as the binary does (each
+    // thread with its own upstream pool); the mocks stay on the test's runtime.
+    static WORKERS: std::sync::OnceLock<nenya::server::ConnectionWorkers> =
+        std::sync::OnceLock::new();
+    let workers = WORKERS
+        .get_or_init(|| nenya::server::ConnectionWorkers::new(2).unwrap())
+        .clone();
     let task = tokio::spawn(async move {
-        nenya::server::serve(
+        nenya::server::serve_on_workers(
             listener,
             gateway,
             async {
                 let _ = rx.await;
             },
             grace,
+            &workers,
         )
         .await
     });
