@@ -229,15 +229,9 @@ where
                     .clone()
                     .map_request(|r: Request<Incoming>| r.map(Body::new));
                 let guard = ConnectionGuard::new();
+                let conn = Connection { builder: builder.clone(), watcher: graceful.watcher(), peer, guard };
                 let Some(workers) = workers else {
-                    let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), TowerToHyperService::new(svc));
-                    let conn = graceful.watch(conn.into_owned());
-                    tokio::spawn(async move {
-                        let _guard = guard;
-                        if let Err(e) = conn.await {
-                            tracing::debug!(%peer, error = %e, "connection ended with an error");
-                        }
-                    });
+                    tokio::spawn(conn.run(stream, svc));
                     continue;
                 };
                 // Deregister from this runtime's reactor; the worker registers it with its own.
@@ -248,20 +242,10 @@ where
                         continue;
                     }
                 };
-                let watcher = graceful.watcher();
-                let builder = builder.clone();
                 workers.next().spawn(async move {
-                    let _guard = guard;
-                    let stream = match tokio::net::TcpStream::from_std(stream) {
-                        Ok(s) => s,
-                        Err(e) => {
-                            tracing::debug!(%peer, error = %e, "could not register the connection");
-                            return;
-                        }
-                    };
-                    let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), TowerToHyperService::new(svc));
-                    if let Err(e) = watcher.watch(conn.into_owned()).await {
-                        tracing::debug!(%peer, error = %e, "connection ended with an error");
+                    match tokio::net::TcpStream::from_std(stream) {
+                        Ok(stream) => conn.run(stream, svc).await,
+                        Err(e) => tracing::debug!(%peer, error = %e, "could not register the connection"),
                     }
                 });
             }
@@ -280,6 +264,31 @@ where
         );
     }
     Ok(())
+}
+
+/// One accepted connection, served where [`Connection::run`] is awaited.
+struct Connection {
+    builder: auto::Builder<TokioExecutor>,
+    watcher: hyper_util::server::graceful::Watcher,
+    peer: std::net::SocketAddr,
+    guard: ConnectionGuard,
+}
+
+impl Connection {
+    async fn run<S>(self, stream: tokio::net::TcpStream, svc: S)
+    where
+        S: Service<Request<Incoming>, Response = Response<Body>> + Clone + Send + 'static,
+        S::Error: Into<BoxError>,
+        S::Future: Send + 'static,
+    {
+        let _guard = self.guard;
+        let conn = self
+            .builder
+            .serve_connection_with_upgrades(TokioIo::new(stream), TowerToHyperService::new(svc));
+        if let Err(e) = self.watcher.watch(conn.into_owned()).await {
+            tracing::debug!(peer = %self.peer, error = %e, "connection ended with an error");
+        }
+    }
 }
 
 /// Registers SIGTERM and SIGINT (Ctrl-C) handlers now, and returns a future that resolves on

@@ -208,15 +208,16 @@ impl RouteTable {
                     }),
             };
             // A provider with its own connect timeout gets a client of its own.
-            let transport = match pc.connect_timeout_seconds.filter(|s| *s > 0) {
-                Some(s) => Transport::Pooled {
-                    client: super::http_client(Duration::from_secs(s)),
-                    connect_timeout: Duration::from_secs(s),
-                },
-                None => Transport::Pooled {
-                    client: client.clone(),
-                    connect_timeout: super::transport::DEFAULT_CONNECT_TIMEOUT,
-                },
+            let (client, connect_timeout) = match pc.connect_timeout_seconds.filter(|s| *s > 0) {
+                Some(s) => (
+                    super::http_client(Duration::from_secs(s)),
+                    Duration::from_secs(s),
+                ),
+                None => (client.clone(), super::transport::DEFAULT_CONNECT_TIMEOUT),
+            };
+            let transport = Transport::Pooled {
+                client,
+                connect_timeout,
             };
             let mut spec = ProviderSpec::new(name, transport)
                 .with_endpoint(format, url)
