@@ -1,9 +1,15 @@
 //! The SSE decoder: any bytes, split anywhere, never panic; splits never change the events.
+//! The stream guard's JSON scan never accepts an event's text that serde_json refuses.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
 use nenya::sse::Decoder;
 
 fuzz_target!(|data: &[u8]| {
+    if let Ok(text) = std::str::from_utf8(data)
+        && nenya::sse::surely_json(data)
+    {
+        assert!(serde_json::from_str::<serde::de::IgnoredAny>(text).is_ok());
+    }
     if data.is_empty() {
         return;
     }

@@ -863,7 +863,7 @@ fn check_events(
     mut finished: bool,
 ) -> Option<bool> {
     let mut bad = false;
-    let fed = decoder.feed(chunk, |ev| {
+    let fed = decoder.feed_ref(chunk, |ev| {
         if matches!(ev.event.as_deref(), Some("message_stop" | "error")) {
             finished = true;
         }
@@ -871,14 +871,19 @@ fn check_events(
         if bad || d.is_empty() {
             return;
         }
-        if d != "[DONE]" && serde_json::from_str::<serde::de::IgnoredAny>(d).is_err() {
+        if d != "[DONE]" && !crate::sse::is_json(d) {
             bad = true;
             return;
         }
-        let is_error = d.starts_with("{\"error\"")
-            || d.contains("\"type\":\"error\"")
-            || d.contains("\"type\": \"error\"");
-        if format == ApiFormat::OpenAi && (d == "[DONE]" || is_error) {
+        // Only an OpenAI stream ends on an error payload (Anthropic names its events); the
+        // word is looked for once before the exact shapes are.
+        if format == ApiFormat::OpenAi
+            && (d == "[DONE]"
+                || (memchr::memmem::find(d.as_bytes(), b"error").is_some()
+                    && (d.starts_with("{\"error\"")
+                        || d.contains("\"type\":\"error\"")
+                        || d.contains("\"type\": \"error\""))))
+        {
             finished = true;
         }
     });

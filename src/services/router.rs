@@ -1241,9 +1241,9 @@ where
                                 // The first meaningful event decides; the decoder carries
                                 // partial events between frames.
                                 let mut first = None;
-                                let fed = decoder.feed(&data, |ev| {
+                                let fed = decoder.feed_ref(&data, |ev| {
                                     if first.is_none() {
-                                        first = judge(&ev);
+                                        first = judge(ev);
                                     }
                                 });
                                 seen.push(data);

@@ -92,10 +92,36 @@ impl Decoder {
     }
 
     /// Feeds a chunk, calling `emit` for each complete event.
-    pub fn feed(
+    pub fn feed(&mut self, chunk: &[u8], mut emit: impl FnMut(Event)) -> Result<(), DecodeError> {
+        self.feed_inner(chunk, &mut |ev: &mut Event| emit(std::mem::take(ev)))
+    }
+
+    /// [`feed`](Self::feed) for a caller that only looks at each event: the event is lent,
+    /// and its buffers are kept for the next one (no allocation per event).
+    ///
+    /// ```
+    /// let mut d = nenya::sse::Decoder::new(1 << 20);
+    /// let mut seen = Vec::new();
+    /// d.feed_ref(b"data: {}\n\nevent: x\ndata: 1\n\n", |e| seen.push((e.event.clone(), e.data.len()))).unwrap();
+    /// assert_eq!(seen, [(None, 2), (Some("x".into()), 1)]);
+    /// ```
+    pub fn feed_ref(
+        &mut self,
+        chunk: &[u8],
+        mut emit: impl FnMut(&Event),
+    ) -> Result<(), DecodeError> {
+        self.feed_inner(chunk, &mut |ev: &mut Event| {
+            emit(ev);
+            ev.data.clear();
+            ev.event = None;
+            ev.id = None;
+        })
+    }
+
+    fn feed_inner(
         &mut self,
         mut chunk: &[u8],
-        mut emit: impl FnMut(Event),
+        emit: &mut impl FnMut(&mut Event),
     ) -> Result<(), DecodeError> {
         if chunk.is_empty() {
             return Ok(());
@@ -106,13 +132,19 @@ impl Decoder {
                 chunk = rest;
             }
         }
-        while let Some(pos) = chunk.iter().position(|&b| b == b'\n' || b == b'\r') {
+        while let Some(pos) = memchr::memchr2(b'\n', b'\r', chunk) {
             let (head, tail) = chunk.split_at(pos);
-            self.push_line_bytes(head)?;
-            let line = std::mem::take(&mut self.line);
-            self.process_line(&line, &mut emit)?;
-            self.line = line;
-            self.line.clear();
+            if self.line.is_empty() {
+                // The whole line is in this chunk: read it in place.
+                self.count(head.len())?;
+                self.process_line(head, emit)?;
+            } else {
+                self.push_line_bytes(head)?;
+                let line = std::mem::take(&mut self.line);
+                self.process_line(&line, emit)?;
+                self.line = line;
+                self.line.clear();
+            }
             let is_cr = tail[0] == b'\r';
             chunk = &tail[1..];
             if is_cr {
@@ -128,28 +160,37 @@ impl Decoder {
 
     /// Signals the end of input: a final event without its blank line is dispatched.
     pub fn finish(&mut self, mut emit: impl FnMut(Event)) -> Result<(), DecodeError> {
+        let emit = &mut |ev: &mut Event| emit(std::mem::take(ev));
         if !self.line.is_empty() {
             let line = std::mem::take(&mut self.line);
-            self.process_line(&line, &mut emit)?;
+            self.process_line(&line, emit)?;
         }
-        self.dispatch(&mut emit);
+        self.dispatch(emit);
+        Ok(())
+    }
+
+    fn count(&mut self, n: usize) -> Result<(), DecodeError> {
+        self.size += n;
+        if self.size > self.limit {
+            return Err(DecodeError::TooLarge { limit: self.limit });
+        }
         Ok(())
     }
 
     fn push_line_bytes(&mut self, b: &[u8]) -> Result<(), DecodeError> {
-        self.size += b.len();
-        if self.size > self.limit {
-            return Err(DecodeError::TooLarge { limit: self.limit });
-        }
+        self.count(b.len())?;
         self.line.extend_from_slice(b);
         Ok(())
     }
 
-    fn dispatch(&mut self, emit: &mut impl FnMut(Event)) {
+    /// Hands the assembled event to `emit` (which takes it or clears it) and starts the next.
+    fn dispatch(&mut self, emit: &mut impl FnMut(&mut Event)) {
         if self.has_data {
-            emit(std::mem::take(&mut self.current));
+            emit(&mut self.current);
         } else {
-            self.current = Event::default();
+            self.current.data.clear();
+            self.current.event = None;
+            self.current.id = None;
         }
         self.has_data = false;
         self.size = 0;
@@ -158,7 +199,7 @@ impl Decoder {
     fn process_line(
         &mut self,
         line: &[u8],
-        emit: &mut impl FnMut(Event),
+        emit: &mut impl FnMut(&mut Event),
     ) -> Result<(), DecodeError> {
         if line.is_empty() {
             self.dispatch(emit);
@@ -209,4 +250,178 @@ pub fn encode(event: Option<&str>, data: &str) -> Bytes {
     }
     out.extend_from_slice(b"\n\n");
     Bytes::from(out)
+}
+
+/// Whether `data` is one JSON value (RFC 8259, whitespace around it allowed): what the stream
+/// guard asks of every event it passes through. Exactly serde_json's answer, mostly without
+/// asking it: a one-pass byte scan accepts the ordinary event, and only what the scan does not
+/// accept (malformed, or nested deeper than 256) goes to the full parser, which has the last
+/// word.
+///
+/// ```
+/// assert!(nenya::sse::is_json(r#"{"choices":[{"delta":{"content":"hi\n"}}]}"#));
+/// assert!(!nenya::sse::is_json(r#"{"choices":[{"delta":"#));
+/// ```
+pub fn is_json(data: &str) -> bool {
+    surely_json(data.as_bytes()) || serde_json::from_str::<serde::de::IgnoredAny>(data).is_ok()
+}
+
+/// The scan behind [`is_json`]: `true` only for a well-formed JSON value; `false` for anything
+/// else and for nesting past 256 levels (the caller then asks serde_json). Public for the fuzz
+/// target and the property tests, which check that it never accepts what serde_json refuses.
+#[doc(hidden)]
+pub fn surely_json(s: &[u8]) -> bool {
+    // One bit per open container: 1 = object, 0 = array.
+    let mut stack = [0u64; 4];
+    let mut depth = 0usize;
+    let n = s.len();
+    let mut i = 0usize;
+    let ws = |s: &[u8], mut i: usize| {
+        while i < s.len() && matches!(s[i], b' ' | b'\t' | b'\n' | b'\r') {
+            i += 1;
+        }
+        i
+    };
+    'value: loop {
+        i = ws(s, i);
+        if i >= n {
+            return false;
+        }
+        match s[i] {
+            b'{' | b'[' => {
+                if depth == 256 {
+                    return false;
+                }
+                let obj = s[i] == b'{';
+                if obj {
+                    stack[depth / 64] |= 1 << (depth % 64);
+                } else {
+                    stack[depth / 64] &= !(1 << (depth % 64));
+                }
+                depth += 1;
+                i = ws(s, i + 1);
+                if i < n && s[i] == if obj { b'}' } else { b']' } {
+                    depth -= 1;
+                    i += 1;
+                } else if obj {
+                    match key(s, i) {
+                        Some(next) => {
+                            i = next;
+                            continue 'value;
+                        }
+                        None => return false,
+                    }
+                } else {
+                    continue 'value;
+                }
+            }
+            b'"' => match string(s, i) {
+                Some(next) => i = next,
+                None => return false,
+            },
+            b't' if s[i..].starts_with(b"true") => i += 4,
+            b'f' if s[i..].starts_with(b"false") => i += 5,
+            b'n' if s[i..].starts_with(b"null") => i += 4,
+            b'-' | b'0'..=b'9' => match number(s, i) {
+                Some(next) => i = next,
+                None => return false,
+            },
+            _ => return false,
+        }
+        // After a value: close containers, or go on to the next element.
+        loop {
+            i = ws(s, i);
+            if depth == 0 {
+                return i == n;
+            }
+            if i >= n {
+                return false;
+            }
+            let top = depth - 1;
+            let in_obj = stack[top / 64] >> (top % 64) & 1 == 1;
+            match (s[i], in_obj) {
+                (b',', true) => match key(s, ws(s, i + 1)) {
+                    Some(next) => {
+                        i = next;
+                        continue 'value;
+                    }
+                    None => return false,
+                },
+                (b',', false) => {
+                    i += 1;
+                    continue 'value;
+                }
+                (b'}', true) | (b']', false) => {
+                    depth -= 1;
+                    i += 1;
+                }
+                _ => return false,
+            }
+        }
+    }
+}
+
+/// An object key at `i` and its colon: the index after the colon.
+fn key(s: &[u8], i: usize) -> Option<usize> {
+    if s.get(i) != Some(&b'"') {
+        return None;
+    }
+    let mut i = string(s, i)?;
+    while i < s.len() && matches!(s[i], b' ' | b'\t' | b'\n' | b'\r') {
+        i += 1;
+    }
+    (s.get(i) == Some(&b':')).then_some(i + 1)
+}
+
+/// A string starting at the quote at `i`: the index after its closing quote.
+fn string(s: &[u8], mut i: usize) -> Option<usize> {
+    i += 1;
+    loop {
+        match *s.get(i)? {
+            b'"' => return Some(i + 1),
+            b'\\' => match *s.get(i + 1)? {
+                b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't' => i += 2,
+                b'u' => {
+                    let hex = s.get(i + 2..i + 6)?;
+                    if !hex.iter().all(u8::is_ascii_hexdigit) {
+                        return None;
+                    }
+                    i += 6;
+                }
+                _ => return None,
+            },
+            0..=0x1f => return None,
+            _ => i += 1,
+        }
+    }
+}
+
+/// A number starting at `i`: the index after it.
+fn number(s: &[u8], mut i: usize) -> Option<usize> {
+    let digits = |s: &[u8], mut i: usize| {
+        let start = i;
+        while i < s.len() && s[i].is_ascii_digit() {
+            i += 1;
+        }
+        (i > start).then_some(i)
+    };
+    if s[i] == b'-' {
+        i += 1;
+    }
+    match s.get(i)? {
+        b'0' => i += 1,
+        b'1'..=b'9' => i = digits(s, i)?,
+        _ => return None,
+    }
+    if s.get(i) == Some(&b'.') {
+        i = digits(s, i + 1)?;
+    }
+    if matches!(s.get(i), Some(b'e' | b'E')) {
+        i += 1;
+        if matches!(s.get(i), Some(b'+' | b'-')) {
+            i += 1;
+        }
+        i = digits(s, i)?;
+    }
+    Some(i)
 }

@@ -283,3 +283,114 @@ proptest! {
         }
     }
 }
+
+/// Any JSON value, nested a few levels, with strings that need escapes.
+fn json_value() -> impl Strategy<Value = serde_json::Value> {
+    use serde_json::Value;
+    let leaf = prop_oneof![
+        Just(Value::Null),
+        any::<bool>().prop_map(Value::Bool),
+        any::<i64>().prop_map(Value::from),
+        any::<f64>()
+            .prop_filter("finite", |f| f.is_finite())
+            .prop_map(Value::from),
+        "(\\PC|[\"\\\\\n\t\u{1}\u{7f}])*".prop_map(Value::String),
+    ];
+    leaf.prop_recursive(6, 64, 8, |inner| {
+        prop_oneof![
+            prop::collection::vec(inner.clone(), 0..8).prop_map(serde_json::Value::Array),
+            prop::collection::vec(("\\PC*", inner), 0..8)
+                .prop_map(|kv| serde_json::Value::Object(kv.into_iter().collect())),
+        ]
+    })
+}
+
+/// serde_json's verdict on `s`, the reference the stream guard's scan must agree with.
+fn serde_says(s: &str) -> bool {
+    serde_json::from_str::<serde::de::IgnoredAny>(s).is_ok()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(512))]
+
+    /// The scan accepts every JSON document serde_json writes (compact or pretty, with
+    /// whitespace around it): the fast path is the path ordinary events take.
+    #[test]
+    fn the_json_scan_accepts_what_serde_writes(v in json_value(), pretty in any::<bool>()) {
+        let text = if pretty { serde_json::to_string_pretty(&v) } else { serde_json::to_string(&v) }.unwrap();
+        prop_assert!(nenya::sse::surely_json(text.as_bytes()), "{text}");
+        let padded = format!(" \n\t{text}\r\n ");
+        prop_assert!(nenya::sse::surely_json(padded.as_bytes()));
+        prop_assert!(nenya::sse::is_json(&padded));
+    }
+
+    /// Damaged JSON (cut short, a byte replaced or inserted): the scan never accepts what
+    /// serde_json refuses, and `is_json` is exactly serde_json's answer.
+    #[test]
+    fn the_json_scan_never_accepts_what_serde_refuses(
+        v in json_value(),
+        at in any::<prop::sample::Index>(),
+        op in 0u8..3,
+        byte in prop::sample::select(b"{}[]\",:\\ 0-+.eEtfnu1\x01x".to_vec()),
+    ) {
+        let text = serde_json::to_string(&v).unwrap();
+        let mut b = text.into_bytes();
+        let i = at.index(b.len() + 1);
+        match op {
+            0 => b.truncate(i),
+            1 if i < b.len() => b[i] = byte,
+            _ => b.insert(i, byte),
+        }
+        // Only text reaches the scan (the SSE decoder hands it UTF-8 lines).
+        if let Ok(s) = std::str::from_utf8(&b) {
+            if nenya::sse::surely_json(s.as_bytes()) {
+                prop_assert!(serde_says(s), "scan accepted what serde refuses: {s:?}");
+            }
+            prop_assert_eq!(nenya::sse::is_json(s), serde_says(s), "{:?}", s);
+        }
+    }
+}
+
+#[test]
+fn the_json_scan_on_edge_cases_agrees_with_serde() {
+    let deep_ok = format!("{}{}", "[".repeat(300), "]".repeat(300));
+    let cases = [
+        "",
+        " ",
+        "0",
+        "-0",
+        "01",
+        "-",
+        "1.",
+        "1.5e",
+        "1e+5",
+        "-0.0E-0",
+        "\"\\u12g4\"",
+        "\"\\u00e9\"",
+        "\"\\x\"",
+        "\"a\u{1}\"",
+        "tru",
+        "true ",
+        "nul",
+        "[1,]",
+        "{\"a\":1,}",
+        "{\"a\" 1}",
+        "{1:2}",
+        "[]]",
+        "{}}",
+        "[1 2]",
+        "\"unterminated",
+        "{\"a\":[{\"b\":null}]}",
+        "[[[[]]]]",
+        "1 2",
+        &deep_ok,
+    ];
+    for c in cases {
+        let fast = nenya::sse::surely_json(c.as_bytes());
+        assert!(!fast || serde_says(c), "scan accepted {c:?}");
+        assert_eq!(nenya::sse::is_json(c), serde_says(c), "{c:?}");
+    }
+    // Past 256 levels the scan steps aside and serde_json decides.
+    assert!(!nenya::sse::surely_json(deep_ok.as_bytes()));
+    assert!(nenya::sse::is_json(&deep_ok));
+}

@@ -646,7 +646,7 @@ fn complete_stream(frames: &[Bytes]) -> bool {
     let mut dec = crate::sse::Decoder::new(usize::MAX);
     let (mut error, mut done) = (false, false);
     for f in frames {
-        let fed = dec.feed(f, |ev| {
+        let fed = dec.feed_ref(f, |ev| {
             if ev.event.as_deref() == Some("error") || ev.data.starts_with("{\"error\"") {
                 error = true;
             }

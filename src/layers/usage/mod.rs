@@ -53,6 +53,10 @@ use crate::model::{ApiFormat, ChatRequest, Settlement, Usage, UsageHook};
 use crate::pricing::PriceTable;
 use crate::sse::Decoder;
 
+/// The word every usage-carrying event holds (most stream events do not).
+static USAGE: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
+    std::sync::LazyLock::new(|| memchr::memmem::Finder::new(b"usage"));
+
 /// A JSON answer is read for its usage up to this size; beyond it, the usage is estimated.
 const JSON_LIMIT: usize = 4 << 20;
 
@@ -311,7 +315,8 @@ where
                 body,
                 TapBody {
                     sse: sse.then(|| Decoder::new(1 << 20)),
-                    json: Vec::new(),
+                    json: Some(Vec::new()),
+                    json_len: 0,
                     usage: None,
                     recorder: Some(recorder),
                 },
@@ -323,13 +328,15 @@ where
 /// The body tap: frames pass through untouched; usage is noted on the way.
 struct TapBody {
     sse: Option<Decoder>,
-    json: Vec<u8>,
+    /// A JSON answer's frames, kept (not copied) until its end; `None` past [`JSON_LIMIT`].
+    json: Option<Vec<Bytes>>,
+    json_len: usize,
     usage: Option<Usage>,
     recorder: Option<Recorder>,
 }
 
 impl TapBody {
-    fn look(&mut self, data: &[u8]) {
+    fn look(&mut self, data: &Bytes) {
         let format = self
             .recorder
             .as_ref()
@@ -338,26 +345,24 @@ impl TapBody {
         match &mut self.sse {
             Some(dec) => {
                 // Most frames are whole events that carry no usage: nothing to read in them.
-                if dec.is_between_events()
-                    && data.ends_with(b"\n\n")
-                    && !data.windows(5).any(|w| w == b"usage")
+                if dec.is_between_events() && data.ends_with(b"\n\n") && USAGE.find(data).is_none()
                 {
                     return;
                 }
                 // A broken stream is the client's to see; the tap just stops reading it.
-                let _ = dec.feed(data, |ev| {
+                let _ = dec.feed_ref(data, |ev| {
                     if ev.data.contains("usage")
-                        && let Ok(v) = serde_json::from_str::<Value>(&ev.data)
+                        && let Ok(u) = serde_json::from_str::<UsageFields>(&ev.data)
                     {
-                        note(usage, format, &v);
+                        note(usage, format, &u);
                     }
                 });
             }
             None => {
-                if self.json.len() + data.len() <= JSON_LIMIT {
-                    self.json.extend_from_slice(data);
-                } else {
-                    self.json = Vec::new();
+                self.json_len += data.len();
+                match &mut self.json {
+                    Some(frames) if self.json_len <= JSON_LIMIT => frames.push(data.clone()),
+                    _ => self.json = None,
                 }
             }
         }
@@ -368,10 +373,17 @@ impl TapBody {
             return;
         };
         if self.sse.is_none()
-            && !self.json.is_empty()
-            && let Ok(v) = serde_json::from_slice::<Value>(&self.json)
+            && let Some(frames) = self.json.take()
         {
-            note(&mut self.usage, r.format, &v);
+            // Usually one frame: read in place; several are joined once.
+            let whole = match frames.len() {
+                0 => Bytes::new(),
+                1 => frames.into_iter().next().unwrap_or_default(),
+                _ => Bytes::from(frames.concat()),
+            };
+            if let Ok(u) = serde_json::from_slice::<UsageFields>(&whole) {
+                note(&mut self.usage, r.format, &u);
+            }
         }
         let s = match self.usage {
             Some(u) => Settlement {
@@ -400,14 +412,33 @@ impl TapBody {
     }
 }
 
+/// The only parts of a JSON event or answer the tap reads: everything else is skipped by the
+/// parser without being built (no maps, no strings), which is most of an answer.
+#[derive(serde::Deserialize)]
+struct UsageFields {
+    #[serde(default)]
+    usage: Option<Value>,
+    #[serde(default)]
+    message: Option<MessageUsage>,
+}
+
+/// `message.usage` (Anthropic's `message_start`).
+#[derive(serde::Deserialize)]
+struct MessageUsage {
+    #[serde(default)]
+    usage: Option<Value>,
+}
+
 /// Folds the usage found in one JSON event or answer into `acc`.
-fn note(acc: &mut Option<Usage>, format: ApiFormat, v: &Value) {
+fn note(acc: &mut Option<Usage>, format: ApiFormat, v: &UsageFields) {
+    let top = v.usage.as_ref().and_then(Value::as_object);
     match format {
         ApiFormat::Anthropic => {
             // `message_start` carries the prompt side, `message_delta` the running output count.
             if let Some(u) = v
-                .get("message")
-                .and_then(|m| m.get("usage"))
+                .message
+                .as_ref()
+                .and_then(|m| m.usage.as_ref())
                 .and_then(Value::as_object)
             {
                 let u = Usage::from_anthropic(u);
@@ -417,7 +448,7 @@ fn note(acc: &mut Option<Usage>, format: ApiFormat, v: &Value) {
                 a.cache_write = u.cache_write;
                 a.output = a.output.max(u.output);
             }
-            if let Some(u) = v.get("usage").and_then(Value::as_object) {
+            if let Some(u) = top {
                 let u = Usage::from_anthropic(u);
                 let a = acc.get_or_insert_with(Usage::default);
                 a.output = a.output.max(u.output);
@@ -429,7 +460,7 @@ fn note(acc: &mut Option<Usage>, format: ApiFormat, v: &Value) {
             }
         }
         _ => {
-            if let Some(u) = v.get("usage").and_then(Value::as_object) {
+            if let Some(u) = top {
                 *acc = Some(Usage::from_openai(u));
             }
         }
