@@ -111,8 +111,11 @@ pub fn encode_request_cached(
     if target == ApiFormat::OpenAi {
         apply_openai_rules(&mut map, caps);
     }
-    serde_json::to_vec(&Value::Object(map))
-        .map(Bytes::from)
+    // Room for an ordinary request up front: the writer's doubling from empty was five
+    // reallocations and copies of the growing body.
+    let mut out = Vec::with_capacity(1024);
+    serde_json::to_writer(&mut out, &Value::Object(map))
+        .map(|()| Bytes::from(out))
         .map_err(|e| Error::new(ErrorKind::Internal, "failed to encode request").with_source(e))
 }
 

@@ -38,7 +38,7 @@ use http_body_util::BodyExt;
 use serde_json::Value;
 use tower::Service;
 
-use super::provider::{HOP_BY_HOP, ProviderSpec, apply_auth};
+use super::provider::{ProviderSpec, apply_auth, strip_hop_by_hop};
 use super::router::RouteTable;
 use crate::Body;
 use crate::error::{Error, ErrorKind};
@@ -416,9 +416,7 @@ impl Passthrough {
         }
         let (mut parts, body) = resp.into_parts();
         // Hop-by-hop headers, and no upstream cookie is set on the gateway's clients.
-        for name in HOP_BY_HOP.iter().chain(&["set-cookie"]) {
-            parts.headers.remove(*name);
-        }
+        strip_hop_by_hop(&mut parts.headers, &[http::header::SET_COOKIE]);
         Ok(Response::from_parts(parts, body))
     }
 }

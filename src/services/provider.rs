@@ -206,7 +206,11 @@ pub struct Target {
 }
 
 /// Client headers forwarded upstream (everything else, credentials included, is dropped).
-const FORWARDED_HEADERS: &[&str] = &["anthropic-beta", "anthropic-version", "openai-beta"];
+static FORWARDED_HEADERS: [HeaderName; 3] = [
+    HeaderName::from_static("anthropic-beta"),
+    HeaderName::from_static("anthropic-version"),
+    HeaderName::from_static("openai-beta"),
+];
 
 /// Sends a [`ChatRequest`] to the [`Target`] in its extensions.
 ///
@@ -345,9 +349,9 @@ fn build_upstream_request(
         }),
     );
     h.insert(header::USER_AGENT, target.provider.user_agent.clone());
-    for name in FORWARDED_HEADERS {
-        if let Some(v) = parts.headers.get(*name) {
-            h.insert(HeaderName::from_static(name), v.clone());
+    for name in &FORWARDED_HEADERS {
+        if let Some(v) = parts.headers.get(name) {
+            h.insert(name.clone(), v.clone());
         }
     }
     for (k, v) in target.provider.quirks.extra_headers {
@@ -636,9 +640,7 @@ enum Respond {
 
 fn respond(resp: Response<Body>, ctx: Ctx) -> Respond {
     let (mut parts, body) = resp.into_parts();
-    for h in HOP_BY_HOP {
-        parts.headers.remove(*h);
-    }
+    strip_hop_by_hop(&mut parts.headers, &[]);
     let is_sse = parts
         .headers
         .get(header::CONTENT_TYPE)
@@ -670,15 +672,28 @@ fn respond(resp: Response<Body>, ctx: Ctx) -> Respond {
 }
 
 /// Hop-by-hop headers never forwarded in either direction.
-pub(crate) const HOP_BY_HOP: &[&str] = &[
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "transfer-encoding",
-    "te",
-    "trailer",
-    "upgrade",
+pub(crate) static HOP_BY_HOP: [HeaderName; 7] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::TRANSFER_ENCODING,
+    header::TE,
+    header::TRAILER,
+    header::UPGRADE,
 ];
+
+/// Removes the hop-by-hop headers (and any of `extra`) from `headers`. One pass over the
+/// names that are there, usually a handful, and a removal only for those present: cheaper
+/// than one hashed removal per name, for headers that are almost never sent.
+pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap, extra: &[HeaderName]) {
+    let present = |k: &HeaderName| HOP_BY_HOP.contains(k) || extra.contains(k);
+    if !headers.keys().any(present) {
+        return;
+    }
+    for name in HOP_BY_HOP.iter().chain(extra) {
+        headers.remove(name);
+    }
+}
 
 pin_project! {
     /// Bounds the silence between upstream body frames. On an SSE body, an idle timeout or an

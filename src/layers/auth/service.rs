@@ -197,6 +197,9 @@ pub struct Auth<S> {
     keys: Arc<[ApiKey]>,
 }
 
+/// Anthropic's credential header, the other place a client key is presented.
+static X_API_KEY: header::HeaderName = header::HeaderName::from_static("x-api-key");
+
 fn presented<B>(req: &Request<B>) -> Option<&[u8]> {
     if let Some(v) = req.headers().get(header::AUTHORIZATION) {
         let v = v.as_bytes();
@@ -206,7 +209,7 @@ fn presented<B>(req: &Request<B>) -> Option<&[u8]> {
         return None;
     }
     req.headers()
-        .get("x-api-key")
+        .get(&X_API_KEY)
         .map(|v| v.as_bytes().trim_ascii())
 }
 
@@ -318,7 +321,7 @@ where
             req.extensions_mut().insert(principal);
         }
         req.headers_mut().remove(header::AUTHORIZATION);
-        req.headers_mut().remove("x-api-key");
+        req.headers_mut().remove(&X_API_KEY);
         GuardFuture::inner(self.inner.call(req))
     }
 }

@@ -91,12 +91,23 @@ fn acceptable(v: &HeaderValue) -> bool {
     !b.is_empty() && b.len() <= 128 && b.iter().all(|c| c.is_ascii_graphic())
 }
 
-fn fresh(seed: &RandomState) -> String {
+fn fresh(seed: &RandomState) -> HeaderValue {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
     let a = seed.hash_one((n, std::time::SystemTime::now()));
     let b = seed.hash_one((a, n));
-    format!("{a:016x}{b:016x}")
+    // 32 lowercase hex digits, written straight into the header (no `format!` machinery).
+    let mut hex = [0u8; 32];
+    for (i, byte) in a
+        .to_be_bytes()
+        .into_iter()
+        .chain(b.to_be_bytes())
+        .enumerate()
+    {
+        hex[2 * i] = b"0123456789abcdef"[usize::from(byte >> 4)];
+        hex[2 * i + 1] = b"0123456789abcdef"[usize::from(byte & 15)];
+    }
+    HeaderValue::from_bytes(&hex).unwrap_or_else(|_| HeaderValue::from_static("invalid"))
 }
 
 impl<S, B, R> Service<Request<B>> for RequestIdService<S>
@@ -114,8 +125,7 @@ where
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
         let value = match req.headers().get(&HEADER) {
             Some(v) if acceptable(v) => v.clone(),
-            _ => HeaderValue::try_from(fresh(&self.seed))
-                .unwrap_or_else(|_| HeaderValue::from_static("invalid")),
+            _ => fresh(&self.seed),
         };
         let id = value.to_str().unwrap_or("invalid").to_owned();
         let span = tracing::info_span!("request", request_id = %id, method = %req.method(), path = %req.uri().path());

@@ -352,9 +352,9 @@ impl TapBody {
                 // A broken stream is the client's to see; the tap just stops reading it.
                 let _ = dec.feed_ref(data, |ev| {
                     if ev.data.contains("usage")
-                        && let Ok(u) = serde_json::from_str::<UsageFields>(&ev.data)
+                        && let Some(u) = found(format, ev.data.as_bytes())
                     {
-                        note(usage, format, &u);
+                        note(usage, format, u);
                     }
                 });
             }
@@ -381,8 +381,8 @@ impl TapBody {
                 1 => frames.into_iter().next().unwrap_or_default(),
                 _ => Bytes::from(frames.concat()),
             };
-            if let Ok(u) = serde_json::from_slice::<UsageFields>(&whole) {
-                note(&mut self.usage, r.format, &u);
+            if let Some(u) = found(r.format, &whole) {
+                note(&mut self.usage, r.format, u);
             }
         }
         let s = match self.usage {
@@ -413,11 +413,13 @@ impl TapBody {
 }
 
 /// The only parts of a JSON event or answer the tap reads: everything else is skipped by the
-/// parser without being built (no maps, no strings), which is most of an answer.
+/// parser without being built (no maps, no strings), which is most of an answer. The usage
+/// objects are read into fixed fields too; one of an unexpected shape (a count that is a
+/// string, details that are not an object) fails this parse, and [`LooseFields`] reads it.
 #[derive(serde::Deserialize)]
 struct UsageFields {
     #[serde(default)]
-    usage: Option<Value>,
+    usage: Option<WireUsage>,
     #[serde(default)]
     message: Option<MessageUsage>,
 }
@@ -426,30 +428,124 @@ struct UsageFields {
 #[derive(serde::Deserialize)]
 struct MessageUsage {
     #[serde(default)]
+    usage: Option<WireUsage>,
+}
+
+/// A `usage` object of either format: OpenAI's counts and Anthropic's.
+#[derive(serde::Deserialize, Default)]
+#[serde(default)]
+struct WireUsage {
+    prompt_tokens: Option<u64>,
+    completion_tokens: Option<u64>,
+    prompt_tokens_details: Option<Details>,
+    completion_tokens_details: Option<Details>,
+    input_tokens: Option<u64>,
+    output_tokens: Option<u64>,
+    cache_read_input_tokens: Option<u64>,
+    cache_creation_input_tokens: Option<u64>,
+}
+
+#[derive(serde::Deserialize, Default)]
+#[serde(default)]
+struct Details {
+    cached_tokens: Option<u64>,
+    reasoning_tokens: Option<u64>,
+}
+
+impl WireUsage {
+    /// The same figures [`Usage::from_openai`] / [`Usage::from_anthropic`] read.
+    fn to_usage(&self, format: ApiFormat) -> Usage {
+        let n = |v: Option<u64>| v.unwrap_or(0);
+        match format {
+            ApiFormat::Anthropic => Usage {
+                input: n(self.input_tokens),
+                output: n(self.output_tokens),
+                cache_read: n(self.cache_read_input_tokens),
+                cache_write: n(self.cache_creation_input_tokens),
+                reasoning: 0,
+            },
+            _ => {
+                let prompt = n(self.prompt_tokens);
+                let cached = n(self
+                    .prompt_tokens_details
+                    .as_ref()
+                    .and_then(|d| d.cached_tokens));
+                Usage {
+                    input: prompt.saturating_sub(cached),
+                    output: n(self.completion_tokens),
+                    cache_read: cached,
+                    cache_write: 0,
+                    reasoning: n(self
+                        .completion_tokens_details
+                        .as_ref()
+                        .and_then(|d| d.reasoning_tokens)),
+                }
+            }
+        }
+    }
+}
+
+/// [`UsageFields`] for usage objects of any shape, read as JSON values.
+#[derive(serde::Deserialize)]
+struct LooseFields {
+    #[serde(default)]
+    usage: Option<Value>,
+    #[serde(default)]
+    message: Option<LooseMessage>,
+}
+
+#[derive(serde::Deserialize)]
+struct LooseMessage {
+    #[serde(default)]
     usage: Option<Value>,
 }
 
+/// The usage in one JSON event or answer: the top-level `usage` and `message.usage`.
+struct Found {
+    top: Option<Usage>,
+    message: Option<Usage>,
+}
+
+/// Reads the usage out of one JSON event or answer; `None` when it is not a JSON object.
+fn found(format: ApiFormat, json: &[u8]) -> Option<Found> {
+    if let Ok(f) = serde_json::from_slice::<UsageFields>(json) {
+        return Some(Found {
+            top: f.usage.map(|u| u.to_usage(format)),
+            message: f.message.and_then(|m| m.usage).map(|u| u.to_usage(format)),
+        });
+    }
+    loose(format, json)
+}
+
+/// [`found`] through [`LooseFields`]: the usage objects as JSON values, whatever their shape.
+fn loose(format: ApiFormat, json: &[u8]) -> Option<Found> {
+    let f = serde_json::from_slice::<LooseFields>(json).ok()?;
+    let read = |v: Option<&Value>| {
+        let u = v?.as_object()?;
+        Some(match format {
+            ApiFormat::Anthropic => Usage::from_anthropic(u),
+            _ => Usage::from_openai(u),
+        })
+    };
+    Some(Found {
+        top: read(f.usage.as_ref()),
+        message: read(f.message.as_ref().and_then(|m| m.usage.as_ref())),
+    })
+}
+
 /// Folds the usage found in one JSON event or answer into `acc`.
-fn note(acc: &mut Option<Usage>, format: ApiFormat, v: &UsageFields) {
-    let top = v.usage.as_ref().and_then(Value::as_object);
+fn note(acc: &mut Option<Usage>, format: ApiFormat, v: Found) {
     match format {
         ApiFormat::Anthropic => {
             // `message_start` carries the prompt side, `message_delta` the running output count.
-            if let Some(u) = v
-                .message
-                .as_ref()
-                .and_then(|m| m.usage.as_ref())
-                .and_then(Value::as_object)
-            {
-                let u = Usage::from_anthropic(u);
+            if let Some(u) = v.message {
                 let a = acc.get_or_insert_with(Usage::default);
                 a.input = u.input;
                 a.cache_read = u.cache_read;
                 a.cache_write = u.cache_write;
                 a.output = a.output.max(u.output);
             }
-            if let Some(u) = top {
-                let u = Usage::from_anthropic(u);
+            if let Some(u) = v.top {
                 let a = acc.get_or_insert_with(Usage::default);
                 a.output = a.output.max(u.output);
                 if u.input > 0 {
@@ -460,8 +556,8 @@ fn note(acc: &mut Option<Usage>, format: ApiFormat, v: &UsageFields) {
             }
         }
         _ => {
-            if let Some(u) = top {
-                *acc = Some(Usage::from_openai(u));
+            if let Some(u) = v.top {
+                *acc = Some(u);
             }
         }
     }
@@ -475,5 +571,112 @@ impl Observer for TapBody {
     fn on_end(&mut self, _complete: bool) {
         // An answer cut short still used the tokens it used: record what was seen.
         self.finish();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn count() -> impl Strategy<Value = Value> {
+        // Mostly counts, so that whole objects of counts are common; the odd shapes often
+        // enough that each one turns up.
+        prop_oneof![
+            6 => any::<u64>().prop_map(Value::from),
+            6 => (0u64..1000).prop_map(Value::from),
+            1 => any::<i64>().prop_map(Value::from),
+            1 => (-1e6f64..1e6).prop_map(Value::from),
+            1 => Just(Value::Null),
+            1 => "[a-z0-9]{0,4}".prop_map(Value::from),
+            1 => Just(serde_json::json!({"n": 1})),
+        ]
+    }
+
+    fn usage_object() -> impl Strategy<Value = Value> {
+        let keys = prop::sample::select(vec![
+            "prompt_tokens",
+            "completion_tokens",
+            "input_tokens",
+            "output_tokens",
+            "cache_read_input_tokens",
+            "cache_creation_input_tokens",
+            "total_tokens",
+        ]);
+        let details = prop_oneof![
+            4 => (count(), count())
+                .prop_map(|(c, r)| serde_json::json!({"cached_tokens": c, "reasoning_tokens": r})),
+            1 => count(),
+        ];
+        (
+            prop::collection::vec((keys, count()), 0..6),
+            prop::option::of(details.clone()),
+            prop::option::of(details),
+        )
+            .prop_map(|(counts, pd, cd)| {
+                let mut m = serde_json::Map::new();
+                for (k, v) in counts {
+                    m.insert(k.to_owned(), v);
+                }
+                if let Some(d) = pd {
+                    m.insert("prompt_tokens_details".into(), d);
+                }
+                if let Some(d) = cd {
+                    m.insert("completion_tokens_details".into(), d);
+                }
+                Value::Object(m)
+            })
+    }
+
+    proptest! {
+        /// The fixed-field reading finds exactly what reading the values found, whatever the
+        /// shape of the usage objects (strings, floats, negatives, nulls, nested objects).
+        #[test]
+        fn fixed_fields_read_what_values_read(
+            top in prop::option::of(prop_oneof![usage_object(), count()]),
+            msg in prop::option::of(prop_oneof![usage_object(), count()]),
+            anthropic in any::<bool>(),
+        ) {
+            let format = if anthropic { ApiFormat::Anthropic } else { ApiFormat::OpenAi };
+            let mut doc = serde_json::json!({"id": "x", "choices": [{"message": {"content": "usage"}}]});
+            if let Some(t) = top {
+                doc["usage"] = t;
+            }
+            if let Some(m) = msg {
+                doc["message"] = serde_json::json!({"role": "assistant", "usage": m});
+            }
+            let json = serde_json::to_vec(&doc).unwrap();
+            let got = found(format, &json).map(|f| (f.top, f.message));
+            prop_assert_eq!(got, loose(format, &json).map(|f| (f.top, f.message)));
+        }
+    }
+
+    #[test]
+    fn reads_both_formats_and_odd_shapes() {
+        let f = found(
+            ApiFormat::OpenAi,
+            br#"{"usage":{"prompt_tokens":10,"completion_tokens":3,"prompt_tokens_details":{"cached_tokens":4},"completion_tokens_details":{"reasoning_tokens":2}}}"#,
+        )
+        .unwrap();
+        let u = f.top.unwrap();
+        assert_eq!((u.input, u.cache_read, u.output, u.reasoning), (6, 4, 3, 2));
+        let f = found(
+            ApiFormat::Anthropic,
+            br#"{"type":"message_start","message":{"usage":{"input_tokens":7,"cache_read_input_tokens":5,"output_tokens":1}}}"#,
+        )
+        .unwrap();
+        assert!(f.top.is_none());
+        let u = f.message.unwrap();
+        assert_eq!((u.input, u.cache_read, u.output), (7, 5, 1));
+        // A count sent as a string is not a count, and does not hide the others.
+        let u = found(
+            ApiFormat::OpenAi,
+            br#"{"usage":{"prompt_tokens":"10","completion_tokens":3}}"#,
+        )
+        .unwrap()
+        .top
+        .unwrap();
+        assert_eq!((u.input, u.output), (0, 3));
+        assert!(found(ApiFormat::OpenAi, b"[1,2]").is_none());
     }
 }
