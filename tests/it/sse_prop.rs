@@ -394,3 +394,29 @@ fn the_json_scan_on_edge_cases_agrees_with_serde() {
     assert!(!nenya::sse::surely_json(deep_ok.as_bytes()));
     assert!(nenya::sse::is_json(&deep_ok));
 }
+
+/// The string scan reads eight bytes at a time: a quote, a backslash, an escape or a control
+/// character at every offset of a word, and around word ends, is judged exactly as serde_json
+/// judges it.
+#[test]
+fn the_string_scan_agrees_with_serde_at_every_offset() {
+    let specials = [
+        "\"", "\\", "\\\"", "\\\\", "\\n", "\\u00e9", "\\u12", "\\x", "\u{0}", "\u{1}", "\u{1f}",
+        " ", "\u{7f}", "é", "€", "/", "\\/",
+    ];
+    for len in 0..20 {
+        for pos in 0..=len {
+            for sp in specials {
+                let body = format!("{}{sp}{}", "a".repeat(pos), "b".repeat(len - pos));
+                for doc in [
+                    format!("\"{body}\""),
+                    format!("{{\"k\":\"{body}\",\"z\":1}}"),
+                ] {
+                    let fast = nenya::sse::surely_json(doc.as_bytes());
+                    assert_eq!(fast, serde_says(&doc), "{doc:?}");
+                    assert_eq!(nenya::sse::is_json(&doc), serde_says(&doc), "{doc:?}");
+                }
+            }
+        }
+    }
+}
