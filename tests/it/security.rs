@@ -1,6 +1,7 @@
 //! Security layers over real loopback HTTP: secrets never reach the upstream (every text
 //! position, both client formats, same- and cross-format upstreams), benign text reaches it
-//! byte-identical, browser-origin refusal, RBAC, fail-open scrubbing.
+//! byte-identical, browser-origin refusal, RBAC, fail-open scrubbing, no upstream hop-by-hop
+//! header reaching the client.
 
 use crate::common;
 
@@ -442,4 +443,88 @@ async fn absurdly_deep_json_is_a_400_not_a_crash() {
     )
     .await;
     assert_eq!(ok.status, 200, "still serving");
+}
+
+/// An upstream answering every request with `head` and a JSON completion, on raw TCP so that
+/// it can send the hop-by-hop headers a real server or proxy in front of it might.
+async fn raw_upstream(head: &'static str) -> Running {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut sock, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                loop {
+                    // One request: its head, then its Content-Length body.
+                    let end = loop {
+                        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                            break i + 4;
+                        }
+                        let mut chunk = [0u8; 4096];
+                        match sock.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    };
+                    let text = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+                    let len = text
+                        .lines()
+                        .find_map(|l| l.strip_prefix("content-length:"))
+                        .and_then(|v| v.trim().parse::<usize>().ok())
+                        .unwrap_or(0);
+                    while buf.len() < end + len {
+                        let mut chunk = [0u8; 4096];
+                        match sock.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                    buf.drain(..end + len);
+                    let body = r#"{"id":"c1","object":"chat.completion","created":1,"model":"m","choices":[{"index":0,"message":{"role":"assistant","content":"hi"},"finish_reason":"stop"}],"usage":{"prompt_tokens":3,"completion_tokens":1,"total_tokens":4}}"#;
+                    let resp = format!(
+                        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n{head}\r\n{body}",
+                        body.len()
+                    );
+                    if sock.write_all(resp.as_bytes()).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    Running::at(addr)
+}
+
+/// Hop-by-hop headers describe one connection, not the answer: an upstream's never reach the
+/// client (chat and the passthrough proxy), nor does its `Set-Cookie` through the proxy, while
+/// its other headers do.
+#[tokio::test]
+async fn upstream_hop_by_hop_headers_never_reach_the_client() {
+    const HEAD: &str = "connection: keep-alive\r\nkeep-alive: timeout=5\r\nproxy-connection: keep-alive\r\nupgrade: h2c\r\ntrailer: x-checksum\r\nset-cookie: upstream=1\r\nx-upstream-id: kept\r\n";
+    let up = raw_upstream(HEAD).await;
+    let gw = gateway_for_mock(&up, "").await;
+    let hop = ["keep-alive", "proxy-connection", "upgrade", "trailer"];
+
+    let r = post_chat(&gw, &openai_request("coder")).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["choices"][0]["message"]["content"], "hi");
+    for h in hop {
+        assert!(r.headers.get(h).is_none(), "chat answer carried `{h}`");
+    }
+    assert_eq!(r.headers["x-upstream-id"], "kept");
+
+    let (k, v) = bearer();
+    let r = send(
+        http::Request::get(gw.url("/proxy/up/v1/anything"))
+            .header(k, v)
+            .body(nenya::Body::empty())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    for h in hop.iter().chain(&["set-cookie"]) {
+        assert!(r.headers.get(*h).is_none(), "proxied answer carried `{h}`");
+    }
+    assert_eq!(r.headers["x-upstream-id"], "kept");
 }
