@@ -128,5 +128,60 @@ fn bench_streams(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, bench, bench_streams);
+/// An upstream body that has all its frames ready, one per event.
+struct Frames(std::collections::VecDeque<bytes::Bytes>);
+
+impl http_body::Body for Frames {
+    type Data = bytes::Bytes;
+    type Error = std::convert::Infallible;
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, Self::Error>>> {
+        std::task::Poll::Ready(self.0.pop_front().map(|b| Ok(http_body::Frame::data(b))))
+    }
+}
+
+/// The same-format stream guard's per-event check: the one-pass scan (`sse::is_json`) against
+/// serde_json skipping the same event, and the whole guard over a stream sent event by event.
+fn bench_guard(c: &mut Criterion) {
+    let bytes = stream_bytes(ApiFormat::OpenAi);
+    let mut events = Vec::new();
+    Decoder::new(1 << 20)
+        .feed(&bytes, |e| events.push(e.data))
+        .unwrap();
+    let mut g = c.benchmark_group("sse_guard_200_events");
+    g.throughput(Throughput::Elements(events.len() as u64));
+    g.bench_function("json_check/scan", |b| {
+        b.iter(|| events.iter().filter(|d| nenya::sse::is_json(d)).count())
+    });
+    g.bench_function("json_check/serde_ignored_any", |b| {
+        b.iter(|| {
+            events
+                .iter()
+                .filter(|d| serde_json::from_str::<serde::de::IgnoredAny>(d).is_ok())
+                .count()
+        })
+    });
+    let frames: Vec<bytes::Bytes> = bytes
+        .split_inclusive(|&c| c == b'\n')
+        .collect::<Vec<_>>()
+        .chunks(2)
+        .map(|event| bytes::Bytes::from(event.concat()))
+        .collect();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    g.bench_function("guard_event_frames", |b| {
+        b.iter(|| {
+            use http_body_util::BodyExt;
+            let body = Frames(frames.iter().cloned().collect());
+            let guard = nenya::services::SseGuard::new(body, ApiFormat::OpenAi);
+            rt.block_on(guard.collect()).unwrap().to_bytes().len()
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, bench, bench_streams, bench_guard);
 criterion_main!(benches);
