@@ -361,6 +361,93 @@ pub fn surely_json(s: &[u8]) -> bool {
     }
 }
 
+/// The values of the `keys` of a top-level JSON object, as slices of `json` (the last one of a
+/// key sent twice), with everything else skipped, not parsed: brackets are counted and
+/// strings stepped over. `None` when `json` is not an object, when a key is written with
+/// escapes, or when the object is not followed by only whitespace; the caller then parses
+/// the whole document. The slices are not validated: the caller parses them.
+pub(crate) fn top_level_fields<'a, const N: usize>(
+    json: &'a [u8],
+    keys: [&[u8]; N],
+) -> Option<[Option<&'a [u8]>; N]> {
+    let s = json;
+    let ws = |mut i: usize| {
+        while i < s.len() && matches!(s[i], b' ' | b'\t' | b'\n' | b'\r') {
+            i += 1;
+        }
+        i
+    };
+    let mut out = [None; N];
+    let mut i = ws(0);
+    if s.get(i) != Some(&b'{') {
+        return None;
+    }
+    i = ws(i + 1);
+    if s.get(i) == Some(&b'}') {
+        return (ws(i + 1) == s.len()).then_some(out);
+    }
+    loop {
+        if s.get(i) != Some(&b'"') {
+            return None;
+        }
+        let end = string(s, i)?;
+        let key = &s[i + 1..end - 1];
+        if key.contains(&b'\\') {
+            return None;
+        }
+        i = ws(end);
+        if s.get(i) != Some(&b':') {
+            return None;
+        }
+        i = ws(i + 1);
+        let value_end = skip_value(s, i)?;
+        if let Some(n) = keys.iter().position(|k| *k == key) {
+            out[n] = Some(&s[i..value_end]);
+        }
+        i = ws(value_end);
+        match s.get(i)? {
+            b',' => i = ws(i + 1),
+            b'}' => return (ws(i + 1) == s.len()).then_some(out),
+            _ => return None,
+        }
+    }
+}
+
+/// The end of the value starting at `i`, found without parsing it (see [`top_level_fields`]).
+fn skip_value(s: &[u8], mut i: usize) -> Option<usize> {
+    match *s.get(i)? {
+        b'"' => string(s, i),
+        b'{' | b'[' => {
+            let mut depth = 0usize;
+            loop {
+                match *s.get(i)? {
+                    b'"' => {
+                        i = string(s, i)?;
+                        continue;
+                    }
+                    b'{' | b'[' => depth += 1,
+                    b'}' | b']' => {
+                        depth -= 1;
+                        if depth == 0 {
+                            return Some(i + 1);
+                        }
+                    }
+                    _ => {}
+                }
+                i += 1;
+            }
+        }
+        _ => {
+            let start = i;
+            while i < s.len() && !matches!(s[i], b',' | b'}' | b']' | b' ' | b'\t' | b'\n' | b'\r')
+            {
+                i += 1;
+            }
+            (i > start).then_some(i)
+        }
+    }
+}
+
 /// An object key at `i` and its colon: the index after the colon.
 fn key(s: &[u8], i: usize) -> Option<usize> {
     if s.get(i) != Some(&b'"') {

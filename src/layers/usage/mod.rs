@@ -412,18 +412,6 @@ impl TapBody {
     }
 }
 
-/// The only parts of a JSON event or answer the tap reads: everything else is skipped by the
-/// parser without being built (no maps, no strings), which is most of an answer. The usage
-/// objects are read into fixed fields too; one of an unexpected shape (a count that is a
-/// string, details that are not an object) fails this parse, and [`LooseFields`] reads it.
-#[derive(serde::Deserialize)]
-struct UsageFields {
-    #[serde(default)]
-    usage: Option<WireUsage>,
-    #[serde(default)]
-    message: Option<MessageUsage>,
-}
-
 /// `message.usage` (Anthropic's `message_start`).
 #[derive(serde::Deserialize)]
 struct MessageUsage {
@@ -485,21 +473,6 @@ impl WireUsage {
     }
 }
 
-/// [`UsageFields`] for usage objects of any shape, read as JSON values.
-#[derive(serde::Deserialize)]
-struct LooseFields {
-    #[serde(default)]
-    usage: Option<Value>,
-    #[serde(default)]
-    message: Option<LooseMessage>,
-}
-
-#[derive(serde::Deserialize)]
-struct LooseMessage {
-    #[serde(default)]
-    usage: Option<Value>,
-}
-
 /// The usage in one JSON event or answer: the top-level `usage` and `message.usage`.
 struct Found {
     top: Option<Usage>,
@@ -508,18 +481,27 @@ struct Found {
 
 /// Reads the usage out of one JSON event or answer; `None` when it is not a JSON object.
 fn found(format: ApiFormat, json: &[u8]) -> Option<Found> {
-    if let Ok(f) = serde_json::from_slice::<UsageFields>(json) {
-        return Some(Found {
-            top: f.usage.map(|u| u.to_usage(format)),
-            message: f.message.and_then(|m| m.usage).map(|u| u.to_usage(format)),
-        });
+    // Most of an answer is not usage: find the two values at the top level without parsing
+    // the rest, and read only them, into fixed fields. Anything else (usage of an odd shape,
+    // a count sent as a string; a key written with escapes; not an object) is read the slow
+    // way, as JSON values.
+    if let Some([usage, message]) = crate::sse::top_level_fields(json, [b"usage", b"message"]) {
+        let usage = usage.map_or(Ok(None), serde_json::from_slice::<Option<WireUsage>>);
+        let message = message.map_or(Ok(None), serde_json::from_slice::<Option<MessageUsage>>);
+        if let (Ok(usage), Ok(message)) = (usage, message) {
+            return Some(Found {
+                top: usage.map(|u| u.to_usage(format)),
+                message: message.and_then(|m| m.usage).map(|u| u.to_usage(format)),
+            });
+        }
     }
     loose(format, json)
 }
 
-/// [`found`] through [`LooseFields`]: the usage objects as JSON values, whatever their shape.
+/// [`found`] the slow way: the whole document parsed into JSON values, whatever its shape.
 fn loose(format: ApiFormat, json: &[u8]) -> Option<Found> {
-    let f = serde_json::from_slice::<LooseFields>(json).ok()?;
+    let doc = serde_json::from_slice::<Value>(json).ok()?;
+    let doc = doc.as_object()?;
     let read = |v: Option<&Value>| {
         let u = v?.as_object()?;
         Some(match format {
@@ -528,8 +510,8 @@ fn loose(format: ApiFormat, json: &[u8]) -> Option<Found> {
         })
     };
     Some(Found {
-        top: read(f.usage.as_ref()),
-        message: read(f.message.as_ref().and_then(|m| m.usage.as_ref())),
+        top: read(doc.get("usage")),
+        message: read(doc.get("message").and_then(|m| m.get("usage"))),
     })
 }
 
@@ -628,26 +610,73 @@ mod tests {
             })
     }
 
+    /// Any JSON value, nested, whose objects may hold `usage` and `message` keys of their own
+    /// (which are not the answer's) and whose strings need escapes.
+    fn other_value() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<i64>().prop_map(Value::from),
+            (-1e9f64..1e9).prop_map(Value::from),
+            "(\\PC|[\"\\\\{}\\[\\],:\n\u{1}])*".prop_map(Value::String),
+        ];
+        leaf.prop_recursive(4, 32, 6, |inner| {
+            let key = prop_oneof![
+                Just("usage".to_owned()),
+                Just("message".to_owned()),
+                "[a-z_\"\\\\{}]{0,8}",
+            ];
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..5).prop_map(Value::Array),
+                prop::collection::vec((key, inner), 0..5)
+                    .prop_map(|kv| Value::Object(kv.into_iter().collect())),
+            ]
+        })
+    }
+
     proptest! {
-        /// The fixed-field reading finds exactly what reading the values found, whatever the
-        /// shape of the usage objects (strings, floats, negatives, nulls, nested objects).
+        /// Reading the answer's usage finds exactly what parsing the whole answer into values
+        /// finds: whatever the shape of the usage objects (strings, floats, negatives, nulls,
+        /// nested objects), wherever they stand among the other keys, whatever those hold
+        /// (usage-named keys of their own, brackets and quotes in strings), sent twice or
+        /// pretty-printed.
         #[test]
         fn fixed_fields_read_what_values_read(
             top in prop::option::of(prop_oneof![usage_object(), count()]),
             msg in prop::option::of(prop_oneof![usage_object(), count()]),
+            others in prop::collection::vec(("[a-z]{1,6}", other_value()), 0..5),
+            at in any::<prop::sample::Index>(),
+            twice in any::<bool>(),
+            pretty in any::<bool>(),
             anthropic in any::<bool>(),
         ) {
             let format = if anthropic { ApiFormat::Anthropic } else { ApiFormat::OpenAi };
-            let mut doc = serde_json::json!({"id": "x", "choices": [{"message": {"content": "usage"}}]});
-            if let Some(t) = top {
-                doc["usage"] = t;
+            let mut fields: Vec<String> = others
+                .iter()
+                .filter(|(k, _)| k != "usage" && k != "message")
+                .map(|(k, v)| format!("{}:{}", Value::from(k.as_str()), v))
+                .collect();
+            let mut ours = Vec::new();
+            if let Some(t) = &top {
+                ours.push(format!("\"usage\":{t}"));
             }
-            if let Some(m) = msg {
-                doc["message"] = serde_json::json!({"role": "assistant", "usage": m});
+            if let Some(m) = &msg {
+                ours.push(format!("\"message\":{}", serde_json::json!({"role": "assistant", "usage": m})));
             }
-            let json = serde_json::to_vec(&doc).unwrap();
-            let got = found(format, &json).map(|f| (f.top, f.message));
-            prop_assert_eq!(got, loose(format, &json).map(|f| (f.top, f.message)));
+            if twice && !ours.is_empty() {
+                // A key sent twice: the last one counts, as in a parsed map.
+                ours.insert(0, "\"usage\":{\"prompt_tokens\":999}".to_owned());
+            }
+            for f in ours {
+                let i = at.index(fields.len() + 1);
+                fields.insert(i, f);
+            }
+            let mut json = format!("{{{}}}", fields.join(","));
+            if pretty {
+                json = serde_json::to_string_pretty(&serde_json::from_str::<Value>(&json).unwrap()).unwrap();
+            }
+            let got = found(format, json.as_bytes()).map(|f| (f.top, f.message));
+            prop_assert_eq!(got, loose(format, json.as_bytes()).map(|f| (f.top, f.message)), "{}", json);
         }
     }
 
@@ -678,5 +707,18 @@ mod tests {
         .unwrap();
         assert_eq!((u.input, u.output), (0, 3));
         assert!(found(ApiFormat::OpenAi, b"[1,2]").is_none());
+        // A key written with escapes is still the key.
+        let u = found(ApiFormat::OpenAi, br#"{"usag\u0065":{"prompt_tokens":5}}"#)
+            .unwrap()
+            .top
+            .unwrap();
+        assert_eq!(u.input, 5);
+        // Usage nested in some other value is not the answer's.
+        let f = found(
+            ApiFormat::OpenAi,
+            br#"{"choices":[{"usage":{"prompt_tokens":5}}]}"#,
+        )
+        .unwrap();
+        assert!(f.top.is_none());
     }
 }
