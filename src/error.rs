@@ -17,6 +17,10 @@ use crate::model::ApiFormat;
 /// Header carrying the stable error kind on every error response.
 pub const ERROR_KIND_HEADER: &str = "x-nenya-error-kind";
 
+/// [`ERROR_KIND_HEADER`] as a header name, for lookups that need not parse it.
+pub(crate) static ERROR_KIND_NAME: http::HeaderName =
+    http::HeaderName::from_static(ERROR_KIND_HEADER);
+
 /// What went wrong, as a stable identifier (see [`ErrorKind::as_str`]).
 ///
 /// ```

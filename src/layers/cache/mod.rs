@@ -576,7 +576,7 @@ where
     let mut headers = resp.headers().clone();
     headers.remove("x-nenya-cache");
     headers.remove("x-request-id");
-    headers.remove("x-nenya-attempts");
+    headers.remove(&crate::services::router::ATTEMPTS_HEADER);
     headers.remove(http::header::CONTENT_LENGTH);
     let status = resp.status();
     let key = *key;

@@ -352,9 +352,11 @@ where
         let out = ready!(this.fut.poll(cx));
         if let Ok(resp) = &out {
             let h = resp.headers();
-            let kind = h.get("x-nenya-error-kind").and_then(|v| v.to_str().ok());
+            let kind = h
+                .get(&crate::error::ERROR_KIND_NAME)
+                .and_then(|v| v.to_str().ok());
             let attempts = h
-                .get("x-nenya-attempts")
+                .get(&crate::services::router::ATTEMPTS_HEADER)
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| v.parse().ok())
                 .unwrap_or(1);
