@@ -9,6 +9,7 @@ use serde_json::{Map, Value};
 
 mod response;
 
+pub(crate) use response::UsageCounts;
 pub use response::{BlockStart, ChatResponse, Delta, StopReason, StreamEvent, Usage};
 
 /// A JSON object that keeps its keys in their original order.

@@ -95,22 +95,8 @@ impl Usage {
     ///     "completion_tokens": 3, "prompt_tokens_details": {"cached_tokens": 4}}).as_object().unwrap());
     /// assert_eq!((u.input, u.cache_read, u.output), (6, 4, 3));
     /// ```
-    pub fn from_openai(u: &crate::model::JsonMap) -> Self {
-        use serde_json::Value;
-        let n = |v: Option<&Value>| v.and_then(Value::as_u64).unwrap_or(0);
-        let prompt = n(u.get("prompt_tokens"));
-        let cached = n(u
-            .get("prompt_tokens_details")
-            .and_then(|d| d.get("cached_tokens")));
-        Self {
-            input: prompt.saturating_sub(cached),
-            output: n(u.get("completion_tokens")),
-            cache_read: cached,
-            cache_write: 0,
-            reasoning: n(u
-                .get("completion_tokens_details")
-                .and_then(|d| d.get("reasoning_tokens"))),
-        }
+    pub fn from_openai(u: &JsonMap) -> Self {
+        UsageCounts::from_map(u).openai()
     }
 
     /// Reads an Anthropic `usage` object.
@@ -120,20 +106,91 @@ impl Usage {
     ///     "output_tokens": 3, "cache_read_input_tokens": 4}).as_object().unwrap());
     /// assert_eq!((u.input, u.cache_read, u.output), (10, 4, 3));
     /// ```
-    pub fn from_anthropic(u: &crate::model::JsonMap) -> Self {
-        let n = |k: &str| u.get(k).and_then(serde_json::Value::as_u64).unwrap_or(0);
-        Self {
-            input: n("input_tokens"),
-            output: n("output_tokens"),
-            cache_read: n("cache_read_input_tokens"),
-            cache_write: n("cache_creation_input_tokens"),
-            reasoning: 0,
-        }
+    pub fn from_anthropic(u: &JsonMap) -> Self {
+        UsageCounts::from_map(u).anthropic()
     }
 
     /// All prompt tokens, cached or not.
     pub fn prompt_total(&self) -> u64 {
         self.input + self.cache_read + self.cache_write
+    }
+}
+
+/// The counts of a `usage` object of either format, as sent: what [`Usage::from_openai`] and
+/// [`Usage::from_anthropic`] read, and what the usage tap deserialises straight from an
+/// answer's bytes (a count of any other type fails that, and the tap reads the object with
+/// [`from_map`](Self::from_map), where it counts as 0).
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(default)]
+pub(crate) struct UsageCounts {
+    prompt_tokens: Option<u64>,
+    completion_tokens: Option<u64>,
+    prompt_tokens_details: Option<UsageDetails>,
+    completion_tokens_details: Option<UsageDetails>,
+    input_tokens: Option<u64>,
+    output_tokens: Option<u64>,
+    cache_read_input_tokens: Option<u64>,
+    cache_creation_input_tokens: Option<u64>,
+}
+
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(default)]
+struct UsageDetails {
+    cached_tokens: Option<u64>,
+    reasoning_tokens: Option<u64>,
+}
+
+impl UsageCounts {
+    /// The counts of a parsed object; a missing count, or one that is not an unsigned
+    /// integer, is `None`.
+    pub(crate) fn from_map(u: &JsonMap) -> Self {
+        use serde_json::Value;
+        let n = |m: &JsonMap, k: &str| m.get(k).and_then(Value::as_u64);
+        let details = |k: &str| {
+            u.get(k).and_then(Value::as_object).map(|d| UsageDetails {
+                cached_tokens: n(d, "cached_tokens"),
+                reasoning_tokens: n(d, "reasoning_tokens"),
+            })
+        };
+        Self {
+            prompt_tokens: n(u, "prompt_tokens"),
+            completion_tokens: n(u, "completion_tokens"),
+            prompt_tokens_details: details("prompt_tokens_details"),
+            completion_tokens_details: details("completion_tokens_details"),
+            input_tokens: n(u, "input_tokens"),
+            output_tokens: n(u, "output_tokens"),
+            cache_read_input_tokens: n(u, "cache_read_input_tokens"),
+            cache_creation_input_tokens: n(u, "cache_creation_input_tokens"),
+        }
+    }
+
+    /// As OpenAI means them: `prompt_tokens` includes the cached ones.
+    pub(crate) fn openai(&self) -> Usage {
+        let n = |v: Option<u64>| v.unwrap_or(0);
+        let detail = |d: &Option<UsageDetails>, f: fn(&UsageDetails) -> Option<u64>| {
+            n(d.as_ref().and_then(f))
+        };
+        let prompt = n(self.prompt_tokens);
+        let cached = detail(&self.prompt_tokens_details, |d| d.cached_tokens);
+        Usage {
+            input: prompt.saturating_sub(cached),
+            output: n(self.completion_tokens),
+            cache_read: cached,
+            cache_write: 0,
+            reasoning: detail(&self.completion_tokens_details, |d| d.reasoning_tokens),
+        }
+    }
+
+    /// As Anthropic means them.
+    pub(crate) fn anthropic(&self) -> Usage {
+        let n = |v: Option<u64>| v.unwrap_or(0);
+        Usage {
+            input: n(self.input_tokens),
+            output: n(self.output_tokens),
+            cache_read: n(self.cache_read_input_tokens),
+            cache_write: n(self.cache_creation_input_tokens),
+            reasoning: 0,
+        }
     }
 }
 

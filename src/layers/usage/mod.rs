@@ -49,7 +49,7 @@ use tower_layer::Layer;
 use crate::Body;
 use crate::adapters::providers::Price;
 use crate::body::{Observed, Observer};
-use crate::model::{ApiFormat, ChatRequest, Settlement, Usage, UsageHook};
+use crate::model::{ApiFormat, ChatRequest, Settlement, Usage, UsageCounts, UsageHook};
 use crate::pricing::PriceTable;
 use crate::sse::Decoder;
 
@@ -416,60 +416,14 @@ impl TapBody {
 #[derive(serde::Deserialize)]
 struct MessageUsage {
     #[serde(default)]
-    usage: Option<WireUsage>,
+    usage: Option<UsageCounts>,
 }
 
-/// A `usage` object of either format: OpenAI's counts and Anthropic's.
-#[derive(serde::Deserialize, Default)]
-#[serde(default)]
-struct WireUsage {
-    prompt_tokens: Option<u64>,
-    completion_tokens: Option<u64>,
-    prompt_tokens_details: Option<Details>,
-    completion_tokens_details: Option<Details>,
-    input_tokens: Option<u64>,
-    output_tokens: Option<u64>,
-    cache_read_input_tokens: Option<u64>,
-    cache_creation_input_tokens: Option<u64>,
-}
-
-#[derive(serde::Deserialize, Default)]
-#[serde(default)]
-struct Details {
-    cached_tokens: Option<u64>,
-    reasoning_tokens: Option<u64>,
-}
-
-impl WireUsage {
-    /// The same figures [`Usage::from_openai`] / [`Usage::from_anthropic`] read.
-    fn to_usage(&self, format: ApiFormat) -> Usage {
-        let n = |v: Option<u64>| v.unwrap_or(0);
-        match format {
-            ApiFormat::Anthropic => Usage {
-                input: n(self.input_tokens),
-                output: n(self.output_tokens),
-                cache_read: n(self.cache_read_input_tokens),
-                cache_write: n(self.cache_creation_input_tokens),
-                reasoning: 0,
-            },
-            _ => {
-                let prompt = n(self.prompt_tokens);
-                let cached = n(self
-                    .prompt_tokens_details
-                    .as_ref()
-                    .and_then(|d| d.cached_tokens));
-                Usage {
-                    input: prompt.saturating_sub(cached),
-                    output: n(self.completion_tokens),
-                    cache_read: cached,
-                    cache_write: 0,
-                    reasoning: n(self
-                        .completion_tokens_details
-                        .as_ref()
-                        .and_then(|d| d.reasoning_tokens)),
-                }
-            }
-        }
+/// The counts as `format` means them.
+fn usage_in(format: ApiFormat, u: &UsageCounts) -> Usage {
+    match format {
+        ApiFormat::Anthropic => u.anthropic(),
+        _ => u.openai(),
     }
 }
 
@@ -486,12 +440,12 @@ fn found(format: ApiFormat, json: &[u8]) -> Option<Found> {
     // a count sent as a string; a key written with escapes; not an object) is read the slow
     // way, as JSON values.
     if let Some([usage, message]) = crate::sse::top_level_fields(json, [b"usage", b"message"]) {
-        let usage = usage.map_or(Ok(None), serde_json::from_slice::<Option<WireUsage>>);
+        let usage = usage.map_or(Ok(None), serde_json::from_slice::<Option<UsageCounts>>);
         let message = message.map_or(Ok(None), serde_json::from_slice::<Option<MessageUsage>>);
         if let (Ok(usage), Ok(message)) = (usage, message) {
             return Some(Found {
-                top: usage.map(|u| u.to_usage(format)),
-                message: message.and_then(|m| m.usage).map(|u| u.to_usage(format)),
+                top: usage.map(|u| usage_in(format, &u)),
+                message: message.and_then(|m| m.usage).map(|u| usage_in(format, &u)),
             });
         }
     }
@@ -502,13 +456,7 @@ fn found(format: ApiFormat, json: &[u8]) -> Option<Found> {
 fn loose(format: ApiFormat, json: &[u8]) -> Option<Found> {
     let doc = serde_json::from_slice::<Value>(json).ok()?;
     let doc = doc.as_object()?;
-    let read = |v: Option<&Value>| {
-        let u = v?.as_object()?;
-        Some(match format {
-            ApiFormat::Anthropic => Usage::from_anthropic(u),
-            _ => Usage::from_openai(u),
-        })
-    };
+    let read = |v: Option<&Value>| Some(usage_in(format, &UsageCounts::from_map(v?.as_object()?)));
     Some(Found {
         top: read(doc.get("usage")),
         message: read(doc.get("message").and_then(|m| m.get("usage"))),
