@@ -4,6 +4,7 @@
 pub mod a2a;
 pub mod convert;
 mod discovery;
+mod inline;
 pub mod local;
 #[cfg(feature = "mcp")]
 pub mod mcp;

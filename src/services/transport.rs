@@ -65,10 +65,13 @@ pub fn http_client(connect_timeout: Duration) -> HttpClient {
 pub enum Transport {
     /// Real HTTP, always through this client.
     Http(HttpClient),
-    /// Real HTTP through `client`, built by [`http_client`] with `connect_timeout`; on a
-    /// [`ConnectionWorkers`](crate::server::ConnectionWorkers) thread through that thread's own
-    /// client of the same settings instead, so that the upstream connection is driven on the
-    /// thread that serves the request (no cross-thread wake-up per read and write).
+    /// Real HTTP through `client`, built by [`http_client`] with `connect_timeout`. On a
+    /// [`ConnectionWorkers`](crate::server::ConnectionWorkers) thread, the upstream connection
+    /// is driven on the thread that serves the request instead (no cross-thread wake-up per
+    /// read and write): an `http://` upstream through a connection of that thread's own pool,
+    /// polled by the request's future and response body themselves (a burst of upstream events
+    /// is read and written on in one go), an `https://` one through that thread's own client of
+    /// the same settings (ALPN may choose HTTP/2, whose connections need a task of their own).
     Pooled {
         /// The client used off the connection threads.
         client: HttpClient,
@@ -101,11 +104,7 @@ impl Transport {
             Self::Pooled {
                 client,
                 connect_timeout,
-            } => TransportFuture {
-                state: State::Http {
-                    fut: pooled_request(client, *connect_timeout, req),
-                },
-            },
+            } => pooled_request(client, *connect_timeout, req),
             Self::Mock(m) => TransportFuture {
                 state: State::Mock {
                     fut: m.clone().call(req),
@@ -145,11 +144,23 @@ fn pooled_request(
     shared: &HttpClient,
     connect_timeout: Duration,
     req: Request<Body>,
-) -> hyper_util::client::legacy::ResponseFuture {
+) -> TransportFuture {
     if !crate::server::on_connection_worker() {
-        return shared.request(req);
+        return TransportFuture {
+            state: State::Http {
+                fut: shared.request(req),
+            },
+        };
     }
-    THREAD_CLIENTS.with_borrow_mut(|clients| {
+    // Plain HTTP/1.1: a connection this thread's task drives itself (see `inline`).
+    if super::inline::handles(req.uri()) {
+        return TransportFuture {
+            state: State::Inline {
+                fut: super::inline::send(req, connect_timeout),
+            },
+        };
+    }
+    let fut = THREAD_CLIENTS.with_borrow_mut(|clients| {
         let i = match clients.iter().position(|(t, _)| *t == connect_timeout) {
             Some(i) => i,
             None => {
@@ -158,7 +169,10 @@ fn pooled_request(
             }
         };
         clients[i].1.request(req)
-    })
+    });
+    TransportFuture {
+        state: State::Http { fut },
+    }
 }
 
 pin_project! {
@@ -173,6 +187,7 @@ pin_project! {
     #[project = TransportProj]
     enum State {
         Http { #[pin] fut: hyper_util::client::legacy::ResponseFuture },
+        Inline { #[pin] fut: super::inline::InlineFuture },
         Mock { #[pin] fut: mock::MockFuture },
     }
 }
@@ -186,6 +201,7 @@ impl std::future::Future for TransportFuture {
                 .poll(cx)
                 .map_ok(|r| r.map(Body::new))
                 .map_err(Into::into),
+            TransportProj::Inline { fut } => fut.poll(cx),
             TransportProj::Mock { fut } => fut.poll(cx).map_err(Into::into),
         }
     }

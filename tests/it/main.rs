@@ -38,5 +38,6 @@ mod shared_state;
 mod sse_prop;
 mod streams;
 mod tokens;
+mod upstream_connections;
 mod usage;
 mod window;
