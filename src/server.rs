@@ -89,7 +89,7 @@ impl ConnectionWorkers {
             std::thread::Builder::new()
                 .name(format!("nenya-conn-{i}"))
                 .spawn(move || {
-                    ON_WORKER.set(true);
+                    ON_WORKER.set(n);
                     // Runs the spawned connections until told to stop (or the pool is gone).
                     let _ = rt.block_on(rx);
                 })?;
@@ -121,12 +121,19 @@ impl ConnectionWorkers {
 }
 
 thread_local! {
-    static ON_WORKER: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    /// On a connection thread: how many threads its pool has (0 elsewhere).
+    static ON_WORKER: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
 }
 
 /// Whether this thread is one of a [`ConnectionWorkers`] pool's (upstream clients keep a pool
 /// per such thread: see [`Transport::Pooled`](crate::services::Transport::Pooled)).
 pub(crate) fn on_connection_worker() -> bool {
+    ON_WORKER.get() > 0
+}
+
+/// On a connection thread, how many threads its pool has (0 elsewhere): per-thread resources
+/// divide their process-wide bounds by it.
+pub(crate) fn connection_workers() -> usize {
     ON_WORKER.get()
 }
 

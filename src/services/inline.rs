@@ -15,7 +15,8 @@
 //! Kept from hyper-util's client: the same connector (`TCP_NODELAY`, TCP keep-alive, connect
 //! timeout, DNS), origin-form request targets with a `Host` header, a request that never reached
 //! a reused connection sent again once on a fresh one, idle connections bounded in number
-//! ([`MAX_IDLE_PER_HOST`]) and age ([`IDLE_TIMEOUT`]). `https://` upstreams stay on the pooled
+//! ([`MAX_IDLE_PER_HOST`] per upstream, shared out between the threads) and age
+//! ([`IDLE_TIMEOUT`]). `https://` upstreams stay on the pooled
 //! client: ALPN may pick HTTP/2, whose connections are shared between requests and need a task
 //! of their own.
 
@@ -39,8 +40,11 @@ use tower::Service;
 
 use crate::{Body, BoxError};
 
-/// Idle connections kept per upstream on each thread (as for the pooled client).
+/// Idle connections kept per upstream, shared out between the connection threads (as for the
+/// pooled client, which keeps 64 per host in all).
 const MAX_IDLE_PER_HOST: usize = 64;
+/// The fewest a thread keeps, however many threads there are.
+const MIN_IDLE_PER_THREAD: usize = 4;
 /// How long an idle connection is kept (as for the pooled client).
 const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -181,7 +185,9 @@ fn release(mut conn: Box<Conn>, authority: &Authority, cx: &mut Context<'_>) {
         }
         let now = Instant::now();
         let host = pool.host(authority);
-        if host.idle.len() >= MAX_IDLE_PER_HOST {
+        let cap = (MAX_IDLE_PER_HOST / crate::server::connection_workers().max(1))
+            .max(MIN_IDLE_PER_THREAD);
+        if host.idle.len() >= cap {
             return false;
         }
         host.idle.push_back((conn, now));

@@ -179,12 +179,18 @@ impl Reply {
     }
 }
 
-fn client() -> nenya::services::HttpClient {
+pub fn client() -> nenya::services::HttpClient {
     nenya::services::http_client(Duration::from_secs(5))
 }
 
 pub async fn send(req: Request<Body>) -> Reply {
-    let resp = tokio::time::timeout(Duration::from_secs(20), client().request(req))
+    send_with(&client(), req).await
+}
+
+/// [`send`] through `client` (a test sending many requests shares one: building a client loads
+/// the system's CA roots).
+pub async fn send_with(client: &nenya::services::HttpClient, req: Request<Body>) -> Reply {
+    let resp = tokio::time::timeout(Duration::from_secs(20), client.request(req))
         .await
         .expect("request timed out")
         .expect("request failed");
