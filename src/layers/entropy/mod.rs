@@ -86,20 +86,9 @@ impl EntropyDetector {
     pub fn find(&self, text: &str) -> Vec<Finding> {
         let b = text.as_bytes();
         let mut out = Vec::new();
-        let mut i = 0;
-        while i < b.len() {
-            if !is_token_byte(b[i]) {
-                i += 1;
-                continue;
-            }
-            let start = i;
-            while i < b.len() && is_token_byte(b[i]) {
-                i += 1;
-            }
-            if i - start >= self.min_len {
-                self.token(b, start, i, &mut out);
-            }
-        }
+        long_runs(b, self.min_len, |start, end| {
+            self.token(b, start, end, &mut out)
+        });
         out
     }
 
@@ -124,10 +113,13 @@ impl EntropyDetector {
         while e > s && matches!(b[e - 1], b'-' | b'_' | b'/' | b'+' | b'=') {
             e -= 1;
         }
-        if e - s < self.min_len || skipped_by_context(b, start, end) || skipped_by_context(b, s, e)
-        {
+        if e - s < self.min_len {
             return;
         }
+        // The cheap verdict first, the context (prefix checks and a scan back to the start of
+        // the word) only for what looks like a secret: most long tokens in code are
+        // identifiers and paths the verdict already clears. A finding needs both, either way.
+        let mark = out.len();
         let tok = &b[s..e];
         let slashes = tok.iter().filter(|&&c| c == b'/').count();
         if b[start] == b'/' || slashes >= 2 {
@@ -136,28 +128,32 @@ impl EntropyDetector {
             for seg in tok.split(|&c| c == b'/') {
                 let (ss, se) = (at, at + seg.len());
                 at = se + 1;
-                if seg.len() >= self.min_len && !skipped_by_context(b, ss, se) {
-                    self.judge(b, ss, se, out);
+                if seg.len() >= self.min_len
+                    && self.secret(b, ss, se)
+                    && !skipped_by_context(b, ss, se)
+                {
+                    out.push(finding(ss, se));
                 }
             }
-            return;
+        } else if self.secret(b, s, e) {
+            out.push(finding(s, e));
         }
-        self.judge(b, s, e, out);
+        if out.len() > mark
+            && (skipped_by_context(b, start, end)
+                || ((s, e) != (start, end) && skipped_by_context(b, s, e)))
+        {
+            out.truncate(mark);
+        }
     }
 
-    fn judge(&self, b: &[u8], s: usize, e: usize, out: &mut Vec<Finding>) {
+    /// Whether `b[s..e]` is a secret by its own look (hex also by the words before it).
+    fn secret(&self, b: &[u8], s: usize, e: usize) -> bool {
         let tok = &b[s..e];
         let hex = tok.iter().all(|c| c.is_ascii_hexdigit() || *c == b'-');
-        let secret = if hex {
+        if hex {
             tok.len() >= 32 && !is_uuid(tok) && hex_in_credential_context(b, s)
         } else {
             self.random_looking(tok)
-        };
-        if secret {
-            out.push(Finding {
-                range: s..e,
-                kind: "high_entropy",
-            });
         }
     }
 
@@ -177,8 +173,58 @@ impl EntropyDetector {
     }
 }
 
+/// Calls `f` with each maximal run of token bytes at least `min` long, in order.
+///
+/// Only long runs matter, and most of a text is short ones, so the scan looks at every
+/// `min`-th byte: where `b[i + min - 1]` is not a token byte, no run of `min` starts anywhere in
+/// `i..i + min` (it would cover that byte), and the scan jumps past it; where it is one, that
+/// byte's run is measured both ways and the scan goes on after it. The byte before `i` is
+/// always outside any run (or `i` is 0), so every run found starts where it really starts.
+fn long_runs(b: &[u8], min: usize, mut f: impl FnMut(usize, usize)) {
+    let min = min.max(1);
+    let mut i = 0;
+    while i + min <= b.len() {
+        let j = i + min - 1;
+        if !is_token_byte(b[j]) {
+            i = j + 1;
+            continue;
+        }
+        let mut start = j;
+        while start > i && is_token_byte(b[start - 1]) {
+            start -= 1;
+        }
+        let mut end = j + 1;
+        while end < b.len() && is_token_byte(b[end]) {
+            end += 1;
+        }
+        if end - start >= min {
+            f(start, end);
+        }
+        i = end + 1;
+    }
+}
+
+fn finding(s: usize, e: usize) -> Finding {
+    Finding {
+        range: s..e,
+        kind: "high_entropy",
+    }
+}
+
+/// The bytes a token is made of: ASCII letters and digits, and `+ / = _ -`.
+static TOKEN_BYTES: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut c = 0;
+    while c < 256 {
+        let b = c as u8;
+        t[c] = b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'=' | b'_' | b'-');
+        c += 1;
+    }
+    t
+};
+
 fn is_token_byte(c: u8) -> bool {
-    c.is_ascii_alphanumeric() || matches!(c, b'+' | b'/' | b'=' | b'_' | b'-')
+    TOKEN_BYTES[c as usize]
 }
 
 /// Shannon entropy in bits per byte.
@@ -333,6 +379,48 @@ impl TextScrubber for EntropyDetector {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The runs the skipping scan finds are the ones a byte-by-byte scan finds.
+    fn runs_byte_by_byte(b: &[u8], min: usize) -> Vec<(usize, usize)> {
+        let mut out = Vec::new();
+        let mut i = 0;
+        while i < b.len() {
+            while i < b.len() && !is_token_byte(b[i]) {
+                i += 1;
+            }
+            let start = i;
+            while i < b.len() && is_token_byte(b[i]) {
+                i += 1;
+            }
+            if i - start >= min.max(1) {
+                out.push((start, i));
+            }
+        }
+        out
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn the_skipping_scan_finds_every_long_run(
+            text in "[a-z0-9_/+= .:;\\n-]{0,300}",
+            min in 1usize..40,
+        ) {
+            let mut got = Vec::new();
+            long_runs(text.as_bytes(), min, |s, e| got.push((s, e)));
+            proptest::prop_assert_eq!(got, runs_byte_by_byte(text.as_bytes(), min));
+        }
+
+        #[test]
+        fn the_skipping_scan_finds_every_long_run_in_long_runs(
+            parts in proptest::collection::vec(("[A-Za-z0-9_-]{0,45}", "[ .:(]{1,3}"), 0..20),
+            min in 8usize..30,
+        ) {
+            let text: String = parts.iter().map(|(a, b)| format!("{a}{b}")).collect();
+            let mut got = Vec::new();
+            long_runs(text.as_bytes(), min, |s, e| got.push((s, e)));
+            proptest::prop_assert_eq!(got, runs_byte_by_byte(text.as_bytes(), min));
+        }
+    }
 
     #[test]
     fn word_fraction_tells_identifiers_from_keys() {
