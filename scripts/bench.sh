@@ -11,16 +11,21 @@
 #                               # installed into .bench/ when missing, routed to the same mock
 #   scripts/bench.sh --redis    # also the full stack with its limits shared in a local
 #                               # redis-server (`state` backend redis: one round trip a request)
+#   scripts/bench.sh --large    # also a ~100 KB conversation (20 turns of this repository's
+#                               # sources): what redaction, entropy and the one parse cost on
+#                               # the size of request coding agents send
 #
 # DURATION (default 10 s) and WARMUP (default 3 s) tune the runs. wrk comes from Debian.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 peers=""
 with_redis=""
+with_large=""
 for arg in "$@"; do
   case "$arg" in
     --peers) peers=1 ;;
     --redis) with_redis=1 ;;
+    --large) with_large=1 ;;
     *) echo "unknown flag $arg" >&2; exit 2 ;;
   esac
 done
@@ -99,6 +104,26 @@ EOF
 
 plain='{"model":"coder","messages":[{"role":"user","content":"Write a function that reverses a list."}]}'
 stream='{"model":"coder","stream":true,"messages":[{"role":"user","content":"Write a function that reverses a list."}]}'
+kinds=(plain stream)
+if [ -n "$with_large" ]; then
+  # Deterministic: the first 6,000 characters of each source file, in path order, as turns,
+  # until about 90 KB (wrk takes the body through an environment string: at most 128 KiB).
+  large=$(python3 - <<'PY'
+import glob, json
+msgs = [{"role": "system", "content": "You are a careful coding assistant."}]
+size = 0
+for i, f in enumerate(sorted(glob.glob("src/**/*.rs", recursive=True))):
+    t = open(f).read()[:6000]
+    msgs.append({"role": "user" if i % 2 == 0 else "assistant", "content": f"File {f}:\n{t}"})
+    size += len(t)
+    if size > 90_000:
+        break
+msgs.append({"role": "user", "content": "Refactor the function above."})
+print(json.dumps({"model": "coder", "messages": msgs}))
+PY
+  )
+  kinds+=(large)
+fi
 
 run() { # url body token conns -> "rps p50 p99 p999 errors"
   local threads=$(( $4 < 2 ? 1 : 2 ))
@@ -169,8 +194,8 @@ echo
 echo "machine: $(nproc) cores, $(uname -r); wrk $(wrk -v 2>&1 | head -1 | awk '{print $2}'); ${duration}s runs after ${warmup}s warm-up; $(date -u +%F)"
 printf '%-12s %-7s %5s %10s %9s %9s %9s %7s\n' target kind conns "req/s" "p50 µs" "p99 µs" "p99.9 µs" errors
 declare -A res
-for kind in plain stream; do
-  body=$plain; [ "$kind" = stream ] && body=$stream
+for kind in "${kinds[@]}"; do
+  case $kind in plain) body=$plain ;; stream) body=$stream ;; large) body=$large ;; esac
   for conns in 1 64; do
     for t in "${order[@]}"; do
       url=${targets[$t]%%|*}; tok=${targets[$t]#*|}
@@ -188,7 +213,7 @@ done
 
 echo
 echo "added latency (p50, through minus direct) and throughput (through / direct):"
-for kind in plain stream; do
+for kind in "${kinds[@]}"; do
   for t in "${order[@]:1}"; do
     read -r d_rps1 d_p50 _ <<<"${res[direct,$kind,1]}"
     read -r t_rps1 t_p50 _ <<<"${res[$t,$kind,1]}"
