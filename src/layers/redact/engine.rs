@@ -234,22 +234,7 @@ impl Redactor {
     pub fn find(&self, text: &str) -> Vec<Finding> {
         let inner = &*self.inner;
         let bytes = text.as_bytes();
-        let mut windows: Vec<(usize, usize)> = Vec::new();
-        let hits = inner.keywords.find_iter(bytes).filter_map(|m| {
-            let (lit, case_sensitive, pem) = inner.kw[m.pattern().as_usize()];
-            (!case_sensitive || &bytes[m.start()..m.end()] == lit.as_bytes()).then_some((m, pem))
-        });
-        for (m, pem) in hits {
-            let covered = windows.last().is_some_and(|last: &(usize, usize)| {
-                !pem && m.start() >= last.0
-                    && m.end() <= last.1
-                    && (last.1 == bytes.len() || bytes[last.1] == b'\n')
-            });
-            if covered {
-                continue; // the previous window already runs to the end of this line
-            }
-            windows.push(window(bytes, m.start(), m.end(), pem));
-        }
+        let mut windows = inner.hit_windows(bytes, true);
         let mut found = Vec::new();
         if !windows.is_empty() {
             windows.sort_unstable();
@@ -409,6 +394,52 @@ fn char_aligned(text: &str, mut r: Range<usize>) -> Range<usize> {
     r
 }
 
+impl Inner {
+    /// The windows of text around the keyword hits, in order (see [`window`]), for the regex
+    /// to search. A hit inside the previous window, when that window runs to the end of its
+    /// line, adds nothing; with `skip`, the keyword search then goes on from that line's end
+    /// instead of reporting those hits one by one (keywords hold no newline, so no match
+    /// straddles it and the hits after it are the same), unless a PEM block could begin in
+    /// what is skipped (its window runs further). Without `skip` (the tests' reference), every
+    /// hit is looked at.
+    fn hit_windows(&self, bytes: &[u8], skip: bool) -> Vec<(usize, usize)> {
+        let mut windows: Vec<(usize, usize)> = Vec::new();
+        let mut pos = 0;
+        while pos < bytes.len() {
+            let Some(m) = self
+                .keywords
+                .find(aho_corasick::Input::new(bytes).span(pos..bytes.len()))
+            else {
+                break;
+            };
+            pos = m.end().max(m.start() + 1);
+            let (lit, case_sensitive, pem) = self.kw[m.pattern().as_usize()];
+            if case_sensitive && &bytes[m.start()..m.end()] != lit.as_bytes() {
+                continue;
+            }
+            let covered = windows.last().is_some_and(|last: &(usize, usize)| {
+                !pem && m.start() >= last.0
+                    && m.end() <= last.1
+                    && (last.1 == bytes.len() || bytes[last.1] == b'\n')
+            });
+            if covered {
+                continue; // the previous window already runs to the end of this line
+            }
+            let w = window(bytes, m.start(), m.end(), pem);
+            windows.push(w);
+            if skip
+                && !pem
+                && w.1 > pos
+                && (w.1 == bytes.len() || bytes[w.1] == b'\n')
+                && memchr::memmem::find(&bytes[pos..w.1], b"-----").is_none()
+            {
+                pos = w.1;
+            }
+        }
+        windows
+    }
+}
+
 /// The stretch of text around a keyword hit that a match containing it can occupy: its line,
 /// bounded on both sides; a PEM block runs to its END line.
 fn window(bytes: &[u8], start: usize, end: usize, pem: bool) -> (usize, usize) {
@@ -546,6 +577,54 @@ mod tests {
         let r = Redactor::builtin();
         println!("{} kinds: {:?}", r.kinds().len(), r.kinds());
         assert!(r.kinds().len() >= 40, "{}", r.kinds().len());
+    }
+
+    #[test]
+    fn no_keyword_holds_a_newline() {
+        // What lets the keyword search skip the rest of a line (see `hit_windows`).
+        let r = Redactor::builtin();
+        assert!(
+            r.inner
+                .kw
+                .iter()
+                .all(|(k, _, _)| !k.is_empty() && !k.contains('\n'))
+        );
+    }
+
+    /// The built-in rules, built once for the tests that need them many times.
+    fn builtin() -> &'static Redactor {
+        static R: std::sync::OnceLock<Redactor> = std::sync::OnceLock::new();
+        R.get_or_init(Redactor::builtin)
+    }
+
+    fn line_piece() -> impl proptest::strategy::Strategy<Value = String> {
+        use proptest::prelude::*;
+        let kws: Vec<&'static str> = builtin().inner.kw.iter().map(|k| k.0).collect();
+        prop_oneof![
+            3 => proptest::sample::select(kws.clone()).prop_map(str::to_owned),
+            2 => proptest::sample::select(kws).prop_map(|k| k.to_ascii_uppercase()),
+            1 => Just("-----BEGIN RSA PRIVATE KEY-----\nMIIEow\n-----END RSA PRIVATE KEY-----".to_owned()),
+            1 => Just("-----".to_owned()),
+            4 => "[a-z0-9_=:\"' ]{0,12}",
+            2 => Just("\n".to_owned()),
+            1 => "[a-z ]{900,1100}",
+        ]
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(300))]
+        /// Skipping the rest of a covered line finds the same windows as looking at every hit.
+        #[test]
+        fn skipping_covered_lines_finds_the_same_windows(
+            pieces in proptest::collection::vec(line_piece(), 0..40),
+        ) {
+            let r = builtin();
+            let text = pieces.concat();
+            proptest::prop_assert_eq!(
+                r.inner.hit_windows(text.as_bytes(), true),
+                r.inner.hit_windows(text.as_bytes(), false)
+            );
+        }
     }
 
     #[test]
