@@ -17,6 +17,7 @@
 
 pub mod anthropic;
 pub mod gemini;
+mod json_out;
 pub mod openai;
 pub mod providers;
 pub mod stream;
@@ -114,9 +115,8 @@ pub fn encode_request_cached(
     // Room for an ordinary request up front: the writer's doubling from empty was five
     // reallocations and copies of the growing body.
     let mut out = Vec::with_capacity(1024);
-    serde_json::to_writer(&mut out, &Value::Object(map))
-        .map(|()| Bytes::from(out))
-        .map_err(|e| Error::new(ErrorKind::Internal, "failed to encode request").with_source(e))
+    json_out::write_value(&mut out, &Value::Object(map));
+    Ok(Bytes::from(out))
 }
 
 /// Converts a complete (non-streamed) upstream answer from `from` into the client's `to` format.

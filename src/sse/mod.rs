@@ -488,7 +488,7 @@ fn string(s: &[u8], mut i: usize) -> Option<usize> {
 /// or a control character), or of the last few bytes: eight bytes at a time, each word tested
 /// for all three at once (the classic "has a byte less than n" bit trick, which is exact for
 /// the lowest byte it flags). Most of an event is string text, so this is most of the scan.
-fn plain_run(s: &[u8], mut i: usize) -> usize {
+pub(crate) fn plain_run(s: &[u8], mut i: usize) -> usize {
     const LO: u64 = 0x0101_0101_0101_0101;
     const HI: u64 = 0x8080_8080_8080_8080;
     let below = |w: u64, n: u64| w.wrapping_sub(LO * n) & !w;
