@@ -252,15 +252,8 @@ pub(crate) struct InlineFuture {
     state: State,
 }
 
-/// `req` made ready for `conn`: origin-form target, `Host` header.
-fn dispatch(
-    conn: &mut Conn,
-    mut req: Request<Body>,
-    host_header: Option<HeaderValue>,
-) -> SendFuture {
-    if let Some(h) = host_header {
-        req.headers_mut().entry(header::HOST).or_insert(h);
-    }
+/// Sends `req` (its `Host` header already set) on `conn`, its target in origin form.
+fn dispatch(conn: &mut Conn, mut req: Request<Body>) -> SendFuture {
     if let Some(pq) = req.uri().path_and_query().cloned() {
         *req.uri_mut() = Uri::from(pq);
     }
@@ -290,7 +283,7 @@ impl Future for InlineFuture {
                     req.headers_mut().entry(header::HOST).or_insert(host_header);
                     *this = match conn {
                         Some(mut conn) => State::Sending {
-                            fut: dispatch(&mut conn, req, None),
+                            fut: dispatch(&mut conn, req),
                             conn: Some(conn),
                             authority,
                             retry: Some((uri, *connect_timeout)),
@@ -318,7 +311,7 @@ impl Future for InlineFuture {
                         return Poll::Ready(Err("polled after completion".into()));
                     };
                     *this = State::Sending {
-                        fut: dispatch(&mut conn, req, None),
+                        fut: dispatch(&mut conn, req),
                         conn: Some(conn),
                         authority: authority.clone(),
                         retry: None,
