@@ -133,11 +133,7 @@ impl Pool {
         if let Some((_, c)) = self.connectors.iter().find(|(t, _)| *t == connect_timeout) {
             return c.clone();
         }
-        // The settings of `transport::http_client`'s connector.
-        let mut c = HttpConnector::new();
-        c.set_nodelay(true);
-        c.set_connect_timeout(Some(connect_timeout));
-        c.set_keepalive(Some(Duration::from_secs(60)));
+        let c = super::transport::tcp_connector(connect_timeout);
         self.connectors.push((connect_timeout, c.clone()));
         c
     }
@@ -162,9 +158,8 @@ impl Pool {
 fn checkout(authority: &Authority, cx: &mut Context<'_>) -> (Option<Box<Conn>>, HeaderValue) {
     POOL.with_borrow_mut(|pool| {
         let host = pool.host(authority);
-        let now = Instant::now();
         while let Some((mut conn, since)) = host.idle.pop_back() {
-            if now.duration_since(since) < IDLE_TIMEOUT && conn.drive(cx) && conn.send.is_ready() {
+            if since.elapsed() < IDLE_TIMEOUT && conn.drive(cx) && conn.send.is_ready() {
                 return (Some(conn), host.host_header.clone());
             }
         }

@@ -28,11 +28,8 @@ pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// # drop(client);
 /// ```
 pub fn http_client(connect_timeout: Duration) -> HttpClient {
-    let mut http = HttpConnector::new();
-    http.set_nodelay(true);
-    http.set_connect_timeout(Some(connect_timeout));
+    let mut http = tcp_connector(connect_timeout);
     http.enforce_http(false);
-    http.set_keepalive(Some(Duration::from_secs(60)));
     let builder = hyper_rustls::HttpsConnectorBuilder::new();
     let builder = match builder.with_native_roots() {
         Ok(b) => b,
@@ -52,6 +49,17 @@ pub fn http_client(connect_timeout: Duration) -> HttpClient {
         .pool_idle_timeout(Duration::from_secs(30))
         .pool_max_idle_per_host(64)
         .build(https)
+}
+
+/// The TCP connections every upstream client makes: `TCP_NODELAY` (no Nagle delay on small
+/// requests), TCP keep-alive, a connect timeout. Shared by [`http_client`] and the connection
+/// threads' own HTTP/1.1 connections.
+pub(crate) fn tcp_connector(connect_timeout: Duration) -> HttpConnector {
+    let mut http = HttpConnector::new();
+    http.set_nodelay(true);
+    http.set_connect_timeout(Some(connect_timeout));
+    http.set_keepalive(Some(Duration::from_secs(60)));
+    http
 }
 
 /// Where a provider's requests go.
