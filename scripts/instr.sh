@@ -4,7 +4,8 @@
 # change too small for this host's wall-clock noise (scripts/ab.sh) still shows. Kernel work
 # (the sockets) is not counted; wall-clock and CPU figures stay with bench.sh / ab.sh.
 #
-#   bash scripts/instr.sh [BINARY]        KIND=plain|stream (plain), DUR (10 s of load)
+#   bash scripts/instr.sh [BINARY]        KIND=plain|stream|large (plain), DUR (10 s of load),
+#                                         STACK=full|lean (full: bench.sh's two stacks)
 #
 # Prints requests, total instructions and instructions per request; the callgrind file is
 # kept for `callgrind_annotate --inclusive=yes FILE` (build with
@@ -13,7 +14,12 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 command -v valgrind >/dev/null || { echo "needs valgrind (apt-get install valgrind)"; exit 1; }
 command -v wrk >/dev/null || { echo "needs wrk (apt-get install wrk)"; exit 1; }
-bin=${1:-target/release/nenya}; kind=${KIND:-plain}; dur=${DUR:-10}
+bin=${1:-target/release/nenya}; kind=${KIND:-plain}; dur=${DUR:-10}; stack=${STACK:-full}
+case $stack in
+  full) extra='"governance": {"ratelimit_max_rpm": 100000000, "ratelimit_max_tpm": 2000000000}' ;;
+  lean) extra='"bouncer": {"enabled": false, "entropy_enabled": false}' ;;
+  *) echo "STACK is full or lean"; exit 2 ;;
+esac
 work=$(mktemp -d); mkdir -p "$work/secrets"
 pids=(); cleanup(){ for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; }; trap cleanup EXIT
 free_port(){ python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
@@ -24,14 +30,18 @@ echo "{\"client_token\": \"$token\", \"provider_keys\": {\"up\": \"sk-bench\"}}"
 cat >"$work/c.json" <<J
 {"server": {"log_level": "warn"}, "providers": {"up": {"url": "http://127.0.0.1:$mp/v1/chat/completions", "auth_style": "bearer"}},
  "agents": {"coder": {"strategy": "fallback", "models": [{"provider": "up", "model": "m"}]}},
- "governance": {"ratelimit_max_rpm": 100000000, "ratelimit_max_tpm": 2000000000}}
+ $extra}
 J
 p=$(free_port)
 NENYA_WORKERS=1 NENYA_CONFIG_FILE="$work/c.json" NENYA_SECRETS_DIR="$work/secrets" RUST_LOG=warn \
   valgrind --tool=callgrind --callgrind-out-file="$work/cg.%p" "$bin" serve --listen "127.0.0.1:$p" >"$work/gw.log" 2>&1 &
 vp=$!; pids+=($vp); wait_port "$p"
 msg='"messages":[{"role":"user","content":"Write a function that reverses a list."}]'
-if [ "$kind" = stream ]; then body="{\"model\":\"coder\",\"stream\":true,$msg}"; else body="{\"model\":\"coder\",$msg}"; fi
+case $kind in
+  stream) body="{\"model\":\"coder\",\"stream\":true,$msg}" ;;
+  large) body=$(python3 scripts/large_body.py) ;;  # bench.sh --large's ~100 KB conversation
+  *) body="{\"model\":\"coder\",$msg}" ;;
+esac
 cat >"$work/post.lua" <<L
 wrk.method = "POST"
 wrk.body = os.getenv("BODY")
@@ -44,6 +54,6 @@ BODY="$body" wrk -t1 -c1 -d3s -s "$work/post.lua" "$url" >/dev/null   # warm-up:
 callgrind_control -z "$vp" >/dev/null 2>&1
 n=$(BODY="$body" wrk -t1 -c1 -d"${dur}s" -s "$work/post.lua" "$url" | awk '/^RESULT/{print $2}')
 callgrind_control -d "$vp" >/dev/null 2>&1; sleep 1
-f=$(ls -t "$work"/cg.*.1 | head -1); out=target/instr-$kind.callgrind; cp "$f" "$out"
+f=$(ls -t "$work"/cg.*.1 | head -1); out=target/instr-$kind-$stack.callgrind; cp "$f" "$out"
 tot=$(callgrind_annotate "$out" 2>/dev/null | awk '/PROGRAM TOTALS/{gsub(",","",$1); print $1}')
-echo "kind=$kind requests=$n instructions=$tot per_request=$((tot / n)) file=$out"
+echo "kind=$kind stack=$stack requests=$n instructions=$tot per_request=$((tot / n)) file=$out"
