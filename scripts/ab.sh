@@ -7,7 +7,7 @@
 #   bash scripts/ab.sh NAME=ENV@BINARY ...       e.g.
 #   bash scripts/ab.sh "shared=NENYA_WORKERS=-1@target/release/nenya" "threads=NENYA_WORKERS=0@target/release/nenya"
 #
-# Environment: KIND=plain|stream, CONNS (1), REPS (5), DUR (3 s per run).
+# Environment: KIND=plain|stream|large|file (file: BODY_FILE), CONNS (1), REPS (5), DUR (3 s per run).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 command -v wrk >/dev/null || { echo "needs wrk (apt-get install wrk)"; exit 1; }
@@ -45,7 +45,12 @@ function done(summary, latency, requests)
 end
 L
 msg='"messages":[{"role":"user","content":"Write a function that reverses a list."}]'
-if [ "$kind" = stream ]; then body="{\"model\":\"coder\",\"stream\":true,$msg}"; else body="{\"model\":\"coder\",$msg}"; fi
+case $kind in
+  stream) body="{\"model\":\"coder\",\"stream\":true,$msg}" ;;
+  large) body=$(python3 scripts/large_body.py) ;;  # bench.sh --large's ~100 KB conversation
+  file) body=$(cat "$BODY_FILE") ;;  # any request body of your own
+  *) body="{\"model\":\"coder\",$msg}" ;;
+esac
 th=$(( conns < 2 ? 1 : 2 ))
 for n in "${names[@]}"; do BODY="$body" wrk -t$th -c"$conns" -d1s -s "$work/post.lua" "${url[$n]}" >/dev/null; done
 declare -A P R C

@@ -4,7 +4,7 @@
 # change too small for this host's wall-clock noise (scripts/ab.sh) still shows. Kernel work
 # (the sockets) is not counted; wall-clock and CPU figures stay with bench.sh / ab.sh.
 #
-#   bash scripts/instr.sh [BINARY]        KIND=plain|stream|large (plain), DUR (10 s of load),
+#   bash scripts/instr.sh [BINARY]        KIND=plain|stream|large|file (plain; file: BODY_FILE), DUR (10 s of load),
 #                                         STACK=full|lean (full: bench.sh's two stacks)
 #
 # Prints requests, total instructions and instructions per request; the callgrind file is
@@ -40,6 +40,7 @@ msg='"messages":[{"role":"user","content":"Write a function that reverses a list
 case $kind in
   stream) body="{\"model\":\"coder\",\"stream\":true,$msg}" ;;
   large) body=$(python3 scripts/large_body.py) ;;  # bench.sh --large's ~100 KB conversation
+  file) body=$(cat "$BODY_FILE") ;;  # any request body of your own
   *) body="{\"model\":\"coder\",$msg}" ;;
 esac
 cat >"$work/post.lua" <<L
