@@ -133,8 +133,10 @@ impl Redactor {
         let custom_kind = kind_index("custom", &mut kinds);
 
         let patterns: Vec<&str> = RULES.iter().map(|r| r.pattern).collect();
+        // Bytes, not UTF-8 text: the same syntax for the combined regex and each rule's own.
+        let bytes_syntax = syntax::Config::new().unicode(false).utf8(false);
         let regex = Regex::builder()
-            .syntax(syntax::Config::new().unicode(false).utf8(false))
+            .syntax(bytes_syntax)
             .configure(meta::Config::new().utf8_empty(false))
             .build_many(&patterns)
             .map_err(|e| PatternError {
@@ -154,7 +156,7 @@ impl Redactor {
                 .is_some();
             secret_re.push(if has_secret {
                 let re = Regex::builder()
-                    .syntax(syntax::Config::new().unicode(false).utf8(false))
+                    .syntax(bytes_syntax)
                     .configure(
                         meta::Config::new()
                             .utf8_empty(false)
