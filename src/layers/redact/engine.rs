@@ -393,37 +393,145 @@ const MIN_REPEAT_LEN: usize = 8;
 /// Adds a finding for every other occurrence of an already found value; `true` when any was
 /// added (the findings are then no longer in order). Runs only when something was found.
 fn repeat_occurrences(text: &str, found: &mut Vec<Finding>) -> bool {
+    let values = found_values(text, found);
+    if values.is_empty() {
+        return false;
+    }
+    // What is already found, by start, for `covered`: an occurrence inside one is not new.
+    let mut spans: Vec<(usize, usize)> =
+        found.iter().map(|f| (f.range.start, f.range.end)).collect();
+    spans.sort_unstable();
+    let mut covered = Covered {
+        spans: &spans,
+        next: 0,
+        reach: 0,
+    };
+    let before = found.len();
+    let mut add = |start: usize, end: usize, value: usize| {
+        if !covered.covers(start, end) {
+            found.push(Finding {
+                range: start..end,
+                kind: values[value].1,
+            });
+        }
+    };
+    if values.len() <= FEW_VALUES {
+        // Few values: Aho-Corasick's vectorised prefilters find them fastest; the automaton is
+        // small to build.
+        let Ok(ac) = aho_corasick::AhoCorasick::builder()
+            .match_kind(aho_corasick::MatchKind::LeftmostLongest)
+            .kind(Some(AhoCorasickKind::NoncontiguousNFA))
+            .build(values.iter().map(|(v, _)| v))
+        else {
+            return false;
+        };
+        for m in ac.find_iter(text) {
+            add(m.start(), m.end(), m.pattern().as_usize());
+        }
+    } else {
+        // Many values (a pasted `.env` file): building an automaton for all of them cost more
+        // than the rest of the redaction. Every value is at least 8 bytes, so its first 8
+        // bytes index it: one filter bit test per position of the text.
+        PrefixIndex::new(values.iter().map(|(v, _)| v.as_bytes()))
+            .for_each_leftmost_longest(text.as_bytes(), &mut add);
+    }
+    found.len() > before
+}
+
+/// The distinct values of `found` long enough to look for elsewhere, sorted, with a kind each.
+fn found_values<'t>(text: &'t str, found: &[Finding]) -> Vec<(&'t str, &'static str)> {
     let mut values: Vec<(&str, &'static str)> = found
         .iter()
         .map(|f| (&text[f.range.clone()], f.kind))
         .filter(|(v, _)| v.len() >= MIN_REPEAT_LEN)
         .collect();
-    if values.is_empty() {
-        return false;
-    }
     values.sort_unstable();
     values.dedup_by(|b, a| a.0 == b.0);
-    // Built once per text and searched once: the NFA without the contiguous copy or a DFA.
-    let Ok(ac) = aho_corasick::AhoCorasick::builder()
-        .match_kind(aho_corasick::MatchKind::LeftmostLongest)
-        .kind(Some(AhoCorasickKind::NoncontiguousNFA))
-        .build(values.iter().map(|(v, _)| v))
-    else {
-        return false;
-    };
-    let before = found.len();
-    for m in ac.find_iter(text) {
-        let covered = found[..before]
-            .iter()
-            .any(|f| f.range.start <= m.start() && m.end() <= f.range.end);
-        if !covered {
-            found.push(Finding {
-                range: m.range(),
-                kind: values[m.pattern().as_usize()].1,
-            });
+    values
+}
+
+/// Up to this many distinct values, [`repeat_occurrences`] searches with Aho-Corasick.
+const FEW_VALUES: usize = 8;
+
+/// Whether an occurrence lies inside one of the spans found before it, asked with starts that
+/// never decrease: the spans that start at or before it are folded into the furthest end they
+/// reach, so each span is looked at once.
+struct Covered<'a> {
+    /// Sorted by start.
+    spans: &'a [(usize, usize)],
+    next: usize,
+    reach: usize,
+}
+
+impl Covered<'_> {
+    fn covers(&mut self, start: usize, end: usize) -> bool {
+        while let Some(&(s, e)) = self.spans.get(self.next) {
+            if s > start {
+                break;
+            }
+            self.reach = self.reach.max(e);
+            self.next += 1;
+        }
+        self.next > 0 && self.reach >= end
+    }
+}
+
+/// Byte strings of at least 8 bytes indexed by their first 8: a 4,096-bit filter of the
+/// prefixes' hashes in front of the prefixes sorted with their values, longest first.
+struct PrefixIndex<'a> {
+    filter: Box<[u64; 64]>,
+    /// (prefix, value, index of the value), by prefix then longest value first.
+    sorted: Vec<(u64, &'a [u8], usize)>,
+}
+
+impl<'a> PrefixIndex<'a> {
+    fn new(values: impl Iterator<Item = &'a [u8]>) -> Self {
+        let mut filter = Box::new([0u64; 64]);
+        let mut sorted: Vec<(u64, &[u8], usize)> =
+            values.enumerate().map(|(i, v)| (prefix(v), v, i)).collect();
+        for &(p, _, _) in &sorted {
+            let h = bucket(p);
+            filter[h / 64] |= 1 << (h % 64);
+        }
+        sorted.sort_unstable_by(|a, b| a.0.cmp(&b.0).then(b.1.len().cmp(&a.1.len())));
+        PrefixIndex { filter, sorted }
+    }
+
+    /// Calls `f(start, end, value)` for each occurrence in `text`, leftmost first, the longest
+    /// value where several start at the same place, and not overlapping (as Aho-Corasick's
+    /// leftmost-longest search reports them).
+    fn for_each_leftmost_longest(&self, text: &[u8], f: &mut impl FnMut(usize, usize, usize)) {
+        let mut i = 0;
+        while i + 8 <= text.len() {
+            let p = prefix(&text[i..]);
+            let h = bucket(p);
+            if self.filter[h / 64] & (1 << (h % 64)) != 0 {
+                let from = self.sorted.partition_point(|e| e.0 < p);
+                let hit = self.sorted[from..]
+                    .iter()
+                    .take_while(|e| e.0 == p)
+                    .find(|e| text[i..].starts_with(e.1));
+                if let Some(&(_, v, n)) = hit {
+                    f(i, i + v.len(), n);
+                    i += v.len();
+                    continue;
+                }
+            }
+            i += 1;
         }
     }
-    found.len() > before
+}
+
+/// The first 8 bytes of `b` (at least 8 long) as one word.
+fn prefix(b: &[u8]) -> u64 {
+    let mut w = [0u8; 8];
+    w.copy_from_slice(&b[..8]);
+    u64::from_le_bytes(w)
+}
+
+/// A prefix's bit in the filter: the top 12 bits of a multiplicative hash.
+fn bucket(p: u64) -> usize {
+    (p.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 52) as usize
 }
 
 /// Widens a byte range to char boundaries (patterns match bytes).
@@ -724,6 +832,97 @@ mod tests {
                 }
                 input.set_start(m.start() + 1);
             }
+        }
+    }
+
+    /// The search [`repeat_occurrences`] replaced: one Aho-Corasick automaton for all values,
+    /// each occurrence checked against every earlier finding.
+    fn repeat_occurrences_reference(text: &str, found: &mut Vec<Finding>) -> bool {
+        let values = found_values(text, found);
+        if values.is_empty() {
+            return false;
+        }
+        let ac = aho_corasick::AhoCorasick::builder()
+            .match_kind(aho_corasick::MatchKind::LeftmostLongest)
+            .build(values.iter().map(|(v, _)| v))
+            .unwrap();
+        let before = found.len();
+        for m in ac.find_iter(text) {
+            let covered = found[..before]
+                .iter()
+                .any(|f| f.range.start <= m.start() && m.end() <= f.range.end);
+            if !covered {
+                found.push(Finding {
+                    range: m.range(),
+                    kind: values[m.pattern().as_usize()].1,
+                });
+            }
+        }
+        found.len() > before
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(600))]
+        /// Few values (Aho-Corasick) and many (the prefix index) find the same occurrences as
+        /// one automaton for all of them, leftmost-longest, and skip the same covered ones.
+        /// Text of a few short pieces makes values repeat, share prefixes, overlap and nest.
+        #[test]
+        fn repeat_occurrences_match_one_automaton(
+            pieces in proptest::collection::vec(
+                proptest::sample::select(vec!["ab", "ba", "aab", "abab", "=", "\n"]),
+                0..150,
+            ),
+            picks in proptest::collection::vec((0usize..400, 0usize..24, 0usize..3), 0..30),
+        ) {
+            let text = pieces.concat();
+            let kinds = ["one", "two", "three"];
+            let mut found: Vec<Finding> = picks
+                .into_iter()
+                .filter_map(|(at, len, k)| {
+                    let end = at.checked_add(len)?;
+                    (end <= text.len()).then(|| Finding { range: at..end, kind: kinds[k] })
+                })
+                .collect();
+            found.sort_by_key(|f| f.range.start);
+            let mut want = found.clone();
+            let want_added = repeat_occurrences_reference(&text, &mut want);
+            let added = repeat_occurrences(&text, &mut found);
+            proptest::prop_assert_eq!(added, want_added);
+            proptest::prop_assert_eq!(found, want);
+        }
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(600))]
+        /// The prefix index reports what Aho-Corasick's leftmost-longest search reports, for
+        /// values taken from the text (so they occur, share prefixes and nest).
+        #[test]
+        fn prefix_index_is_leftmost_longest(
+            pieces in proptest::collection::vec(
+                proptest::sample::select(vec!["ab", "ba", "aab", "abab", "=", "\n"]),
+                0..150,
+            ),
+            picks in proptest::collection::vec((0usize..400, 8usize..20), 1..30),
+        ) {
+            let text = pieces.concat();
+            let mut values: Vec<&[u8]> = picks
+                .into_iter()
+                .filter_map(|(at, len)| text.as_bytes().get(at..at + len))
+                .collect();
+            values.sort_unstable();
+            values.dedup();
+            let ac = aho_corasick::AhoCorasick::builder()
+                .match_kind(aho_corasick::MatchKind::LeftmostLongest)
+                .build(&values)
+                .unwrap();
+            let want: Vec<(usize, usize)> = ac.find_iter(&text).map(|m| (m.start(), m.end())).collect();
+            let mut got = Vec::new();
+            PrefixIndex::new(values.iter().copied())
+                .for_each_leftmost_longest(text.as_bytes(), &mut |s, e, n| {
+                    assert_eq!(&text.as_bytes()[s..e], values[n]);
+                    got.push((s, e));
+                });
+            proptest::prop_assert_eq!(got, want);
         }
     }
 
