@@ -7,7 +7,7 @@
 #   bash scripts/ab.sh NAME=ENV@BINARY ...       e.g.
 #   bash scripts/ab.sh "shared=NENYA_WORKERS=-1@target/release/nenya" "threads=NENYA_WORKERS=0@target/release/nenya"
 #
-# Environment: KIND=plain|stream|large|file (file: BODY_FILE), CONNS (1), REPS (5), DUR (3 s per run).
+# Environment: KIND=plain|stream|large|turns|file (file: BODY_FILE), CONNS (1), REPS (5), DUR (3 s per run).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 command -v wrk >/dev/null || { echo "needs wrk (apt-get install wrk)"; exit 1; }
@@ -38,6 +38,7 @@ done
 cat >"$work/post.lua" <<L
 wrk.method = "POST"
 wrk.body = os.getenv("BODY")
+dofile("scripts/wrk_turns.lua")  -- KIND=turns: a number per request in place of @@TURN@@
 wrk.headers["Content-Type"] = "application/json"
 wrk.headers["Authorization"] = "Bearer $token"
 function done(summary, latency, requests)
@@ -48,6 +49,7 @@ msg='"messages":[{"role":"user","content":"Write a function that reverses a list
 case $kind in
   stream) body="{\"model\":\"coder\",\"stream\":true,$msg}" ;;
   large) body=$(python3 scripts/large_body.py) ;;  # bench.sh --large's ~100 KB conversation
+  turns) body=$(python3 scripts/large_body.py --turn) ;;  # the same, plus a new ~4 KB turn per request
   file) body=$(cat "$BODY_FILE") ;;  # any request body of your own
   *) body="{\"model\":\"coder\",$msg}" ;;
 esac

@@ -13,7 +13,8 @@
 #                               # redis-server (`state` backend redis: one round trip a request)
 #   scripts/bench.sh --large    # also a ~100 KB conversation (20 turns of this repository's
 #                               # sources): what redaction, entropy and the one parse cost on
-#                               # the size of request coding agents send
+#                               # the size of request coding agents send; `large` re-sends it
+#                               # as it is, `turns` with a new ~4 KB message each request
 #
 # DURATION (default 10 s) and WARMUP (default 3 s) tune the runs. wrk comes from Debian.
 set -euo pipefail
@@ -84,12 +85,15 @@ EOF
 # to refuse, so they are checked on every request without shaping the load.
 start_nenya full '"governance": {"ratelimit_max_rpm": 100000000, "ratelimit_max_tpm": 2000000000}'
 full_port=$started_port; full_pid=$started_pid
+rss_mib() { awk '/VmRSS/ {printf "%.1f", $2 / 1024}' "/proc/$1/status"; }
+rss_start=$(rss_mib "$full_pid")
 start_nenya authonly '"bouncer": {"enabled": false, "entropy_enabled": false}'
 auth_port=$started_port
 
 cat >"$work/post.lua" <<'EOF'
 wrk.method = "POST"
 wrk.body = os.getenv("BODY")
+dofile("scripts/wrk_turns.lua")  -- KIND=turns: a number per request in place of @@TURN@@
 wrk.headers["Content-Type"] = "application/json"
 local token = os.getenv("TOKEN")
 if token and token ~= "" then wrk.headers["Authorization"] = "Bearer " .. token end
@@ -107,7 +111,8 @@ stream='{"model":"coder","stream":true,"messages":[{"role":"user","content":"Wri
 kinds=(plain stream)
 if [ -n "$with_large" ]; then
   large=$(python3 scripts/large_body.py)
-  kinds+=(large)
+  turns=$(python3 scripts/large_body.py --turn)
+  kinds+=(large turns)
 fi
 
 run() { # url body token conns -> "rps p50 p99 p999 errors"
@@ -180,7 +185,7 @@ echo "machine: $(nproc) cores, $(uname -r); wrk $(wrk -v 2>&1 | head -1 | awk '{
 printf '%-12s %-7s %5s %10s %9s %9s %9s %7s\n' target kind conns "req/s" "p50 µs" "p99 µs" "p99.9 µs" errors
 declare -A res
 for kind in "${kinds[@]}"; do
-  case $kind in plain) body=$plain ;; stream) body=$stream ;; large) body=$large ;; esac
+  case $kind in plain) body=$plain ;; stream) body=$stream ;; large) body=$large ;; turns) body=$turns ;; esac
   for conns in 1 64; do
     for t in "${order[@]}"; do
       url=${targets[$t]%%|*}; tok=${targets[$t]#*|}
@@ -209,6 +214,10 @@ for kind in "${kinds[@]}"; do
   done
 done
 
-rss=$(awk '/VmRSS/ {print $2}' "/proc/$full_pid/status")
+rss_loaded=$(rss_mib "$full_pid")
+# Idle again: the gateway hands freed heap back to the system once its connections have
+# drained (checked every second); read it after that, as a long-running gateway sits between
+# bursts.
+sleep 3
 echo
-echo "nenya (full stack) RSS after the runs: $((rss / 1024)) MiB"
+echo "nenya (full stack) RSS: idle at start $rss_start MiB; right after the runs $rss_loaded MiB; idle after the runs $(rss_mib "$full_pid") MiB"

@@ -4,8 +4,9 @@
 # change too small for this host's wall-clock noise (scripts/ab.sh) still shows. Kernel work
 # (the sockets) is not counted; wall-clock and CPU figures stay with bench.sh / ab.sh.
 #
-#   bash scripts/instr.sh [BINARY]        KIND=plain|stream|large|file (plain; file: BODY_FILE), DUR (10 s of load),
-#                                         STACK=full|lean (full: bench.sh's two stacks)
+#   bash scripts/instr.sh [BINARY]        KIND=plain|stream|large|turns|file (plain; file: BODY_FILE), DUR (10 s of load),
+#                                         STACK=full|lean (full: bench.sh's two stacks), REMEMBER (texts
+#                                         remembered clean; 0: every text scanned every time)
 #
 # Prints requests, total instructions and instructions per request; the callgrind file is
 # kept for `callgrind_annotate --inclusive=yes FILE` (build with
@@ -16,7 +17,9 @@ command -v valgrind >/dev/null || { echo "needs valgrind (apt-get install valgri
 command -v wrk >/dev/null || { echo "needs wrk (apt-get install wrk)"; exit 1; }
 bin=${1:-target/release/nenya}; kind=${KIND:-plain}; dur=${DUR:-10}; stack=${STACK:-full}
 case $stack in
-  full) extra='"governance": {"ratelimit_max_rpm": 100000000, "ratelimit_max_tpm": 2000000000}' ;;
+  full) extra='"governance": {"ratelimit_max_rpm": 100000000, "ratelimit_max_tpm": 2000000000}'
+        # REMEMBER=0: scan every text of every request (bouncer.remember_clean_texts).
+        if [ -n "${REMEMBER:-}" ]; then extra+=", \"bouncer\": {\"remember_clean_texts\": $REMEMBER}"; fi ;;
   lean) extra='"bouncer": {"enabled": false, "entropy_enabled": false}' ;;
   *) echo "STACK is full or lean"; exit 2 ;;
 esac
@@ -40,12 +43,14 @@ msg='"messages":[{"role":"user","content":"Write a function that reverses a list
 case $kind in
   stream) body="{\"model\":\"coder\",\"stream\":true,$msg}" ;;
   large) body=$(python3 scripts/large_body.py) ;;  # bench.sh --large's ~100 KB conversation
+  turns) body=$(python3 scripts/large_body.py --turn) ;;  # the same, plus a new ~4 KB turn per request
   file) body=$(cat "$BODY_FILE") ;;  # any request body of your own
   *) body="{\"model\":\"coder\",$msg}" ;;
 esac
 cat >"$work/post.lua" <<L
 wrk.method = "POST"
 wrk.body = os.getenv("BODY")
+dofile("scripts/wrk_turns.lua")  -- KIND=turns: a number per request in place of @@TURN@@
 wrk.headers["Content-Type"] = "application/json"
 wrk.headers["Authorization"] = "Bearer $token"
 function done(s, l, r) io.write(string.format("RESULT %d\n", s.requests)) end

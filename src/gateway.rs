@@ -170,6 +170,7 @@ pub struct GatewayBuilder {
     origins: Vec<String>,
     redactor: Option<Redactor>,
     entropy: Option<EntropyDetector>,
+    remember_clean: usize,
     breaker: BreakerConfig,
     limits: RateLimitConfig,
     limit_overrides: BTreeMap<String, RateLimitConfig>,
@@ -310,6 +311,15 @@ impl GatewayBuilder {
         self
     }
 
+    /// How many texts redaction and entropy detection each remember as clean, to skip
+    /// scanning them again when a conversation is re-sent (see
+    /// [`ScrubLayer::remember_clean`](crate::layers::ScrubLayer::remember_clean); default
+    /// 32,768, `0` scans every text of every request).
+    pub fn remember_clean_texts(mut self, texts: usize) -> Self {
+        self.remember_clean = texts;
+        self
+    }
+
     /// Redaction and entropy detection as the `bouncer` config section sets them; a user
     /// pattern that does not compile is an error naming it.
     pub fn bouncer(self, b: &BouncerConfig) -> Result<Self, ConfigError> {
@@ -332,7 +342,10 @@ impl GatewayBuilder {
         let entropy = (b.enabled && b.entropy_enabled).then(|| {
             EntropyDetector::new(b.entropy_threshold, b.entropy_min_token).with_label(label)
         });
-        Ok(self.redactor(redactor).entropy(entropy))
+        Ok(self
+            .redactor(redactor)
+            .entropy(entropy)
+            .remember_clean_texts(b.remember_clean_texts))
     }
 
     /// Circuit-breaker settings for every upstream target.
@@ -705,8 +718,14 @@ impl GatewayBuilder {
         let chat = ServiceBuilder::new()
             .layer(DecodeLayer::new(self.max_body_bytes).with_read_timeout(self.body_read_timeout))
             .option_layer(key_limiter)
-            .option_layer(self.redactor.map(RedactLayer::new))
-            .option_layer(self.entropy.map(EntropyLayer::new))
+            .option_layer(
+                self.redactor
+                    .map(|r| RedactLayer::new(r).remember_clean(self.remember_clean)),
+            )
+            .option_layer(
+                self.entropy
+                    .map(|e| EntropyLayer::new(e).remember_clean(self.remember_clean)),
+            )
             .layer_fn(erase_chat)
             .option_layer(
                 (self.prune.thoughts || self.prune.stale_tool_results)
@@ -1530,6 +1549,7 @@ impl Gateway {
             origins: Vec::new(),
             redactor: Some(Redactor::builtin()),
             entropy: Some(EntropyDetector::default()),
+            remember_clean: crate::config::DEFAULT_REMEMBER_CLEAN_TEXTS,
             breaker: BreakerConfig::default(),
             limits: RateLimitConfig::default(),
             limit_overrides: BTreeMap::new(),

@@ -25,6 +25,14 @@ use crate::model::ApiFormat;
 /// Default request body limit (10 MiB), as Nenya.
 pub const DEFAULT_MAX_BODY_BYTES: u64 = 10 * 1024 * 1024;
 
+/// Default of `bouncer.remember_clean_texts`: texts found clean that redaction and entropy
+/// detection each remember (two generations of up to 16,384 128-bit keys: ~1.1 MiB a layer when full).
+///
+/// ```
+/// assert_eq!(nenya::config::DEFAULT_REMEMBER_CLEAN_TEXTS, 32_768);
+/// ```
+pub const DEFAULT_REMEMBER_CLEAN_TEXTS: usize = 32_768;
+
 /// Top-level sections nenya reads; anything else is accepted with a warning.
 const KNOWN_SECTIONS: &[&str] = &[
     "server",
@@ -333,6 +341,11 @@ pub struct BouncerConfig {
     /// Minimum token length (default 20).
     #[serde(default = "default_entropy_min_token")]
     pub entropy_min_token: usize,
+    /// How many texts (of 256 bytes or more) redaction and entropy detection each remember as
+    /// found clean, by a seeded 128-bit hash, so that a conversation re-sent with every turn
+    /// is scanned only for its new texts (default 32,768; `0` scans every text every time).
+    #[serde(default = "default_remember_clean_texts")]
+    pub remember_clean_texts: usize,
     /// Fields not implemented yet.
     #[serde(flatten)]
     pub other: BTreeMap<String, Value>,
@@ -344,6 +357,10 @@ fn yes() -> bool {
 
 fn default_entropy_threshold() -> f64 {
     crate::layers::entropy::DEFAULT_THRESHOLD
+}
+
+fn default_remember_clean_texts() -> usize {
+    DEFAULT_REMEMBER_CLEAN_TEXTS
 }
 
 fn default_entropy_min_token() -> usize {
@@ -359,6 +376,7 @@ impl Default for BouncerConfig {
             entropy_enabled: true,
             entropy_threshold: default_entropy_threshold(),
             entropy_min_token: default_entropy_min_token(),
+            remember_clean_texts: default_remember_clean_texts(),
             other: BTreeMap::new(),
         }
     }

@@ -17,8 +17,10 @@
 //! # let _ = layer;
 //! ```
 
+use std::collections::HashSet;
 use std::ops::Range;
 use std::panic::AssertUnwindSafe;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
 use http::Request;
@@ -99,12 +101,32 @@ pub trait TextScrubber: Clone {
 #[derive(Debug, Clone)]
 pub struct ScrubLayer<T> {
     scrubber: T,
+    clean: Option<Arc<CleanTexts>>,
 }
 
 impl<T> ScrubLayer<T> {
     /// Scrubs with `scrubber`.
     pub fn new(scrubber: T) -> Self {
-        Self { scrubber }
+        Self {
+            scrubber,
+            clean: None,
+        }
+    }
+
+    /// Remembers up to about `texts` texts the scrubber found nothing in (those of at least
+    /// 256 bytes, by a seeded 128-bit hash), and does not scan them again: a
+    /// coding agent re-sends its whole conversation with every turn, and only what is new in
+    /// it then costs a scan. `0` remembers nothing. Every service this layer makes shares the
+    /// one memory; a text with a finding is always scanned (and rewritten) again.
+    ///
+    /// ```
+    /// use nenya::layers::{RedactLayer, Redactor};
+    /// let layer = RedactLayer::new(Redactor::builtin()).remember_clean(32_768);
+    /// # let _ = layer;
+    /// ```
+    pub fn remember_clean(mut self, texts: usize) -> Self {
+        self.clean = (texts > 0).then(|| Arc::new(CleanTexts::new(texts)));
+        self
     }
 }
 
@@ -114,7 +136,121 @@ impl<S, T: Clone> Layer<S> for ScrubLayer<T> {
         Scrub {
             inner,
             scrubber: self.scrubber.clone(),
+            clean: self.clean.clone(),
         }
+    }
+}
+
+/// The texts a scrubber found nothing in, remembered by a seeded 128-bit XXH3 hash (random
+/// seed per memory, so the keys cannot be computed ahead). Two generations of at most half
+/// the capacity each: a full current generation becomes the previous one (dropping the older),
+/// and a text found in the previous generation moves back to the current one, so the texts of
+/// the conversations in use stay while those no longer sent age out. The lock is held for one
+/// set lookup or insert, never across a scan or an `.await`.
+///
+/// A hash collision would pass a text with a secret unscanned; at 128 bits the chance is
+/// about 2^-128 per pair of texts. Redaction guards against accidents, not against a client
+/// set on sending its own secret (which could encode it past any pattern anyway).
+#[derive(Debug)]
+pub(crate) struct CleanTexts {
+    seed: u64,
+    half: usize,
+    sets: Mutex<[HashSet<u128, PassThrough>; 2]>,
+}
+
+impl CleanTexts {
+    /// Texts shorter than this are scanned every time: for them a scan costs about what the
+    /// hash and the lookup would.
+    const MIN_LEN: usize = 256;
+
+    fn new(texts: usize) -> Self {
+        let seed =
+            std::hash::BuildHasher::hash_one(&std::collections::hash_map::RandomState::new(), 0u8);
+        Self {
+            seed,
+            half: (texts / 2).max(1),
+            sets: Mutex::new(Default::default()),
+        }
+    }
+
+    fn key(&self, text: &str) -> u128 {
+        xxhash_rust::xxh3::xxh3_128_with_seed(text.as_bytes(), self.seed)
+    }
+
+    fn sets(&self) -> std::sync::MutexGuard<'_, [HashSet<u128, PassThrough>; 2]> {
+        // A panic while held cannot leave a set half-updated in a way that matters: at worst a
+        // text is scanned again.
+        self.sets
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Whether `key` is remembered (moving it into the current generation).
+    fn contains(&self, key: u128) -> bool {
+        let mut sets = self.sets();
+        if sets[0].contains(&key) {
+            return true;
+        }
+        if sets[1].remove(&key) {
+            self.insert_locked(&mut sets, key);
+            return true;
+        }
+        false
+    }
+
+    fn insert(&self, key: u128) {
+        let mut sets = self.sets();
+        self.insert_locked(&mut sets, key);
+    }
+
+    fn insert_locked(&self, sets: &mut [HashSet<u128, PassThrough>; 2], key: u128) {
+        if sets[0].len() >= self.half {
+            sets[1] = std::mem::take(&mut sets[0]);
+        }
+        sets[0].insert(key);
+    }
+
+    /// `scrub` for `text`, skipped when `text` is remembered as clean; a clean result of a
+    /// long enough text is remembered.
+    fn scrub(&self, text: &str, scrub: impl FnOnce(&str) -> Option<String>) -> Option<String> {
+        if text.len() < Self::MIN_LEN {
+            return scrub(text);
+        }
+        let key = self.key(text);
+        if self.contains(key) {
+            return None;
+        }
+        let out = scrub(text);
+        if out.is_none() {
+            self.insert(key);
+        }
+        out
+    }
+}
+
+/// The keys are already uniform hashes: their low 64 bits index the set as they are.
+#[derive(Debug, Clone, Copy, Default)]
+struct PassThrough(u64);
+
+impl std::hash::BuildHasher for PassThrough {
+    type Hasher = PassThrough;
+    fn build_hasher(&self) -> PassThrough {
+        PassThrough(0)
+    }
+}
+
+impl std::hash::Hasher for PassThrough {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        // Only `u128` keys are hashed here (`write_u128`); fold anything else in.
+        for &b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(b);
+        }
+    }
+    fn write_u128(&mut self, n: u128) {
+        self.0 = n as u64;
     }
 }
 
@@ -125,6 +261,7 @@ impl<S, T: Clone> Layer<S> for ScrubLayer<T> {
 pub struct Scrub<S, T> {
     inner: S,
     scrubber: T,
+    clean: Option<Arc<CleanTexts>>,
 }
 
 impl<S, T> Service<Request<ChatRequest>> for Scrub<S, T>
@@ -142,7 +279,12 @@ where
 
     fn call(&mut self, mut req: Request<ChatRequest>) -> S::Future {
         let t = &self.scrubber;
-        match rewrite_texts(T::NAME, req.body_mut(), |s| t.scrub(s)) {
+        let clean = self.clean.as_deref();
+        let scrub = |s: &str| match clean {
+            Some(c) => c.scrub(s, |s| t.scrub(s)),
+            None => t.scrub(s),
+        };
+        match rewrite_texts(T::NAME, req.body_mut(), scrub) {
             Ok(0) => {}
             Ok(n) => tracing::debug!(
                 layer = T::NAME,
@@ -293,5 +435,98 @@ where
             http::HeaderName::from_static(T::HEADER),
             report.and_then(|r| http::HeaderValue::try_from(r).ok()),
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// Counts its scans; finds a "secret" wherever `SECRET` is.
+    #[derive(Clone, Default)]
+    struct Counting(Arc<AtomicUsize>);
+
+    impl TextScrubber for Counting {
+        const NAME: &'static str = "counting";
+        fn scrub(&self, text: &str) -> Option<String> {
+            self.0.fetch_add(1, Ordering::Relaxed);
+            text.contains("SECRET")
+                .then(|| text.replace("SECRET", "[X]"))
+        }
+    }
+
+    fn long(tag: usize) -> String {
+        format!(
+            "{tag:>6} {}",
+            "fn main() { println!(\"hello\"); }\n".repeat(10)
+        )
+    }
+
+    /// Scrubs `texts` through a memory of `capacity`; the scans it took and the outputs.
+    fn run(mem: &CleanTexts, c: &Counting, texts: &[&str]) -> (usize, Vec<Option<String>>) {
+        let before = c.0.load(Ordering::Relaxed);
+        let out = texts.iter().map(|t| mem.scrub(t, |s| c.scrub(s))).collect();
+        (c.0.load(Ordering::Relaxed) - before, out)
+    }
+
+    #[test]
+    fn a_long_clean_text_is_scanned_once() {
+        let (mem, c) = (CleanTexts::new(64), Counting::default());
+        let (a, b) = (long(1), long(2));
+        assert_eq!(run(&mem, &c, &[&a, &b]).0, 2);
+        assert_eq!(run(&mem, &c, &[&a, &b, &a]), (0, vec![None, None, None]));
+    }
+
+    #[test]
+    fn texts_with_findings_short_texts_and_changed_texts_are_scanned_every_time() {
+        let (mem, c) = (CleanTexts::new(64), Counting::default());
+        let secret = format!("{} SECRET", long(1));
+        let short = "SECRET-free and short";
+        for _ in 0..3 {
+            let (scans, out) = run(&mem, &c, &[&secret, short]);
+            assert_eq!(scans, 2);
+            assert!(out[0].as_deref().is_some_and(|o| o.ends_with("[X]")));
+        }
+        // One byte changed in a remembered text: a different text, scanned (and caught).
+        let a = long(3);
+        run(&mem, &c, &[&a]);
+        let changed = a.replacen("hello", "SECRET", 1);
+        let (scans, out) = run(&mem, &c, &[&changed]);
+        assert_eq!(scans, 1);
+        assert!(out[0].is_some());
+    }
+
+    #[test]
+    fn the_oldest_texts_age_out_and_texts_in_use_stay() {
+        // Generations of 4: after 8 newer texts, text 0 is forgotten unless it was used.
+        let (mem, c) = (CleanTexts::new(8), Counting::default());
+        let texts: Vec<String> = (0..12).map(long).collect();
+        run(&mem, &c, &[&texts[0], &texts[1]]);
+        for t in &texts[2..10] {
+            run(&mem, &c, &[t]);
+            // Text 1 is re-sent all along (a conversation in use).
+            assert_eq!(run(&mem, &c, &[&texts[1]]).0, 0);
+        }
+        assert_eq!(run(&mem, &c, &[&texts[1]]).0, 0, "in use: kept");
+        assert_eq!(
+            run(&mem, &c, &[&texts[0]]).0,
+            1,
+            "not sent since: forgotten"
+        );
+        let total: usize = mem.sets().iter().map(HashSet::len).sum();
+        assert!(total <= 8, "{total}");
+    }
+
+    #[test]
+    fn remember_clean_zero_is_off() {
+        let layer = ScrubLayer::new(Counting::default()).remember_clean(0);
+        assert!(layer.clean.is_none());
+        assert!(
+            ScrubLayer::new(Counting::default())
+                .remember_clean(1)
+                .clean
+                .is_some()
+        );
     }
 }

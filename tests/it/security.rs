@@ -170,6 +170,54 @@ async fn the_benign_corpus_reaches_the_upstream_byte_identical() {
     assert_eq!(sent, texts.len());
 }
 
+/// A coding agent re-sends its whole conversation every turn, and the gateway remembers the
+/// long texts it found clean so as not to scan them again: a remembered text changed in any
+/// way (even to one of the same length) is a new text and is scanned, and a text with a secret
+/// is redacted every time it is sent.
+#[tokio::test]
+async fn a_re_sent_conversation_is_redacted_however_its_remembered_texts_change() {
+    let (mock, up) = start_mock(echo()).await;
+    let gw = gateway_for_mock(&up, "").await;
+    let (k, v) = bearer();
+    let code = "fn handler(req: Request) -> Response { route(req).unwrap_or_default() }\n";
+    let clean = format!("Review this file:\n{}", code.repeat(8));
+    assert!(clean.len() >= 512);
+    // The same length as `clean`, with a key written over part of it.
+    let mut same_len = clean.clone();
+    let key = format!(" {AWS} ");
+    same_len.replace_range(40..40 + key.len(), &key);
+    assert_eq!(same_len.len(), clean.len());
+    let appended = format!("{clean}token {GH}");
+    let turns: [&[&str]; 4] = [
+        &[&clean],
+        &[&clean, &same_len],
+        &[&clean, &same_len, &appended],
+        &[&clean, &same_len, &appended, &clean],
+    ];
+    for (turn, texts) in turns.iter().enumerate() {
+        let messages: Vec<Value> = texts
+            .iter()
+            .map(|t| json!({"role": "user", "content": t}))
+            .collect();
+        let body = json!({"model": "coder", "messages": messages}).to_string();
+        let r = post(&gw.url("/v1/chat/completions"), &[(k, &v)], body).await;
+        assert_eq!(r.status, 200, "turn {turn}: {}", r.text());
+        let got = mock.received().pop().unwrap().json();
+        for (i, t) in texts.iter().enumerate() {
+            let sent = got["messages"][i]["content"].as_str().unwrap();
+            if *t == clean {
+                assert_eq!(sent, clean, "turn {turn}, message {i}");
+            } else {
+                assert!(
+                    !sent.contains(AWS) && !sent.contains(GH),
+                    "turn {turn}: {sent}"
+                );
+                assert!(sent.contains("[REDACTED:"), "turn {turn}: {sent}");
+            }
+        }
+    }
+}
+
 #[tokio::test]
 async fn custom_patterns_and_a_fixed_label_from_config() {
     let (mock, up) = start_mock(echo()).await;
