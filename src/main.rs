@@ -231,6 +231,9 @@ async fn run_mock(args: MockArgs, log: LogFormat) -> Result<(), String> {
         fault: args.fault,
         tool_call: args.tool_call,
         thinking: args.thinking,
+        // Nothing reads what a standalone mock received: keeping it grew without bound under
+        // a long load (23 GB after a benchmark's 100 KB requests).
+        keep_received: 0,
         ..MockConfig::default()
     });
     mock.serve(listener, shutdown)
@@ -295,14 +298,17 @@ fn load(path: Option<&std::path::Path>) -> Result<(Config, Secrets, GatewayBuild
     };
     let mock_mode = path.is_none() && secrets.provider_keys.is_empty();
     let builder = if mock_mode {
-        Gateway::builder(RouteTable::mock(MockProvider::new(MockConfig::default())))
-            .max_body_bytes(cfg.server.max_body_bytes)
-            .client_tokens(secrets.client_token.clone())
-            .api_keys(secrets.rbac_keys().map_err(|e| e.to_string())?)
-            .key_limits(secrets.key_limits())
-            .allowed_browser_origins(cfg.governance.allowed_browser_origins.iter().cloned())
-            .bouncer(&cfg.bouncer)
-            .map_err(|e| e.to_string())?
+        Gateway::builder(RouteTable::mock(MockProvider::new(MockConfig {
+            keep_received: 0,
+            ..MockConfig::default()
+        })))
+        .max_body_bytes(cfg.server.max_body_bytes)
+        .client_tokens(secrets.client_token.clone())
+        .api_keys(secrets.rbac_keys().map_err(|e| e.to_string())?)
+        .key_limits(secrets.key_limits())
+        .allowed_browser_origins(cfg.governance.allowed_browser_origins.iter().cloned())
+        .bouncer(&cfg.bouncer)
+        .map_err(|e| e.to_string())?
     } else {
         Gateway::from_config(&cfg, &secrets).map_err(|e| e.to_string())?
     };

@@ -141,6 +141,10 @@ pub struct MockConfig {
     pub thinking: Option<String>,
     /// How long loading a model takes on the mock's Ollama API (`POST /api/generate`).
     pub load_delay: Duration,
+    /// How many requests [`MockProvider::received`] (and [`MockProvider::listings`]) keep,
+    /// the oldest dropped first (default 10,000). `0` keeps none: what `nenya mock` and the
+    /// gateway's built-in mock use, so a long-running mock holds no memory per request.
+    pub keep_received: usize,
 }
 
 impl Default for MockConfig {
@@ -154,6 +158,7 @@ impl Default for MockConfig {
             tool_rounds: 1,
             thinking: None,
             load_delay: Duration::ZERO,
+            keep_received: 10_000,
         }
     }
 }
@@ -256,8 +261,8 @@ type OllamaState = (Vec<String>, Vec<(String, String)>);
 
 struct Inner {
     cfg: MockConfig,
-    received: Mutex<Vec<Recorded>>,
-    listings: Mutex<Vec<Recorded>>,
+    received: Mutex<VecDeque<Recorded>>,
+    listings: Mutex<VecDeque<Recorded>>,
     /// Ollama API: models loaded now (in load order), and every load/unload in order.
     ollama: Mutex<OllamaState>,
     /// Streams being sent now, and the most seen at once.
@@ -290,8 +295,8 @@ impl MockProvider {
         Self {
             inner: Arc::new(Inner {
                 cfg,
-                received: Mutex::new(Vec::new()),
-                listings: Mutex::new(Vec::new()),
+                received: Mutex::default(),
+                listings: Mutex::default(),
                 ollama: Mutex::default(),
                 streaming: Arc::default(),
             }),
@@ -328,20 +333,32 @@ impl MockProvider {
 
     /// The `GET …/models` requests received so far (not in [`MockProvider::received`]).
     pub fn listings(&self) -> Vec<Recorded> {
-        self.inner
-            .listings
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
+        Self::kept(&self.inner.listings)
     }
 
     /// Every other request received so far, in order.
     pub fn received(&self) -> Vec<Recorded> {
-        self.inner
-            .received
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
+        Self::kept(&self.inner.received)
+    }
+
+    fn kept(log: &Mutex<VecDeque<Recorded>>) -> Vec<Recorded> {
+        let log = log.lock().unwrap_or_else(PoisonError::into_inner);
+        log.iter().cloned().collect()
+    }
+
+    /// Keeps `record()` in `log`, dropping the oldest beyond [`MockConfig::keep_received`]
+    /// (and building nothing when it is 0).
+    fn keep(&self, log: &Mutex<VecDeque<Recorded>>, record: impl FnOnce() -> Recorded) {
+        let keep = self.inner.cfg.keep_received;
+        if keep == 0 {
+            return;
+        }
+        let record = record();
+        let mut log = log.lock().unwrap_or_else(PoisonError::into_inner);
+        while log.len() >= keep {
+            log.pop_front();
+        }
+        log.push_back(record);
     }
 
     /// Serves the mock over HTTP on `listener` until `shutdown` completes.
@@ -409,7 +426,7 @@ impl MockProvider {
     async fn handle(self, req: Request<Body>) -> Result<Response<Body>, BoxError> {
         let (parts, body) = req.into_parts();
         let body = body.collect().await?.to_bytes();
-        let record = Recorded {
+        let record = || Recorded {
             method: parts.method.clone(),
             uri: parts.uri.to_string(),
             headers: parts.headers.clone(),
@@ -419,11 +436,7 @@ impl MockProvider {
         // `received()` counts exactly the requests clients caused.
         let listing = parts.method == Method::GET && parts.uri.path().ends_with("/models");
         if parts.method == Method::POST && parts.uri.path().ends_with("/embeddings") {
-            self.inner
-                .received
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .push(record);
+            self.keep(&self.inner.received, record);
             return Ok(embeddings(&body));
         }
         if parts.uri.path().ends_with("/api/generate") || parts.uri.path().ends_with("/api/ps") {
@@ -434,9 +447,7 @@ impl MockProvider {
         } else {
             &self.inner.received
         };
-        log.lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .push(record);
+        self.keep(log, record);
         let cfg = &self.inner.cfg;
         let path = parts.uri.path();
         let gemini_stream = path.ends_with(":streamGenerateContent");

@@ -494,3 +494,35 @@ async fn an_audio_transcription_upload_reaches_the_provider_byte_for_byte() {
     assert_eq!(&got.body[..], &form[..], "byte for byte");
     assert_upstream_auth(&got);
 }
+
+/// The mock keeps the requests it received for tests to read, up to `keep_received`, oldest
+/// dropped first; with 0 (the standalone `nenya mock`, the gateway's built-in mock) it keeps
+/// none, so a long-running mock does not grow with every request.
+#[tokio::test]
+async fn the_mock_keeps_at_most_keep_received_requests() {
+    for keep in [0usize, 2, 10] {
+        let (mock, up) = start_mock(MockConfig {
+            keep_received: keep,
+            ..MockConfig::default()
+        })
+        .await;
+        for i in 0..5 {
+            let body =
+                json!({"model": "m", "messages": [{"role": "user", "content": format!("n{i}")}]});
+            let r = post(&up.url("/v1/chat/completions"), &[], body.to_string()).await;
+            assert_eq!(r.status, 200, "{}", r.text());
+        }
+        let got: Vec<String> = mock
+            .received()
+            .iter()
+            .map(|r| {
+                r.json()["messages"][0]["content"]
+                    .as_str()
+                    .unwrap()
+                    .to_string()
+            })
+            .collect();
+        let want: Vec<String> = (5 - keep.min(5)..5).map(|i| format!("n{i}")).collect();
+        assert_eq!(got, want, "keep_received {keep}");
+    }
+}
