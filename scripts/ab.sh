@@ -17,7 +17,7 @@ reps=${REPS:-5}; dur=${DUR:-3}; conns=${CONNS:-1}; kind=${KIND:-plain}
 pids=(); cleanup(){ for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"; }; trap cleanup EXIT
 free_port(){ python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 wait_port(){ for _ in $(seq 1 600); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.1; done; return 1; }
-cpu(){ awk '{print $14+$15}' "/proc/$1/stat"; }
+cpu(){ awk '{print $14, $15}' "/proc/$1/stat"; }  # user and system ticks
 mp=$(free_port); "$mock_bin" mock --listen "127.0.0.1:$mp" --chunks 20 >"$work/mock.log" 2>&1 & pids+=($!); wait_port "$mp"
 token=bench-client-token-0123456789
 echo "{\"client_token\": \"$token\", \"provider_keys\": {\"up\": \"sk-bench\"}}" > "$work/secrets/secrets.json"
@@ -55,16 +55,19 @@ case $kind in
 esac
 th=$(( conns < 2 ? 1 : 2 ))
 for n in "${names[@]}"; do BODY="$body" wrk -t$th -c"$conns" -d1s -s "$work/post.lua" "${url[$n]}" >/dev/null; done
-declare -A P R C
+declare -A P R C U S
 for _ in $(seq 1 "$reps"); do for n in "${names[@]}"; do
-  a=$(cpu "${pid[$n]}")
+  read -r au as < <(cpu "${pid[$n]}")
   read -r rps p50 reqs < <(BODY="$body" wrk -t$th -c"$conns" -d"${dur}s" -s "$work/post.lua" "${url[$n]}" | awk '/^RESULT/{print $2, $3, $4}')
-  b=$(cpu "${pid[$n]}")
-  P[$n]+="$p50 "; R[$n]+="$rps "; C[$n]+="$(( (b - a) * 10000 / (reqs > 0 ? reqs : 1) )) "
+  read -r bu bs < <(cpu "${pid[$n]}")
+  q=$(( reqs > 0 ? reqs : 1 ))
+  P[$n]+="$p50 "; R[$n]+="$rps "; C[$n]+="$(( (bu + bs - au - as) * 10000 / q )) "
+  U[$n]+="$(( (bu - au) * 10000 / q )) "; S[$n]+="$(( (bs - as) * 10000 / q )) "
 done; done
 med(){ tr ' ' '\n' | grep . | sort -n | awk '{a[NR]=$1} END{print a[int((NR+1)/2)]}'; }
 dp=$(echo "${P[direct]}" | med)
 for n in "${names[@]}"; do
   p=$(echo "${P[$n]}" | med); r=$(echo "${R[$n]}" | med); c=$(echo "${C[$n]}" | med)
-  echo "$n kind=$kind c=$conns p50=${p}us (+$((p - dp))) req/s=$r cpu_us/req=$c (mock's for direct)  runs: ${P[$n]}"
+  u=$(echo "${U[$n]}" | med); sy=$(echo "${S[$n]}" | med)
+  echo "$n kind=$kind c=$conns p50=${p}us (+$((p - dp))) req/s=$r cpu_us/req=$c (user $u, system $sy; the mock's for direct)  runs: ${P[$n]}"
 done
