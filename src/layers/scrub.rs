@@ -151,11 +151,21 @@ impl<S, T: Clone> Layer<S> for ScrubLayer<T> {
 /// A hash collision would pass a text with a secret unscanned; at 128 bits the chance is
 /// about 2^-128 per pair of texts. Redaction guards against accidents, not against a client
 /// set on sending its own secret (which could encode it past any pattern anyway).
-#[derive(Debug)]
 pub(crate) struct CleanTexts {
     seed: u64,
     half: usize,
     sets: Mutex<[HashSet<u128, PassThrough>; 2]>,
+}
+
+impl std::fmt::Debug for CleanTexts {
+    /// The sizes only: the seed stays out of logs, and the keys are of no use to read.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let sets = self.sets();
+        f.debug_struct("CleanTexts")
+            .field("capacity", &(self.half * 2))
+            .field("remembered", &(sets[0].len() + sets[1].len()))
+            .finish_non_exhaustive()
+    }
 }
 
 impl CleanTexts {
@@ -516,6 +526,15 @@ mod tests {
         );
         let total: usize = mem.sets().iter().map(HashSet::len).sum();
         assert!(total <= 8, "{total}");
+    }
+
+    #[test]
+    fn debug_shows_sizes_not_the_seed() {
+        let mem = CleanTexts::new(8);
+        mem.insert(7);
+        let shown = format!("{mem:?}");
+        assert_eq!(shown, "CleanTexts { capacity: 8, remembered: 1, .. }");
+        assert!(!shown.contains(&mem.seed.to_string()));
     }
 
     #[test]
