@@ -344,6 +344,7 @@ pub struct BouncerConfig {
     /// How many texts (of 256 bytes or more) redaction and entropy detection each remember as
     /// found clean, by a seeded 128-bit hash, so that a conversation re-sent with every turn
     /// is scanned only for its new texts (default 32,768; `0` scans every text every time).
+    /// Each API key's texts are remembered apart from the others'.
     #[serde(default = "default_remember_clean_texts")]
     pub remember_clean_texts: usize,
     /// Fields not implemented yet.

@@ -117,7 +117,10 @@ impl<T> ScrubLayer<T> {
     /// 256 bytes, by a seeded 128-bit hash), and does not scan them again: a
     /// coding agent re-sends its whole conversation with every turn, and only what is new in
     /// it then costs a scan. `0` remembers nothing. Every service this layer makes shares the
-    /// one memory; a text with a finding is always scanned (and rewritten) again.
+    /// one memory, in which each caller (the auth layer's [`Principal`](crate::model::Principal):
+    /// each API key; requests without one, such as those with a client token, are one caller)
+    /// has entries of its own, so no caller can time whether another sent a text; a text with
+    /// a finding is always scanned (and rewritten) again.
     ///
     /// ```
     /// use nenya::layers::{RedactLayer, Redactor};
@@ -142,7 +145,8 @@ impl<S, T: Clone> Layer<S> for ScrubLayer<T> {
 }
 
 /// The texts a scrubber found nothing in, remembered by a seeded 128-bit XXH3 hash (random
-/// seed per memory, so the keys cannot be computed ahead). Two generations of at most half
+/// seed per memory, so the keys cannot be computed ahead; mixed with the caller's, so one
+/// caller's texts never answer for another's). Two generations of at most half
 /// the capacity each: a full current generation becomes the previous one (dropping the older),
 /// and a text found in the previous generation moves back to the current one, so the texts of
 /// the conversations in use stay while those no longer sent age out. The lock is held for one
@@ -183,8 +187,9 @@ impl CleanTexts {
         }
     }
 
-    fn key(&self, text: &str) -> u128 {
-        xxhash_rust::xxh3::xxh3_128_with_seed(text.as_bytes(), self.seed)
+    /// `text`'s key for the caller `scope` (see [`scope_of`]): another seed per caller.
+    fn key(&self, scope: u64, text: &str) -> u128 {
+        xxhash_rust::xxh3::xxh3_128_with_seed(text.as_bytes(), self.seed ^ scope)
     }
 
     fn sets(&self) -> std::sync::MutexGuard<'_, [HashSet<u128, PassThrough>; 2]> {
@@ -220,13 +225,18 @@ impl CleanTexts {
         sets[0].insert(key);
     }
 
-    /// `scrub` for `text`, skipped when `text` is remembered as clean; a clean result of a
-    /// long enough text is remembered.
-    fn scrub(&self, text: &str, scrub: impl FnOnce(&str) -> Option<String>) -> Option<String> {
+    /// `scrub` for `text`, skipped when the caller `scope` had `text` found clean before; a
+    /// clean result of a long enough text is remembered for that caller.
+    fn scrub(
+        &self,
+        scope: u64,
+        text: &str,
+        scrub: impl FnOnce(&str) -> Option<String>,
+    ) -> Option<String> {
         if text.len() < Self::MIN_LEN {
             return scrub(text);
         }
-        let key = self.key(text);
+        let key = self.key(scope, text);
         if self.contains(key) {
             return None;
         }
@@ -236,6 +246,15 @@ impl CleanTexts {
         }
         out
     }
+}
+
+/// Who a request's texts are remembered for: the caller's key name as the auth layer set it
+/// ([`Principal`](crate::model::Principal)), hashed; 0 without one (no auth configured: one
+/// caller).
+fn scope_of<B>(req: &Request<B>) -> u64 {
+    req.extensions()
+        .get::<crate::model::Principal>()
+        .map_or(0, |p| xxhash_rust::xxh3::xxh3_64(p.name.as_bytes()))
 }
 
 /// The keys are already uniform hashes: their low 64 bits index the set as they are.
@@ -290,8 +309,11 @@ where
     fn call(&mut self, mut req: Request<ChatRequest>) -> S::Future {
         let t = &self.scrubber;
         let clean = self.clean.as_deref();
+        // Each caller has memories of its own: a shared one would let a caller time whether
+        // someone else sent a text (as shared prompt caches do).
+        let scope = clean.map_or(0, |_| scope_of(&req));
         let scrub = |s: &str| match clean {
-            Some(c) => c.scrub(s, |s| t.scrub(s)),
+            Some(c) => c.scrub(scope, s, |s| t.scrub(s)),
             None => t.scrub(s),
         };
         match rewrite_texts(T::NAME, req.body_mut(), scrub) {
@@ -476,7 +498,10 @@ mod tests {
     /// Scrubs `texts` through a memory of `capacity`; the scans it took and the outputs.
     fn run(mem: &CleanTexts, c: &Counting, texts: &[&str]) -> (usize, Vec<Option<String>>) {
         let before = c.0.load(Ordering::Relaxed);
-        let out = texts.iter().map(|t| mem.scrub(t, |s| c.scrub(s))).collect();
+        let out = texts
+            .iter()
+            .map(|t| mem.scrub(0, t, |s| c.scrub(s)))
+            .collect();
         (c.0.load(Ordering::Relaxed) - before, out)
     }
 
@@ -526,6 +551,50 @@ mod tests {
         );
         let total: usize = mem.sets().iter().map(HashSet::len).sum();
         assert!(total <= 8, "{total}");
+    }
+
+    /// Through the layer: a text one caller sent is remembered for that caller only.
+    #[tokio::test]
+    async fn each_caller_has_its_own_memory() {
+        use tower::{ServiceBuilder, ServiceExt, service_fn};
+        let c = Counting::default();
+        let svc = ServiceBuilder::new()
+            .layer(ScrubLayer::new(c.clone()).remember_clean(64))
+            .service(service_fn(|_: Request<ChatRequest>| async {
+                Ok::<_, std::convert::Infallible>(())
+            }));
+        let text = long(1);
+        let body =
+            serde_json::json!({"model": "m", "messages": [{"role": "user", "content": text}]});
+        let send = |caller: Option<&str>| {
+            let mut req = Request::new(
+                crate::adapters::decode_request(
+                    crate::model::ApiFormat::OpenAi,
+                    body.to_string().as_bytes(),
+                )
+                .unwrap(),
+            );
+            if let Some(name) = caller {
+                req.extensions_mut().insert(crate::model::Principal {
+                    name: name.into(),
+                    unrestricted: false,
+                    allowed_agents: Vec::new().into(),
+                });
+            }
+            svc.clone().oneshot(req)
+        };
+        let scans = || c.0.load(Ordering::Relaxed);
+        for (caller, want) in [
+            (Some("alice"), 1),
+            (Some("alice"), 1),
+            (Some("bob"), 2),
+            (None, 3),
+            (Some("bob"), 3),
+            (None, 3),
+        ] {
+            send(caller).await.unwrap();
+            assert_eq!(scans(), want, "after {caller:?}");
+        }
     }
 
     #[test]
