@@ -209,8 +209,13 @@ impl Decoder {
             return Ok(()); // comment / keep-alive
         }
         let line = std::str::from_utf8(line).map_err(|_| DecodeError::InvalidUtf8)?;
-        let (field, value) = match line.split_once(':') {
-            Some((f, v)) => (f, v.strip_prefix(' ').unwrap_or(v)),
+        // The field name is a few bytes: a plain loop finds its colon sooner than a searcher
+        // is set up.
+        let (field, value) = match line.bytes().position(|b| b == b':') {
+            Some(c) => {
+                let v = &line[c + 1..];
+                (&line[..c], v.strip_prefix(' ').unwrap_or(v))
+            }
             None => (line, ""),
         };
         match field {
