@@ -870,11 +870,8 @@ fn last_event_end(buf: &[u8]) -> Option<usize> {
 
 /// The searcher for `error` in stream events, built once (a one-shot `memmem::find` builds
 /// one per call: ~300 instructions an event).
-fn error_word() -> &'static memchr::memmem::Finder<'static> {
-    static F: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
-        std::sync::LazyLock::new(|| memchr::memmem::Finder::new(b"error"));
-    &F
-}
+static ERROR_WORD: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
+    std::sync::LazyLock::new(|| memchr::memmem::Finder::new(b"error"));
 
 /// Checks the complete events in `chunk` with the shared SSE decoder: `Some(finished)` (a
 /// final or error event was seen), or `None` when an event is malformed (data neither JSON nor
@@ -902,7 +899,7 @@ fn check_events(
         // word is looked for once before the exact shapes are.
         if format == ApiFormat::OpenAi
             && (d == "[DONE]"
-                || (error_word().find(d.as_bytes()).is_some()
+                || (ERROR_WORD.find(d.as_bytes()).is_some()
                     && (d.starts_with("{\"error\"")
                         || d.contains("\"type\":\"error\"")
                         || d.contains("\"type\": \"error\""))))

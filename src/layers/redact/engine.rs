@@ -386,6 +386,10 @@ impl Inner {
     }
 }
 
+/// `-----`, where a PEM block's armour could begin; the searcher built once, not per window.
+static PEM_DASHES: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
+    std::sync::LazyLock::new(|| memchr::memmem::Finder::new(b"-----"));
+
 /// Shortest found value whose other occurrences are redacted too (shorter ones would catch
 /// ordinary words).
 const MIN_REPEAT_LEN: usize = 8;
@@ -582,7 +586,7 @@ impl Inner {
                 && !pem
                 && w.1 > pos
                 && (w.1 == bytes.len() || bytes[w.1] == b'\n')
-                && memchr::memmem::find(&bytes[pos..w.1], b"-----").is_none()
+                && PEM_DASHES.find(&bytes[pos..w.1]).is_none()
             {
                 pos = w.1;
             }
