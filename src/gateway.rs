@@ -42,7 +42,7 @@
 //! |---|---|---|
 //! | [`Target`](crate::services::Target) | [`Router`] | [`CircuitBreakerLayer`] (its key), [`ProviderService`] |
 //! | [`CountTokens`] | `Dispatch` | [`Router`] (answers locally), [`ProviderService`] (endpoint) |
-//! | [`Principal`](crate::model::Principal) | [`AuthLayer`] | [`Router`] (`allowed_agents`) |
+//! | [`Principal`](crate::model::Principal) | [`AuthLayer`] | [`Router`] (`allowed_agents`), the per-key [`RateLimitLayer`], [`RedactLayer`] and [`EntropyLayer`] (each caller's clean-text memory) |
 //! | [`TokenCache`](crate::tokens::TokenCache) | [`Router`] (chains that may retry) | [`BudgetTrimLayer`] (each message counted once across attempts) |
 //! | [`ContextRetry`](crate::layers::budget::ContextRetry) | [`Router`] (after an upstream context error) | [`BudgetTrimLayer`] (tighter budget) |
 //!
