@@ -865,20 +865,26 @@ mod tests {
         found.len() > before
     }
 
+    /// Text of a few short pieces, so that values taken from it repeat, share prefixes,
+    /// overlap and nest.
+    fn repetitive_text() -> impl proptest::strategy::Strategy<Value = String> {
+        use proptest::prelude::*;
+        proptest::collection::vec(
+            proptest::sample::select(vec!["ab", "ba", "aab", "abab", "=", "\n"]),
+            0..150,
+        )
+        .prop_map(|p| p.concat())
+    }
+
     proptest::proptest! {
         #![proptest_config(proptest::prelude::ProptestConfig::with_cases(600))]
         /// Few values (Aho-Corasick) and many (the prefix index) find the same occurrences as
         /// one automaton for all of them, leftmost-longest, and skip the same covered ones.
-        /// Text of a few short pieces makes values repeat, share prefixes, overlap and nest.
         #[test]
         fn repeat_occurrences_match_one_automaton(
-            pieces in proptest::collection::vec(
-                proptest::sample::select(vec!["ab", "ba", "aab", "abab", "=", "\n"]),
-                0..150,
-            ),
+            text in repetitive_text(),
             picks in proptest::collection::vec((0usize..400, 0usize..24, 0usize..3), 0..30),
         ) {
-            let text = pieces.concat();
             let kinds = ["one", "two", "three"];
             let mut found: Vec<Finding> = picks
                 .into_iter()
@@ -902,13 +908,9 @@ mod tests {
         /// values taken from the text (so they occur, share prefixes and nest).
         #[test]
         fn prefix_index_is_leftmost_longest(
-            pieces in proptest::collection::vec(
-                proptest::sample::select(vec!["ab", "ba", "aab", "abab", "=", "\n"]),
-                0..150,
-            ),
+            text in repetitive_text(),
             picks in proptest::collection::vec((0usize..400, 8usize..20), 1..30),
         ) {
-            let text = pieces.concat();
             let mut values: Vec<&[u8]> = picks
                 .into_iter()
                 .filter_map(|(at, len)| text.as_bytes().get(at..at + len))
