@@ -15,6 +15,10 @@
 #                               # sources): what redaction, entropy and the one parse cost on
 #                               # the size of request coding agents send; `large` re-sends it
 #                               # as it is, `turns` with a new ~4 KB message each request
+#   scripts/bench.sh --nginx    # also a bare nginx reverse proxy (Debian's, installed when
+#                               # missing) in front of the same mock: what one proxy hop costs
+#                               # on this host with no work done in it, the floor under
+#                               # nenya's added latency
 #
 # DURATION (default 10 s) and WARMUP (default 3 s) tune the runs. wrk comes from Debian.
 set -euo pipefail
@@ -22,11 +26,13 @@ cd "$(dirname "$0")/.."
 peers=""
 with_redis=""
 with_large=""
+with_nginx=""
 for arg in "$@"; do
   case "$arg" in
     --peers) peers=1 ;;
     --redis) with_redis=1 ;;
     --large) with_large=1 ;;
+    --nginx) with_nginx=1 ;;
     *) echo "unknown flag $arg" >&2; exit 2 ;;
   esac
 done
@@ -141,6 +147,44 @@ if [ -n "$with_redis" ]; then
    "state": {"backend": "redis", "url": "redis://127.0.0.1:'"$rport"'"}'
   targets[nenya-redis]="http://127.0.0.1:$started_port/v1/chat/completions|$token"
   order+=(nenya-redis)
+fi
+
+if [ -n "$with_nginx" ]; then
+  # A bare reverse proxy, set up as one would in front of an LLM API: one worker, pooled
+  # upstream connections, streams not buffered, no access log.
+  if ! command -v nginx >/dev/null 2>&1; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx-light >/dev/null
+  fi
+  nport=$(free_port)
+  mkdir -p "$work/nginx/logs"
+  cat >"$work/nginx/nginx.conf" <<EOF
+worker_processes 1;
+pid $work/nginx/nginx.pid;
+error_log $work/nginx/logs/error.log warn;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  client_body_temp_path $work/nginx/body;
+  proxy_temp_path $work/nginx/proxy;
+  upstream mock { server 127.0.0.1:$mock_port; keepalive 64; }
+  server {
+    listen 127.0.0.1:$nport;
+    client_max_body_size 10m;
+    client_body_buffer_size 256k;
+    location / {
+      proxy_pass http://mock;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_buffering off;
+    }
+  }
+}
+EOF
+  nginx -p "$work/nginx" -c "$work/nginx/nginx.conf" -g 'daemon off;' >"$work/nginx/logs/stdout.log" 2>&1 &
+  pids+=($!)
+  wait_port "$nport"
+  targets[nginx]="http://127.0.0.1:$nport/v1/chat/completions|"
+  order+=(nginx)
 fi
 
 if [ -n "$peers" ]; then
