@@ -233,8 +233,7 @@ async fn run_mock(args: MockArgs, log: LogFormat) -> Result<(), String> {
         thinking: args.thinking,
         // Nothing reads what a standalone mock received: keeping it grew without bound under
         // a long load (23 GB after a benchmark's 100 KB requests).
-        keep_received: 0,
-        ..MockConfig::default()
+        ..MockConfig::unrecorded()
     });
     mock.serve(listener, shutdown)
         .await
@@ -298,10 +297,9 @@ fn load(path: Option<&std::path::Path>) -> Result<(Config, Secrets, GatewayBuild
     };
     let mock_mode = path.is_none() && secrets.provider_keys.is_empty();
     let builder = if mock_mode {
-        Gateway::builder(RouteTable::mock(MockProvider::new(MockConfig {
-            keep_received: 0,
-            ..MockConfig::default()
-        })))
+        Gateway::builder(RouteTable::mock(
+            MockProvider::new(MockConfig::unrecorded()),
+        ))
         .max_body_bytes(cfg.server.max_body_bytes)
         .client_tokens(secrets.client_token.clone())
         .api_keys(secrets.rbac_keys().map_err(|e| e.to_string())?)

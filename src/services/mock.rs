@@ -163,6 +163,24 @@ impl Default for MockConfig {
     }
 }
 
+impl MockConfig {
+    /// The defaults, keeping none of the requests it receives: a mock that only serves (the
+    /// `nenya mock` command, the gateway's built-in mock), whose memory does not grow with
+    /// the requests it has answered.
+    ///
+    /// ```
+    /// let cfg = nenya::services::MockConfig::unrecorded();
+    /// assert_eq!(cfg.keep_received, 0);
+    /// assert_eq!(cfg.chunks, nenya::services::MockConfig::default().chunks);
+    /// ```
+    pub fn unrecorded() -> Self {
+        Self {
+            keep_received: 0,
+            ..Self::default()
+        }
+    }
+}
+
 /// How many tool results the request's conversation holds, and the text of those it ends
 /// with (`None` when it does not end with any).
 fn tool_results(format: ApiFormat, req: &Value) -> Option<(usize, String)> {
