@@ -4,8 +4,10 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::path::Path;
 
+use http::HeaderValue;
 use serde::Deserialize;
 use serde_json::Value;
+use std::sync::OnceLock;
 use zeroize::Zeroizing;
 
 use super::{ConfigError, deep_merge};
@@ -19,19 +21,81 @@ use super::{ConfigError, deep_merge};
 /// assert_eq!(format!("{s:?}"), "Secret(***)");
 /// assert_eq!(s.expose(), "sk-live-123");
 /// ```
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(std::sync::Arc<Zeroizing<String>>);
+#[derive(Clone)]
+pub struct Secret(std::sync::Arc<Inner>);
+
+struct Inner {
+    value: Zeroizing<String>,
+    /// The header values sending it, made on first use and shared by every request after:
+    /// a request then costs no copy of the key (copies that would stay in freed memory).
+    header: OnceLock<Option<HeaderValue>>,
+    bearer: OnceLock<Option<HeaderValue>>,
+}
+
+impl PartialEq for Secret {
+    fn eq(&self, other: &Self) -> bool {
+        self.expose() == other.expose()
+    }
+}
+
+impl Eq for Secret {}
 
 impl Secret {
     /// Wraps a credential.
     pub fn new(s: impl Into<String>) -> Self {
-        Self(std::sync::Arc::new(Zeroizing::new(s.into())))
+        Self(std::sync::Arc::new(Inner {
+            value: Zeroizing::new(s.into()),
+            header: OnceLock::new(),
+            bearer: OnceLock::new(),
+        }))
     }
 
     /// The credential itself; call only where it is sent or compared.
     pub fn expose(&self) -> &str {
-        &self.0
+        &self.0.value
     }
+
+    /// The credential as a header value, marked sensitive (left out of HPACK tables and
+    /// `Debug`); `None` when it holds bytes a header cannot carry. Made once per secret.
+    ///
+    /// ```
+    /// let s = nenya::config::Secret::new("sk-1");
+    /// let v = s.header_value().unwrap();
+    /// assert_eq!(v, "sk-1");
+    /// assert!(v.is_sensitive());
+    /// assert!(nenya::config::Secret::new("a\nb").header_value().is_none());
+    /// ```
+    pub fn header_value(&self) -> Option<HeaderValue> {
+        self.0
+            .header
+            .get_or_init(|| sensitive(self.expose().as_bytes()))
+            .clone()
+    }
+
+    /// `Bearer <credential>` as a header value, marked sensitive; made once per secret.
+    ///
+    /// ```
+    /// let v = nenya::config::Secret::new("sk-1").bearer_value().unwrap();
+    /// assert_eq!(v, "Bearer sk-1");
+    /// assert!(v.is_sensitive());
+    /// ```
+    pub fn bearer_value(&self) -> Option<HeaderValue> {
+        self.0
+            .bearer
+            .get_or_init(|| {
+                let mut text = Zeroizing::new(Vec::with_capacity(7 + self.expose().len()));
+                text.extend_from_slice(b"Bearer ");
+                text.extend_from_slice(self.expose().as_bytes());
+                sensitive(&text)
+            })
+            .clone()
+    }
+}
+
+fn sensitive(bytes: &[u8]) -> Option<HeaderValue> {
+    let mut v = HeaderValue::from_bytes(bytes).ok()?;
+    v.set_sensitive(true);
+    Some(v)
 }
 
 impl fmt::Debug for Secret {

@@ -450,34 +450,26 @@ pub(crate) fn apply_auth(
             ),
         )
     };
-    let sensitive = |s: &str| -> Result<HeaderValue, Error> {
-        let mut v = HeaderValue::from_str(s).map_err(|_| bad())?;
-        v.set_sensitive(true);
-        Ok(v)
-    };
+    // Both made once per key and shared by every request (no copy of the key per request).
+    let plain = || key.header_value().ok_or_else(bad);
+    let bearer = || key.bearer_value().ok_or_else(bad);
     match p.auth {
         AuthStyle::Bearer => {
-            h.insert(
-                header::AUTHORIZATION,
-                sensitive(&format!("Bearer {}", key.expose()))?,
-            );
+            h.insert(header::AUTHORIZATION, bearer()?);
         }
         AuthStyle::Anthropic => {
-            h.insert("x-api-key", sensitive(key.expose())?);
+            h.insert("x-api-key", plain()?);
         }
         AuthStyle::Azure => {
-            h.insert("api-key", sensitive(key.expose())?);
+            h.insert("api-key", plain()?);
         }
         // Native Gemini reads a Bearer value as an OAuth token: send only the API-key header.
         AuthStyle::BearerXGoog if format == ApiFormat::Gemini => {
-            h.insert("x-goog-api-key", sensitive(key.expose())?);
+            h.insert("x-goog-api-key", plain()?);
         }
         AuthStyle::BearerXGoog => {
-            h.insert(
-                header::AUTHORIZATION,
-                sensitive(&format!("Bearer {}", key.expose()))?,
-            );
-            h.insert("x-goog-api-key", sensitive(key.expose())?);
+            h.insert(header::AUTHORIZATION, bearer()?);
+            h.insert("x-goog-api-key", plain()?);
         }
         AuthStyle::None => {}
     }
