@@ -2,7 +2,7 @@
 
 use serde_json::{Value, json};
 
-use super::{Fields, as_object, copy_shared, invalid};
+use super::{At, Fields, as_object, copy_shared, invalid};
 use crate::error::Error;
 use crate::model::{
     ApiFormat, ChatRequest, ChatResponse, Content, ImageSource, JsonMap, Message, Part, Role,
@@ -19,7 +19,7 @@ pub const DEFAULT_MAX_TOKENS: u64 = 4096;
 pub(crate) fn decode_request(mut map: JsonMap) -> Result<ChatRequest, Error> {
     let mut f = Fields {
         map: &mut map,
-        at: "",
+        at: At::Root,
     };
     let model = f.req_string("model")?;
     let stream_field = f.bool("stream")?;
@@ -48,18 +48,15 @@ pub(crate) fn decode_request(mut map: JsonMap) -> Result<ChatRequest, Error> {
         Some(_) => return Err(invalid("`system` must be a string or an array")),
     }
     for (i, m) in raw_messages.into_iter().enumerate() {
-        let at = format!("messages[{i}]");
-        let mut o = as_object(m, &at)?;
-        let mut mf = Fields {
-            map: &mut o,
-            at: &at,
-        };
+        let at = At::Message(i);
+        let mut o = as_object(m, at)?;
+        let mut mf = Fields { map: &mut o, at };
         let role = match mf.req_string("role")?.as_str() {
             "user" => Role::User,
             "assistant" => Role::Assistant,
             other => return Err(invalid(format!("`{at}.role` has unknown value `{other}`"))),
         };
-        let content = decode_content(mf.take("content"), &at)?;
+        let content = decode_content(mf.take("content"), at)?;
         messages.push(Message {
             role,
             content,
@@ -85,7 +82,7 @@ pub(crate) fn decode_request(mut map: JsonMap) -> Result<ChatRequest, Error> {
     })
 }
 
-fn decode_content(v: Option<Value>, at: &str) -> Result<Content, Error> {
+fn decode_content(v: Option<Value>, at: At<'_>) -> Result<Content, Error> {
     match v {
         None => Ok(Content::Parts(Vec::new())),
         Some(Value::String(s)) => Ok(Content::Text(s)),

@@ -280,18 +280,39 @@ pub(crate) fn invalid(msg: impl Into<String>) -> Error {
     Error::new(ErrorKind::InvalidRequest, msg.into())
 }
 
+/// Where a value sits in the request, for error messages: written out only when an error
+/// names it (a request's messages are decoded without formatting a path for each).
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum At<'a> {
+    /// The top-level object.
+    Root,
+    /// `messages[i]`.
+    Message(usize),
+    /// Any other path, already written.
+    Path(&'a str),
+}
+
+impl std::fmt::Display for At<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Root => Ok(()),
+            Self::Message(i) => write!(f, "messages[{i}]"),
+            Self::Path(p) => f.write_str(p),
+        }
+    }
+}
+
 /// Field access on a JSON object that moves values out and names the field on type errors.
 pub(crate) struct Fields<'a> {
     pub(crate) map: &'a mut JsonMap,
-    pub(crate) at: &'a str,
+    pub(crate) at: At<'a>,
 }
 
 impl Fields<'_> {
     fn path(&self, key: &str) -> String {
-        if self.at.is_empty() {
-            key.to_owned()
-        } else {
-            format!("{}.{key}", self.at)
+        match self.at {
+            At::Root => key.to_owned(),
+            at => format!("{at}.{key}"),
         }
     }
 
@@ -379,7 +400,7 @@ impl Fields<'_> {
 }
 
 /// Unwraps an array element that must be an object.
-pub(crate) fn as_object(v: Value, at: &str) -> Result<JsonMap, Error> {
+pub(crate) fn as_object(v: Value, at: At<'_>) -> Result<JsonMap, Error> {
     match v {
         Value::Object(o) => Ok(o),
         _ => Err(invalid(format!("`{at}` must be an object"))),

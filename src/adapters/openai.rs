@@ -2,7 +2,7 @@
 
 use serde_json::{Value, json};
 
-use super::{Fields, as_object, copy_shared, invalid};
+use super::{At, Fields, as_object, copy_shared, invalid};
 use crate::error::Error;
 use crate::model::{
     ApiFormat, ChatRequest, ChatResponse, Content, ImageSource, JsonMap, Message, Part, Role,
@@ -13,7 +13,7 @@ use crate::model::{
 pub(crate) fn decode_request(mut map: JsonMap) -> Result<ChatRequest, Error> {
     let mut f = Fields {
         map: &mut map,
-        at: "",
+        at: At::Root,
     };
     let model = f.req_string("model")?;
     let stream_field = f.bool("stream")?;
@@ -30,8 +30,8 @@ pub(crate) fn decode_request(mut map: JsonMap) -> Result<ChatRequest, Error> {
 
     let mut messages = Vec::with_capacity(raw_messages.len());
     for (i, m) in raw_messages.into_iter().enumerate() {
-        let at = format!("messages[{i}]");
-        messages.push(decode_message(as_object(m, &at)?, &at)?);
+        let at = At::Message(i);
+        messages.push(decode_message(as_object(m, at)?, at)?);
     }
     let tools = tools.map(|t| t.into_iter().map(decode_tool).collect::<Vec<_>>());
     let (stop, stop_as_string) = match stop {
@@ -57,7 +57,7 @@ pub(crate) fn decode_request(mut map: JsonMap) -> Result<ChatRequest, Error> {
     })
 }
 
-fn decode_role(s: &str, at: &str) -> Result<Role, Error> {
+fn decode_role(s: &str, at: At<'_>) -> Result<Role, Error> {
     Ok(match s {
         "system" => Role::System,
         "developer" => Role::Developer,
@@ -68,7 +68,7 @@ fn decode_role(s: &str, at: &str) -> Result<Role, Error> {
     })
 }
 
-fn decode_content(v: Option<Value>, at: &str) -> Result<Content, Error> {
+fn decode_content(v: Option<Value>, at: At<'_>) -> Result<Content, Error> {
     match v {
         None => Ok(Content::Parts(Vec::new())),
         Some(Value::String(s)) => Ok(Content::Text(s)),
@@ -121,7 +121,7 @@ fn decode_part(v: Value) -> Part {
     }
 }
 
-fn decode_message(mut o: JsonMap, at: &str) -> Result<Message, Error> {
+fn decode_message(mut o: JsonMap, at: At<'_>) -> Result<Message, Error> {
     let mut f = Fields { map: &mut o, at };
     let role_s = f.req_string("role")?;
     let role = decode_role(&role_s, at)?;
@@ -148,10 +148,10 @@ fn decode_message(mut o: JsonMap, at: &str) -> Result<Message, Error> {
             parts.extend(content.into_parts());
             for (i, c) in calls.unwrap_or_default().into_iter().enumerate() {
                 let cat = format!("{at}.tool_calls[{i}]");
-                let mut c = as_object(c, &cat)?;
+                let mut c = as_object(c, At::Path(&cat))?;
                 let mut cf = Fields {
                     map: &mut c,
-                    at: &cat,
+                    at: At::Path(&cat),
                 };
                 let id = cf.string("id")?.unwrap_or_default();
                 cf.take("type");
@@ -161,7 +161,7 @@ fn decode_message(mut o: JsonMap, at: &str) -> Result<Message, Error> {
                     .ok_or_else(|| invalid(format!("`{fat}` is required")))?;
                 let mut ff = Fields {
                     map: &mut func,
-                    at: &fat,
+                    at: At::Path(&fat),
                 };
                 let name = ff.req_string("name")?;
                 let arguments = match ff.take("arguments") {
@@ -556,7 +556,7 @@ pub(crate) fn decode_response(mut o: JsonMap) -> Result<ChatResponse, Error> {
             _ => None,
         };
         if let Some(Value::Object(msg)) = choice.shift_remove("message") {
-            let m = decode_message(msg, "choices[0].message")?;
+            let m = decode_message(msg, At::Path("choices[0].message"))?;
             content = m.content.into_parts();
         }
     }

@@ -98,6 +98,37 @@ async fn wrong_types_are_400_invalid_request_naming_the_field() {
             "max_tokens",
         ),
         (ANTHROPIC, json!([1, 2]), "JSON object"),
+        // Paths below the top level name the message, and the call inside it.
+        (
+            OPENAI,
+            json!({"model": "coder", "messages": [{"role": "user", "content": "x"}, 7]}),
+            "`messages[1]` must be an object",
+        ),
+        (
+            OPENAI,
+            json!({"model": "coder", "messages": [{"role": "user", "content": "x"},
+                {"role": "user", "content": 3}]}),
+            "`messages[1].content` must be a string or an array",
+        ),
+        (
+            OPENAI,
+            json!({"model": "coder", "messages": [{"role": "user", "content": "x"},
+                {"role": "assistant", "content": null, "tool_calls": [{"id": "c", "type": "function",
+                "function": {"arguments": "{}"}}]}]}),
+            "`messages[1].tool_calls[0].function.name` is required",
+        ),
+        (
+            ANTHROPIC,
+            json!({"model": "claude-agent", "max_tokens": 9, "messages": [
+                {"role": "user", "content": "x"}, {"role": "user", "content": false}]}),
+            "`messages[1].content` must be a string or an array",
+        ),
+        (
+            ANTHROPIC,
+            json!({"model": "claude-agent", "max_tokens": 9, "messages": [
+                {"role": "user", "content": "x"}, {"role": 1}]}),
+            "`messages[1].role` must be a string",
+        ),
     ];
     for (path, body, needle) in cases {
         let (k, v) = auth_for(path);
