@@ -28,6 +28,7 @@ struct Inner {
     value: Zeroizing<String>,
     /// The header values sending it, made on first use and shared by every request after:
     /// a request then costs no copy of the key (copies that would stay in freed memory).
+    /// `HeaderValue` bytes cannot be zeroised; these two copies live as long as the secret.
     header: OnceLock<Option<HeaderValue>>,
     bearer: OnceLock<Option<HeaderValue>>,
 }
