@@ -4,7 +4,8 @@
 # with the full default stack (auth, redaction, entropy, context budget, breaker, limiter,
 # usage; cache off) and a lean one (auth, decode, routing; redaction and entropy off), by wrk at concurrency 1 and 64, each for a fixed time
 # after a warm-up. Prints requests/s, p50, p99 and p99.9 for each, the added latency (through
-# minus direct) and the throughput ratio, then the gateway's idle RSS.
+# minus direct) and the throughput ratio, each of issue 8's targets as met or MISSED in this
+# run, then the gateway's idle RSS.
 #
 #   scripts/bench.sh            # nenya only
 #   scripts/bench.sh --peers    # also LiteLLM's proxy (PyPI) and Portkey's gateway (npm),
@@ -258,6 +259,28 @@ for kind in "${kinds[@]}"; do
   done
 done
 
+# The issue's targets (issue 8), judged on this run's plain requests.
+verdict() { if [ "$1" = 1 ]; then echo "met   "; else echo "MISSED"; fi; }  # 1 = met
+read -r d_rps1 d_p50 _ <<<"${res[direct,plain,1]}"
+read -r d_rps64 _ <<<"${res[direct,plain,64]}"
+read -r _ f_p50 _ <<<"${res[nenya-full,plain,1]}"
+read -r f_rps64 _ _ _ f_err64 <<<"${res[nenya-full,plain,64]}"
+read -r _ l_p50 _ <<<"${res[nenya-lean,plain,1]}"
+full_added=$((f_p50 - d_p50)); lean_added=$((l_p50 - d_p50))
+ratio=$(awk -v x="$f_rps64" -v y="$d_rps64" 'BEGIN { printf "%.0f", 100 * x / y }')
+echo
+echo "targets (issue 8), plain requests:"
+echo "  $(verdict $((full_added < 50))) full stack adds under 50 µs at c=1: +$full_added µs"
+echo "  $(verdict $((lean_added < 25))) auth only (lean stack) adds under 25 µs at c=1: +$lean_added µs"
+echo "  $(verdict $((ratio >= 50 && f_err64 == 0))) full stack at c=64 serves at least 50% of direct, no errors: $ratio%, $f_err64 errors"
+for peer in litellm:100 portkey:20; do
+  name=${peer%%:*}; want=${peer#*:}
+  [ -n "${res[$name,plain,1]:-}" ] || continue
+  read -r _ p_p50 _ <<<"${res[$name,plain,1]}"
+  times=$(awk -v a="$((p_p50 - d_p50))" -v b="$full_added" 'BEGIN { printf "%.0f", (b > 0 ? a / b : 0) }')
+  echo "  $(verdict $((times >= want))) at least ${want}x less added latency than $name: ${times}x"
+done
+
 rss_loaded=$(rss_mib "$full_pid")
 # Idle again: the gateway hands freed heap back to the system once its connections have
 # drained (checked every second); read it after that, as a long-running gateway sits between
@@ -265,3 +288,4 @@ rss_loaded=$(rss_mib "$full_pid")
 sleep 3
 echo
 echo "nenya (full stack) RSS: idle at start $rss_start MiB; right after the runs $rss_loaded MiB; idle after the runs $(rss_mib "$full_pid") MiB"
+echo "  $(verdict "$(awk -v r="$rss_start" 'BEGIN { print (r < 20) ? 1 : 0 }')") idle RSS under 20 MiB: $rss_start MiB at start"
