@@ -11,48 +11,27 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 command -v wrk >/dev/null || { echo "needs wrk (apt-get install wrk)"; exit 1; }
-work=$(mktemp -d); mkdir -p "$work/secrets"
+work=$(mktemp -d)
 mock_bin=${MOCKBIN:-$PWD/target/release/nenya}
 reps=${REPS:-5}; dur=${DUR:-3}; conns=${CONNS:-1}; kind=${KIND:-plain}
 pids=(); cleanup(){ for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"; }; trap cleanup EXIT
-free_port(){ python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_port(){ for _ in $(seq 1 600); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.1; done; return 1; }
+. scripts/lib.sh
 cpu(){ awk '{print $14, $15}' "/proc/$1/stat"; }  # user and system ticks
-mp=$(free_port); "$mock_bin" mock --listen "127.0.0.1:$mp" --chunks 20 >"$work/mock.log" 2>&1 & pids+=($!); wait_port "$mp"
-token=bench-client-token-0123456789
-echo "{\"client_token\": \"$token\", \"provider_keys\": {\"up\": \"sk-bench\"}}" > "$work/secrets/secrets.json"
+start_mock "$mock_bin"
 declare -A url pid
-names=(direct); url[direct]="http://127.0.0.1:$mp/v1/chat/completions"; pid[direct]=${pids[0]}
+names=(direct); url[direct]="http://127.0.0.1:$mock_port/v1/chat/completions"; pid[direct]=${pids[0]}
 for spec in "$@"; do
   name=${spec%%=*}; rest=${spec#*=}; envs=${rest%%@*}; b=${rest#*@}
   p=$(free_port); cfg=$work/$name.json
-  cat >"$cfg" <<J
-{"server": {"log_level": "warn"}, "providers": {"up": {"url": "http://127.0.0.1:$mp/v1/chat/completions", "auth_style": "bearer"}},
- "agents": {"coder": {"strategy": "fallback", "models": [{"provider": "up", "model": "m"}]}},
- "governance": {"ratelimit_max_rpm": 100000000, "ratelimit_max_tpm": 2000000000}}
-J
+  gateway_config "$cfg"
   # shellcheck disable=SC2086
   env $envs NENYA_CONFIG_FILE="$cfg" NENYA_SECRETS_DIR="$work/secrets" RUST_LOG=warn "$b" serve --listen "127.0.0.1:$p" >"$work/$name.log" 2>&1 & pids+=($!)
   pid[$name]=$!; wait_port "$p"; url[$name]="http://127.0.0.1:$p/v1/chat/completions"; names+=("$name")
 done
-cat >"$work/post.lua" <<L
-wrk.method = "POST"
-wrk.body = os.getenv("BODY")
-dofile("scripts/wrk_turns.lua")  -- KIND=turns: a number per request in place of @@TURN@@
-wrk.headers["Content-Type"] = "application/json"
-wrk.headers["Authorization"] = "Bearer $token"
-function done(summary, latency, requests)
+post_lua "$work/post.lua" 'function done(summary, latency, requests)
   io.write(string.format("RESULT %.0f %d %d\n", summary.requests / (summary.duration / 1e6), latency:percentile(50), summary.requests))
-end
-L
-msg='"messages":[{"role":"user","content":"Write a function that reverses a list."}]'
-case $kind in
-  stream) body="{\"model\":\"coder\",\"stream\":true,$msg}" ;;
-  large) body=$(python3 scripts/large_body.py) ;;  # bench.sh --large's ~100 KB conversation
-  turns) body=$(python3 scripts/large_body.py --turn) ;;  # the same, plus a new ~4 KB turn per request
-  file) body=$(cat "$BODY_FILE") ;;  # any request body of your own
-  *) body="{\"model\":\"coder\",$msg}" ;;
-esac
+end'
+body=$(request_body "$kind")
 th=$(( conns < 2 ? 1 : 2 ))
 for n in "${names[@]}"; do BODY="$body" wrk -t$th -c"$conns" -d1s -s "$work/post.lua" "${url[$n]}" >/dev/null; done
 declare -A P R C U S

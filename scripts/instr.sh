@@ -23,38 +23,17 @@ case $stack in
   lean) extra='"bouncer": {"enabled": false, "entropy_enabled": false}' ;;
   *) echo "STACK is full or lean"; exit 2 ;;
 esac
-work=$(mktemp -d); mkdir -p "$work/secrets"
+work=$(mktemp -d)
 pids=(); cleanup(){ for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; }; trap cleanup EXIT
-free_port(){ python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_port(){ for _ in $(seq 1 900); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.1; done; return 1; }
-mp=$(free_port); "$bin" mock --listen "127.0.0.1:$mp" --chunks 20 >"$work/mock.log" 2>&1 & pids+=($!); wait_port "$mp"
-token=bench-client-token-0123456789
-echo "{\"client_token\": \"$token\", \"provider_keys\": {\"up\": \"sk-bench\"}}" > "$work/secrets/secrets.json"
-cat >"$work/c.json" <<J
-{"server": {"log_level": "warn"}, "providers": {"up": {"url": "http://127.0.0.1:$mp/v1/chat/completions", "auth_style": "bearer"}},
- "agents": {"coder": {"strategy": "fallback", "models": [{"provider": "up", "model": "m"}]}},
- $extra}
-J
+. scripts/lib.sh
+start_mock "$bin"
+gateway_config "$work/c.json" "$extra"
 p=$(free_port)
 NENYA_WORKERS=1 NENYA_CONFIG_FILE="$work/c.json" NENYA_SECRETS_DIR="$work/secrets" RUST_LOG=warn \
   valgrind --tool=callgrind --callgrind-out-file="$work/cg.%p" "$bin" serve --listen "127.0.0.1:$p" >"$work/gw.log" 2>&1 &
 vp=$!; pids+=($vp); wait_port "$p"
-msg='"messages":[{"role":"user","content":"Write a function that reverses a list."}]'
-case $kind in
-  stream) body="{\"model\":\"coder\",\"stream\":true,$msg}" ;;
-  large) body=$(python3 scripts/large_body.py) ;;  # bench.sh --large's ~100 KB conversation
-  turns) body=$(python3 scripts/large_body.py --turn) ;;  # the same, plus a new ~4 KB turn per request
-  file) body=$(cat "$BODY_FILE") ;;  # any request body of your own
-  *) body="{\"model\":\"coder\",$msg}" ;;
-esac
-cat >"$work/post.lua" <<L
-wrk.method = "POST"
-wrk.body = os.getenv("BODY")
-dofile("scripts/wrk_turns.lua")  -- KIND=turns: a number per request in place of @@TURN@@
-wrk.headers["Content-Type"] = "application/json"
-wrk.headers["Authorization"] = "Bearer $token"
-function done(s, l, r) io.write(string.format("RESULT %d\n", s.requests)) end
-L
+body=$(request_body "$kind")
+post_lua "$work/post.lua" 'function done(s, l, r) io.write(string.format("RESULT %d\n", s.requests)) end'
 url="http://127.0.0.1:$p/v1/chat/completions"
 BODY="$body" wrk -t1 -c1 -d3s -s "$work/post.lua" "$url" >/dev/null   # warm-up: pools, caches
 callgrind_control -z "$vp" >/dev/null 2>&1

@@ -1,0 +1,60 @@
+# Shared by the measuring scripts (ab.sh, instr.sh, profile.sh): sourced, not run. Each
+# caller sets `work` (a scratch directory) and `pids` (processes to stop on exit) first.
+
+# A free TCP port on 127.0.0.1.
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+# Waits until something listens on the port (up to 90 s).
+wait_port() { for _ in $(seq 1 900); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.1; done; return 1; }
+
+# The client token every gateway started here accepts.
+bench_token=bench-client-token-0123456789
+
+# start_mock BIN: `nenya mock` (20-event streams) on a free port; sets mock_port.
+start_mock() {
+  mock_port=$(free_port)
+  "$1" mock --listen "127.0.0.1:$mock_port" --chunks 20 >"$work/mock.log" 2>&1 &
+  pids+=($!)
+  wait_port "$mock_port"
+}
+
+# gateway_config FILE [EXTRA_JSON]: a gateway routing the agent `coder` to the mock, with
+# $work/secrets holding the client token and the provider key. EXTRA_JSON adds top-level
+# sections (default: rate limits high enough never to refuse, so the limiter is checked on
+# every request without shaping the load).
+gateway_config() {
+  local extra=${2:-'"governance": {"ratelimit_max_rpm": 100000000, "ratelimit_max_tpm": 2000000000}'}
+  mkdir -p "$work/secrets"
+  echo "{\"client_token\": \"$bench_token\", \"provider_keys\": {\"up\": \"sk-bench\"}}" >"$work/secrets/secrets.json"
+  cat >"$1" <<J
+{"server": {"log_level": "warn"}, "providers": {"up": {"url": "http://127.0.0.1:$mock_port/v1/chat/completions", "auth_style": "bearer"}},
+ "agents": {"coder": {"strategy": "fallback", "models": [{"provider": "up", "model": "m"}]}},
+ $extra}
+J
+}
+
+# request_body KIND: plain, stream, large (bench.sh --large's ~100 KB conversation), turns
+# (the same plus a new ~4 KB turn per request), file (BODY_FILE: any body of your own).
+request_body() {
+  local msg='"messages":[{"role":"user","content":"Write a function that reverses a list."}]'
+  case $1 in
+    stream) echo "{\"model\":\"coder\",\"stream\":true,$msg}" ;;
+    large) python3 scripts/large_body.py ;;
+    turns) python3 scripts/large_body.py --turn ;;
+    file) cat "$BODY_FILE" ;;
+    *) echo "{\"model\":\"coder\",$msg}" ;;
+  esac
+}
+
+# post_lua FILE [LUA]: a wrk script posting $BODY with the bench token; LUA is appended (a
+# `done` function printing what the caller reads).
+post_lua() {
+  cat >"$1" <<L
+wrk.method = "POST"
+wrk.body = os.getenv("BODY")
+dofile("scripts/wrk_turns.lua")  -- KIND=turns: a number per request in place of @@TURN@@
+wrk.headers["Content-Type"] = "application/json"
+wrk.headers["Authorization"] = "Bearer $bench_token"
+${2:-}
+L
+}
