@@ -10,7 +10,7 @@ use nenya::Gateway;
 use nenya::config::{Config, Secrets};
 use nenya::layers::{ScrubLayer, TextScrubber};
 use nenya::model::{ChatRequest, Content};
-use nenya::services::MockConfig;
+use nenya::services::{MockConfig, MockProvider};
 use serde_json::{Value, json};
 
 const AWS: &str = "AKIAQ3EXAMPLE7Z9K2LP";
@@ -131,11 +131,24 @@ async fn streamed_requests_are_redacted_too() {
     assert_clean(&mock.received()[0].body);
 }
 
+/// Sends `texts` as one conversation of user messages to the gateway's OpenAI ingress and
+/// returns the body the upstream received.
+async fn send_user_turns(gw: &Running, mock: &MockProvider, texts: &[impl AsRef<str>]) -> Value {
+    let (k, v) = bearer();
+    let messages: Vec<Value> = texts
+        .iter()
+        .map(|t| json!({"role": "user", "content": t.as_ref()}))
+        .collect();
+    let body = json!({"model": "coder", "messages": messages}).to_string();
+    let r = post(&gw.url("/v1/chat/completions"), &[(k, &v)], body).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    mock.received().pop().unwrap().json()
+}
+
 #[tokio::test]
 async fn the_benign_corpus_reaches_the_upstream_byte_identical() {
     let (mock, up) = start_mock(echo()).await;
     let gw = gateway_for_mock(&up, "").await;
-    let (k, v) = bearer();
     let path = concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/tests/fixtures/secrets/negatives.jsonl"
@@ -153,15 +166,7 @@ async fn the_benign_corpus_reaches_the_upstream_byte_identical() {
     // Batches under the test config's 64 KiB body limit.
     let mut sent = 0;
     for batch in texts.chunks(150) {
-        let messages: Vec<Value> = batch
-            .iter()
-            .map(|t| json!({"role": "user", "content": t}))
-            .collect();
-        let body = json!({"model": "coder", "messages": messages}).to_string();
-        let r = post(&gw.url("/v1/chat/completions"), &[(k, &v)], body).await;
-        assert_eq!(r.status, 200, "{}", r.text());
-        let rec = mock.received().pop().unwrap();
-        let got = rec.json();
+        let got = send_user_turns(&gw, &mock, batch).await;
         for (i, t) in batch.iter().enumerate() {
             assert_eq!(got["messages"][i]["content"].as_str(), Some(t.as_str()));
         }
@@ -178,7 +183,6 @@ async fn the_benign_corpus_reaches_the_upstream_byte_identical() {
 async fn a_re_sent_conversation_is_redacted_however_its_remembered_texts_change() {
     let (mock, up) = start_mock(echo()).await;
     let gw = gateway_for_mock(&up, "").await;
-    let (k, v) = bearer();
     let code = "fn handler(req: Request) -> Response { route(req).unwrap_or_default() }\n";
     let clean = format!("Review this file:\n{}", code.repeat(8));
     assert!(clean.len() >= 512);
@@ -195,14 +199,7 @@ async fn a_re_sent_conversation_is_redacted_however_its_remembered_texts_change(
         &[&clean, &same_len, &appended, &clean],
     ];
     for (turn, texts) in turns.iter().enumerate() {
-        let messages: Vec<Value> = texts
-            .iter()
-            .map(|t| json!({"role": "user", "content": t}))
-            .collect();
-        let body = json!({"model": "coder", "messages": messages}).to_string();
-        let r = post(&gw.url("/v1/chat/completions"), &[(k, &v)], body).await;
-        assert_eq!(r.status, 200, "turn {turn}: {}", r.text());
-        let got = mock.received().pop().unwrap().json();
+        let got = send_user_turns(&gw, &mock, texts).await;
         for (i, t) in texts.iter().enumerate() {
             let sent = got["messages"][i]["content"].as_str().unwrap();
             if *t == clean {
