@@ -52,14 +52,7 @@ pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; }
 trap cleanup EXIT
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_port() { # port [tenths of a second, default 600]
-  for _ in $(seq 1 "${2:-600}"); do
-    if (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null; then return 0; fi
-    sleep 0.1
-  done
-  echo "nothing listens on $1" >&2; return 1
-}
+. scripts/lib.sh  # free_port, wait_port
 
 mock_port=$(free_port)
 "$bin" mock --listen "127.0.0.1:$mock_port" --chunks 20 >"$work/mock.log" 2>&1 &

@@ -1,11 +1,17 @@
-# Shared by the measuring scripts (ab.sh, instr.sh, profile.sh): sourced, not run. Each
+# Shared by the measuring scripts (ab.sh, bench.sh, instr.sh, profile.sh): sourced, not run. Each
 # caller sets `work` (a scratch directory) and `pids` (processes to stop on exit) first.
 
 # A free TCP port on 127.0.0.1.
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
-# Waits until something listens on the port (up to 90 s).
-wait_port() { for _ in $(seq 1 900); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.1; done; return 1; }
+# wait_port PORT [TENTHS]: waits until something listens on the port (default up to 90 s).
+wait_port() {
+  for _ in $(seq 1 "${2:-900}"); do
+    if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then return 0; fi
+    sleep 0.1
+  done
+  echo "nothing listens on $1" >&2; return 1
+}
 
 # The client token every gateway started here accepts.
 bench_token=bench-client-token-0123456789
