@@ -5,8 +5,8 @@ use serde_json::{Value, json};
 use super::{At, Fields, as_object, copy_shared, invalid};
 use crate::error::Error;
 use crate::model::{
-    ApiFormat, ChatRequest, ChatResponse, Content, ImageSource, JsonMap, Message, Part, Role,
-    Shape, StopReason, Tool, ToolChoice, Usage,
+    ApiFormat, ChatFields, ChatResponse, Content, ImageSource, JsonMap, Message, Part, Role, Shape,
+    StopReason, Tool, ToolChoice, Usage,
 };
 
 /// The `anthropic-version` sent when the client gave none.
@@ -16,7 +16,7 @@ pub const DEFAULT_VERSION: &str = "2023-06-01";
 pub const DEFAULT_MAX_TOKENS: u64 = 4096;
 
 /// Decodes an Anthropic request object.
-pub(crate) fn decode_request(mut map: JsonMap) -> Result<ChatRequest, Error> {
+pub(crate) fn decode_request(mut map: JsonMap) -> Result<ChatFields, Error> {
     let mut f = Fields {
         map: &mut map,
         at: At::Root,
@@ -63,7 +63,7 @@ pub(crate) fn decode_request(mut map: JsonMap) -> Result<ChatRequest, Error> {
             extra: o,
         });
     }
-    Ok(ChatRequest {
+    Ok(ChatFields {
         source: ApiFormat::Anthropic,
         model,
         stream: stream_field.unwrap_or(false),
@@ -225,7 +225,7 @@ fn decode_tool_choice(v: Value) -> ToolChoice {
 }
 
 /// Encodes the typed request as an Anthropic request object.
-pub(crate) fn encode_request(req: ChatRequest) -> JsonMap {
+pub(crate) fn encode_request(req: ChatFields) -> JsonMap {
     let same = req.source == ApiFormat::Anthropic;
     let mut out = JsonMap::new();
     out.insert("model".into(), Value::String(req.model));

@@ -8,7 +8,7 @@ use serde_json::{Value, json};
 
 use crate::error::Error;
 use crate::model::{
-    ChatRequest, ChatResponse, Content, ImageSource, JsonMap, Part, Role, StopReason, Tool,
+    ChatFields, ChatResponse, Content, ImageSource, JsonMap, Part, Role, StopReason, Tool,
     ToolChoice, Usage,
 };
 
@@ -33,7 +33,7 @@ fn text_parts(c: Content) -> Vec<Value> {
 }
 
 /// Encodes the typed request as a Gemini request object.
-pub(crate) fn encode_request(req: ChatRequest) -> JsonMap {
+pub(crate) fn encode_request(req: ChatFields) -> JsonMap {
     let mut names: Vec<(String, String)> = Vec::new(); // (call id, tool name)
     let mut system: Vec<Value> = Vec::new();
     let mut contents: Vec<Value> = Vec::new();

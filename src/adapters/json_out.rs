@@ -44,7 +44,7 @@ pub(crate) fn write_value(out: &mut Vec<u8>, v: &Value) {
 
 /// `s` as a JSON string: `"` and `\` escaped, `\b \t \n \f \r` by name, other control bytes as
 /// `\u00xx` (lowercase hex), everything else (including `/` and non-ASCII) as it is.
-fn write_str(out: &mut Vec<u8>, s: &str) {
+pub(crate) fn write_str(out: &mut Vec<u8>, s: &str) {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     let b = s.as_bytes();
     out.reserve(b.len() + 2);

@@ -17,6 +17,7 @@
 
 pub mod anthropic;
 pub mod gemini;
+mod json_in;
 mod json_out;
 pub mod openai;
 pub mod providers;
@@ -26,12 +27,45 @@ use bytes::Bytes;
 use serde_json::Value;
 
 use crate::error::{Error, ErrorKind};
-use crate::model::{ApiFormat, ChatRequest, ChatResponse, JsonMap};
+use crate::model::{ApiFormat, ChatFields, ChatRequest, ChatResponse, JsonMap};
 use providers::{Capabilities, Quirks};
 
-/// Parses a client body of `format` into the typed request.
+/// Parses a client body of `format` into the typed request (with no client body kept: see
+/// [`decode_client_body`]).
 pub fn decode_request(format: ApiFormat, body: &[u8]) -> Result<ChatRequest, Error> {
-    let value: Value = serde_json::from_slice(body).map_err(|e| {
+    decode_fields(format, body).map(|(fields, _)| ChatRequest::new(fields))
+}
+
+/// [`decode_request`] for a body the gateway received: the request keeps `body` (see
+/// [`ChatRequest::client_body`]) when an upstream of the same format would read it exactly as
+/// the decoded fields say: no key appears twice in an object (upstreams differ in which of two
+/// they keep, and a redaction layer must see what the upstream will read), and the decoder
+/// normalised nothing.
+///
+/// ```
+/// use nenya::adapters::decode_client_body;
+/// use nenya::model::ApiFormat;
+/// let plain = decode_client_body(ApiFormat::OpenAi,
+///     r#"{"model":"m","messages":[{"role":"user","content":"hi"}]}"#.into()).unwrap();
+/// assert!(plain.client_body().is_some());
+/// // A key given twice: the request is encoded again, from what nenya read.
+/// let twice = decode_client_body(ApiFormat::OpenAi,
+///     r#"{"model":"m","messages":[{"role":"user","content":"a","content":"b"}]}"#.into()).unwrap();
+/// assert!(twice.client_body().is_none());
+/// assert_eq!(twice.messages[0].content.text(), "b");
+/// ```
+pub fn decode_client_body(format: ApiFormat, body: Bytes) -> Result<ChatRequest, Error> {
+    let (fields, as_sent) = decode_fields(format, &body)?;
+    Ok(if as_sent {
+        ChatRequest::with_client_body(fields, body)
+    } else {
+        ChatRequest::new(fields)
+    })
+}
+
+/// The fields, and whether the body says exactly what they say (see [`decode_client_body`]).
+fn decode_fields(format: ApiFormat, body: &[u8]) -> Result<(ChatFields, bool), Error> {
+    let (value, repeated) = json_in::parse(body).map_err(|e| {
         Error::new(
             ErrorKind::InvalidJson,
             format!("request body is not valid JSON: {e}"),
@@ -41,8 +75,13 @@ pub fn decode_request(format: ApiFormat, body: &[u8]) -> Result<ChatRequest, Err
         return Err(invalid("request body must be a JSON object"));
     };
     match format {
-        ApiFormat::OpenAi => openai::decode_request(map),
-        ApiFormat::Anthropic => anthropic::decode_request(map),
+        ApiFormat::OpenAi => {
+            let mut as_sent = !repeated;
+            let fields = openai::decode_request(map, &mut as_sent)?;
+            Ok((fields, as_sent))
+        }
+        // Not yet checked for what its decoding normalises: always encoded again.
+        ApiFormat::Anthropic => Ok((anthropic::decode_request(map)?, false)),
         ApiFormat::Gemini => Err(Error::new(
             ErrorKind::UnsupportedConversion,
             "the Gemini ingress is not implemented",
@@ -98,6 +137,7 @@ pub fn encode_request_cached(
     quirks: &Quirks,
     breakpoints: Option<&crate::model::CacheBreakpoints>,
 ) -> Result<Bytes, Error> {
+    let req = req.into_fields();
     let mut map = match target {
         ApiFormat::OpenAi => openai::encode_request(req),
         ApiFormat::Anthropic => anthropic::encode_request(req),
@@ -117,6 +157,73 @@ pub fn encode_request_cached(
     let mut out = Vec::with_capacity(1024);
     json_out::write_value(&mut out, &Value::Object(map));
     Ok(Bytes::from(out))
+}
+
+/// The client's own body, with `model` written in place of the model it named, when that is
+/// exactly what [`encode_request_cached`] would send (up to key order and spacing): the
+/// request still holds its client body ([`ChatRequest::client_body`]: decoded with nothing
+/// normalised, no key twice, and no layer has had mutable access since), the upstream speaks
+/// the client's format, and no capability, quirk, model-family rule or cache breakpoint of the
+/// provider applies to it. `None` otherwise: the caller encodes the request.
+///
+/// Forwarding the body as it came skips building and writing the whole request again: for a
+/// coding agent's 100 KB conversation that is most of what the gateway does to it.
+///
+/// ```
+/// use nenya::adapters::{decode_client_body, forward_as_sent, providers::{Capabilities, Quirks}};
+/// use nenya::model::ApiFormat;
+/// let req = decode_client_body(ApiFormat::OpenAi,
+///     r#"{"model": "coder", "messages": [{"role": "user", "content": "hi"}]}"#.into()).unwrap();
+/// let out = forward_as_sent(&req, ApiFormat::OpenAi, "llama-3.3", &Capabilities::ALL, &Quirks::NONE, None);
+/// assert_eq!(out.unwrap(), r#"{"model": "llama-3.3", "messages": [{"role": "user", "content": "hi"}]}"#);
+/// // Toward an Anthropic upstream the request is converted, so it is encoded.
+/// assert!(forward_as_sent(&req, ApiFormat::Anthropic, "c", &Capabilities::ALL, &Quirks::NONE, None).is_none());
+/// ```
+pub fn forward_as_sent(
+    req: &ChatRequest,
+    target: ApiFormat,
+    model: &str,
+    caps: &Capabilities,
+    quirks: &Quirks,
+    breakpoints: Option<&crate::model::CacheBreakpoints>,
+) -> Option<Bytes> {
+    let raw = req.client_body()?;
+    if req.source != target || !quirks.strip_fields.is_empty() {
+        return None;
+    }
+    match target {
+        ApiFormat::OpenAi => {
+            // What `apply_openai_rules` could change: any rule that applies sends the request
+            // the long way (conservatively: a missing capability, not a field it would remove).
+            let all = caps.stream_options
+                && caps.reasoning
+                && caps.tool_calls
+                && caps.auto_tool_choice
+                && caps.vision
+                && caps.content_arrays;
+            if !all || providers::param_rule(model).is_some() {
+                return None;
+            }
+        }
+        ApiFormat::Anthropic if breakpoints.is_some() => return None,
+        ApiFormat::Anthropic => {}
+        ApiFormat::Gemini => return None,
+    }
+    let [Some(found)] = crate::sse::top_level_fields(raw, [b"model"])? else {
+        return None;
+    };
+    let start = found.as_ptr() as usize - raw.as_ptr() as usize;
+    let end = start + found.len();
+    let mut quoted = Vec::with_capacity(model.len() + 2);
+    json_out::write_str(&mut quoted, model);
+    if found == quoted.as_slice() {
+        return Some(raw.clone());
+    }
+    let mut out = Vec::with_capacity(raw.len() - found.len() + quoted.len());
+    out.extend_from_slice(&raw[..start]);
+    out.extend_from_slice(&quoted);
+    out.extend_from_slice(&raw[end..]);
+    Some(Bytes::from(out))
 }
 
 /// Converts a complete (non-streamed) upstream answer from `from` into the client's `to` format.

@@ -5,12 +5,31 @@ use serde_json::{Value, json};
 use super::{At, Fields, as_object, copy_shared, invalid};
 use crate::error::Error;
 use crate::model::{
-    ApiFormat, ChatRequest, ChatResponse, Content, ImageSource, JsonMap, Message, Part, Role,
-    Shape, StopReason, Tool, ToolChoice, Usage,
+    ApiFormat, ChatFields, ChatResponse, Content, ImageSource, JsonMap, Message, Part, Role, Shape,
+    StopReason, Tool, ToolChoice, Usage,
 };
 
-/// Decodes an OpenAI request object.
-pub(crate) fn decode_request(mut map: JsonMap) -> Result<ChatRequest, Error> {
+/// Fields the decoder reads and drops when they are `null` (an encoded request leaves them out).
+const NULLABLE_TOP: &[&str] = &[
+    "stream",
+    "tools",
+    "tool_choice",
+    "max_completion_tokens",
+    "max_tokens",
+    "stop",
+];
+
+/// Decodes an OpenAI request object. `as_sent` is cleared when the fields, encoded again,
+/// would differ from the object beyond key order and spacing (a `null` left out, a default
+/// filled in, a tool call's `index` dropped...): such a request is never forwarded as it came.
+pub(crate) fn decode_request(mut map: JsonMap, as_sent: &mut bool) -> Result<ChatFields, Error> {
+    if *as_sent
+        && NULLABLE_TOP
+            .iter()
+            .any(|k| map.get(*k).is_some_and(Value::is_null))
+    {
+        *as_sent = false;
+    }
     let mut f = Fields {
         map: &mut map,
         at: At::Root,
@@ -31,14 +50,18 @@ pub(crate) fn decode_request(mut map: JsonMap) -> Result<ChatRequest, Error> {
     let mut messages = Vec::with_capacity(raw_messages.len());
     for (i, m) in raw_messages.into_iter().enumerate() {
         let at = At::Message(i);
-        messages.push(decode_message(as_object(m, at)?, at)?);
+        messages.push(decode_message(as_object(m, at)?, at, as_sent)?);
     }
-    let tools = tools.map(|t| t.into_iter().map(decode_tool).collect::<Vec<_>>());
+    let tools = tools.map(|t| {
+        t.into_iter()
+            .map(|t| decode_tool(t, as_sent))
+            .collect::<Vec<_>>()
+    });
     let (stop, stop_as_string) = match stop {
         Some((s, as_str)) => (Some(s), as_str),
         None => (None, false),
     };
-    Ok(ChatRequest {
+    Ok(ChatFields {
         source: ApiFormat::OpenAi,
         model,
         stream: stream_field.unwrap_or(false),
@@ -68,12 +91,15 @@ fn decode_role(s: &str, at: At<'_>) -> Result<Role, Error> {
     })
 }
 
-fn decode_content(v: Option<Value>, at: At<'_>) -> Result<Content, Error> {
+fn decode_content(v: Option<Value>, at: At<'_>, as_sent: &mut bool) -> Result<Content, Error> {
     match v {
         None => Ok(Content::Parts(Vec::new())),
         Some(Value::String(s)) => Ok(Content::Text(s)),
         Some(Value::Array(parts)) => Ok(Content::Parts(
-            parts.into_iter().map(decode_part).collect::<Vec<_>>(),
+            parts
+                .into_iter()
+                .map(|p| decode_part(p, as_sent))
+                .collect::<Vec<_>>(),
         )),
         Some(_) => Err(invalid(format!(
             "`{at}.content` must be a string or an array"
@@ -81,7 +107,7 @@ fn decode_content(v: Option<Value>, at: At<'_>) -> Result<Content, Error> {
     }
 }
 
-fn decode_part(v: Value) -> Part {
+fn decode_part(v: Value, as_sent: &mut bool) -> Part {
     let Value::Object(mut o) = v else {
         return Part::Other(v);
     };
@@ -103,6 +129,11 @@ fn decode_part(v: Value) -> Part {
                 });
             match url {
                 Some(url) => {
+                    // The part's own fields besides `type` and `image_url` are encoded inside
+                    // `image_url`.
+                    if o.len() > 2 {
+                        *as_sent = false;
+                    }
                     let mut extra = match o.shift_remove("image_url") {
                         Some(Value::Object(rest)) => rest,
                         _ => JsonMap::new(),
@@ -114,18 +145,25 @@ fn decode_part(v: Value) -> Part {
                         extra,
                     }
                 }
-                None => Part::Other(Value::Object(o)),
+                None => {
+                    // A `url` that was not a string has been taken out of `image_url`.
+                    *as_sent = false;
+                    Part::Other(Value::Object(o))
+                }
             }
         }
         _ => Part::Other(Value::Object(o)),
     }
 }
 
-fn decode_message(mut o: JsonMap, at: At<'_>) -> Result<Message, Error> {
+fn decode_message(mut o: JsonMap, at: At<'_>, as_sent: &mut bool) -> Result<Message, Error> {
     let mut f = Fields { map: &mut o, at };
     let role_s = f.req_string("role")?;
     let role = decode_role(&role_s, at)?;
-    let content = decode_content(f.take("content"), at)?;
+    if *as_sent {
+        *as_sent = content_as_sent(role, f.map.get("content"), f.map);
+    }
+    let content = decode_content(f.take("content"), at, as_sent)?;
     match role {
         Role::Assistant => {
             let reasoning = f.string("reasoning_content")?;
@@ -149,6 +187,9 @@ fn decode_message(mut o: JsonMap, at: At<'_>) -> Result<Message, Error> {
             for (i, c) in calls.unwrap_or_default().into_iter().enumerate() {
                 let cat = format!("{at}.tool_calls[{i}]");
                 let mut c = as_object(c, At::Path(&cat))?;
+                if *as_sent && !call_as_sent(&c) {
+                    *as_sent = false;
+                }
                 let mut cf = Fields {
                     map: &mut c,
                     at: At::Path(&cat),
@@ -205,12 +246,85 @@ fn decode_message(mut o: JsonMap, at: At<'_>) -> Result<Message, Error> {
     }
 }
 
-fn decode_tool(v: Value) -> Tool {
+/// Whether a message encodes back to what it was, as far as its `content` and the fields read
+/// with it go (`rest` is the message's other fields). Anything this does not
+/// recognise as round-tripping exactly answers false: the request is then encoded again, which
+/// is always correct.
+fn content_as_sent(role: Role, content: Option<&Value>, rest: &JsonMap) -> bool {
+    match role {
+        Role::Assistant => {
+            let reasoning = rest.get("reasoning_content");
+            let calls = rest.get("tool_calls");
+            if reasoning.is_none() && calls.is_none() {
+                // Written back as it was: a string, `null`, or an array of parts that are not
+                // images (an array with an image, or an empty one, is folded into a string).
+                return match content {
+                    Some(Value::String(_) | Value::Null) => true,
+                    Some(Value::Array(parts)) => {
+                        !parts.is_empty()
+                            && parts
+                                .iter()
+                                .all(|p| p.get("type").and_then(Value::as_str) != Some("image_url"))
+                    }
+                    _ => false,
+                };
+            }
+            // With reasoning or tool calls the text is written as one string (or `null`).
+            matches!(content, Some(Value::String(_) | Value::Null))
+                && reasoning.is_none_or(Value::is_string)
+                && calls.is_none_or(|c| c.as_array().is_some_and(|a| !a.is_empty()))
+        }
+        // An empty user message is dropped; an absent `content` is written as `[]`.
+        Role::User => match content {
+            Some(Value::String(_)) => true,
+            Some(Value::Array(parts)) => !parts.is_empty(),
+            _ => false,
+        },
+        Role::Tool => {
+            matches!(content, Some(Value::String(_) | Value::Array(_)))
+                && rest.get("tool_call_id").is_some_and(Value::is_string)
+        }
+        Role::System | Role::Developer => {
+            matches!(content, Some(Value::String(_) | Value::Array(_)))
+        }
+    }
+}
+
+/// Whether a tool call encodes back to what it was: `{"id", "type": "function", "function":
+/// {"name", "arguments"}}` with strings, and no `index` (which is dropped).
+fn call_as_sent(c: &JsonMap) -> bool {
+    c.get("id").is_some_and(Value::is_string)
+        && c.get("type").and_then(Value::as_str) == Some("function")
+        && !c.contains_key("index")
+        && c.get("function")
+            .and_then(Value::as_object)
+            .is_some_and(|f| {
+                f.len() == 2
+                    && f.get("name").is_some_and(Value::is_string)
+                    && f.get("arguments").is_some_and(Value::is_string)
+            })
+}
+
+fn decode_tool(v: Value, as_sent: &mut bool) -> Tool {
     let Value::Object(mut o) = v else {
         return Tool::Other(v);
     };
     if o.get("type").and_then(Value::as_str) != Some("function") {
         return Tool::Other(Value::Object(o));
+    }
+    // Encoded back as it was only with exactly `type` and `function`, a string `name`, a
+    // string or no `description`, and `parameters` given (a default is filled in).
+    if *as_sent
+        && !(o.len() == 2
+            && o.get("function")
+                .and_then(Value::as_object)
+                .is_some_and(|f| {
+                    f.get("name").is_some_and(Value::is_string)
+                        && f.get("description").is_none_or(Value::is_string)
+                        && f.get("parameters").is_some()
+                }))
+    {
+        *as_sent = false;
     }
     let Some(Value::Object(mut func)) = o.shift_remove("function") else {
         return Tool::Other(Value::Object(o));
@@ -261,7 +375,7 @@ fn decode_tool_choice(v: Value) -> ToolChoice {
 }
 
 /// Encodes the typed request as an OpenAI request object.
-pub(crate) fn encode_request(req: ChatRequest) -> JsonMap {
+pub(crate) fn encode_request(req: ChatFields) -> JsonMap {
     let same = req.source == ApiFormat::OpenAi;
     let mut out = JsonMap::new();
     out.insert("model".into(), Value::String(req.model));
@@ -556,7 +670,7 @@ pub(crate) fn decode_response(mut o: JsonMap) -> Result<ChatResponse, Error> {
             _ => None,
         };
         if let Some(Value::Object(msg)) = choice.shift_remove("message") {
-            let m = decode_message(msg, At::Path("choices[0].message"))?;
+            let m = decode_message(msg, At::Path("choices[0].message"), &mut false)?;
             content = m.content.into_parts();
         }
     }

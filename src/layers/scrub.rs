@@ -341,10 +341,39 @@ pub(crate) fn rewrite_texts(
 ) -> Result<usize, ()> {
     let mut changed = 0usize;
     let run = std::panic::catch_unwind(AssertUnwindSafe(|| {
+        // Look before writing: a request with nothing to rewrite is left untouched (no mutable
+        // access), so it keeps the client's body and may be forwarded as it came. Each text is
+        // still offered to `f` once: the texts before the first one that changes were seen
+        // clean, and that one's new text is kept.
+        let mut first: Option<(usize, String)> = None;
+        let mut n = 0usize;
+        req.for_each_text_slot(false, |slot, s| {
+            if first.is_none() {
+                let new = match slot {
+                    TextSlot::ToolArguments if s.contains('\\') => rewrite_json(s, &mut f),
+                    _ => f(s),
+                };
+                if let Some(new) = new {
+                    first = Some((n, new));
+                }
+                n += 1;
+            }
+        });
+        let Some((at, new)) = first else {
+            return;
+        };
+        let mut new = Some(new);
+        let mut n = 0usize;
         req.for_each_text_slot_mut(false, |slot, s| {
-            let new = match slot {
-                TextSlot::ToolArguments if s.contains('\\') => rewrite_json(s, &mut f),
-                _ => f(s),
+            let i = n;
+            n += 1;
+            let new = match i.cmp(&at) {
+                std::cmp::Ordering::Less => return,
+                std::cmp::Ordering::Equal => new.take(),
+                std::cmp::Ordering::Greater => match slot {
+                    TextSlot::ToolArguments if s.contains('\\') => rewrite_json(s, &mut f),
+                    _ => f(s),
+                },
             };
             if let Some(new) = new {
                 *s = new;

@@ -5,6 +5,7 @@
 //! Fields the model does not name are kept in `extra` maps (in their original order), so a
 //! request whose client and upstream speak the same format loses nothing on the way.
 
+use bytes::Bytes;
 use serde_json::{Map, Value};
 
 mod response;
@@ -252,7 +253,7 @@ pub struct Message {
 
 impl Message {
     /// A fast token estimate for this message: text bytes / 4 plus framing (the same rule as
-    /// [`ChatRequest::estimate_tokens`]; images count a flat 85).
+    /// [`ChatFields::estimate_tokens`]; images count a flat 85).
     ///
     /// ```
     /// use nenya::model::{Message, Role};
@@ -272,7 +273,7 @@ impl Message {
     }
 
     /// Calls `f` on every string of this message an upstream reads as text (text, tool-call
-    /// arguments, tool results, reasoning), as [`ChatRequest::for_each_text`] does.
+    /// arguments, tool results, reasoning), as [`ChatFields::for_each_text`] does.
     ///
     /// ```
     /// use nenya::model::{Message, Role};
@@ -345,20 +346,111 @@ pub enum ToolChoice {
     Other(Value),
 }
 
-/// The format-neutral chat request every layer works on.
+/// The format-neutral chat request every layer works on: its [`ChatFields`] (read and written
+/// through `Deref`/`DerefMut`), and the body the client sent for as long as nothing has changed
+/// them.
+///
+/// Any mutable access to the fields drops the client's body (`DerefMut` is the only way to
+/// them), so a layer cannot change the request and have the original bytes forwarded anyway;
+/// a layer that only reads keeps them, and the provider may then forward them as they came
+/// (with the model name replaced) instead of encoding the request again.
 ///
 /// ```
 /// use nenya::model::{ApiFormat, ChatRequest, Role};
-/// let req = nenya::adapters::decode_request(
+/// let mut req = nenya::adapters::decode_client_body(
 ///     ApiFormat::OpenAi,
-///     br#"{"model":"m","messages":[{"role":"user","content":"hi"}],"seed":7}"#,
+///     r#"{"model":"m","messages":[{"role":"user","content":"hi"}],"seed":7}"#.into(),
 /// ).unwrap();
 /// assert_eq!(req.model, "m");
 /// assert_eq!(req.messages[0].role, Role::User);
 /// assert_eq!(req.extra["seed"], 7); // unknown fields are kept
+/// assert!(req.client_body().is_some()); // reading keeps the client's bytes
+/// req.messages[0].content = nenya::model::Content::Text("changed".into());
+/// assert!(req.client_body().is_none()); // writing drops them
+/// ```
+#[derive(Debug, Clone)]
+pub struct ChatRequest {
+    fields: ChatFields,
+    /// The client's body, while it still says what `fields` say.
+    raw: Option<Bytes>,
+}
+
+impl ChatRequest {
+    /// A request with no client body behind it (built in code, or rebuilt): it is always encoded.
+    pub fn new(fields: ChatFields) -> Self {
+        Self { fields, raw: None }
+    }
+
+    /// A request decoded from `raw`, which an upstream of the same format would read exactly
+    /// as `fields` (the decoder checks that: no duplicate keys, nothing normalised).
+    pub(crate) fn with_client_body(fields: ChatFields, raw: Bytes) -> Self {
+        Self {
+            fields,
+            raw: Some(raw),
+        }
+    }
+
+    /// The body the client sent, if no layer has had mutable access to the request since it
+    /// was decoded (and the decoder found it safe to forward as it is).
+    pub fn client_body(&self) -> Option<&Bytes> {
+        self.raw.as_ref()
+    }
+
+    /// The fields, without the client's body.
+    pub fn into_fields(self) -> ChatFields {
+        self.fields
+    }
+}
+
+impl From<ChatFields> for ChatRequest {
+    fn from(fields: ChatFields) -> Self {
+        Self::new(fields)
+    }
+}
+
+impl std::ops::Deref for ChatRequest {
+    type Target = ChatFields;
+    fn deref(&self) -> &ChatFields {
+        &self.fields
+    }
+}
+
+impl std::ops::DerefMut for ChatRequest {
+    /// Drops the client's body: from here on the request may differ from it.
+    fn deref_mut(&mut self) -> &mut ChatFields {
+        self.raw = None;
+        &mut self.fields
+    }
+}
+
+/// Two requests are equal when their fields are (whether a client body is kept is not part of
+/// what the request says).
+impl PartialEq for ChatRequest {
+    fn eq(&self, other: &Self) -> bool {
+        self.fields == other.fields
+    }
+}
+
+/// What a chat request says, in no wire format: [`ChatRequest`] derefs to it.
+///
+/// ```
+/// use nenya::model::{ApiFormat, ChatFields, ChatRequest, Message, Role, Shape};
+/// let req = ChatRequest::new(ChatFields {
+///     source: ApiFormat::OpenAi,
+///     model: "m".into(),
+///     stream: false,
+///     messages: vec![Message::text(Role::User, "hi")],
+///     tools: None,
+///     tool_choice: None,
+///     max_tokens: None,
+///     stop: None,
+///     extra: Default::default(),
+///     shape: Shape::default(),
+/// });
+/// assert!(req.client_body().is_none());
 /// ```
 #[derive(Debug, Clone, PartialEq)]
-pub struct ChatRequest {
+pub struct ChatFields {
     /// The format the client spoke: `extra` fields are in its vocabulary.
     pub source: ApiFormat,
     /// The model (or agent) named by the client; the router rewrites it for the upstream.
@@ -399,7 +491,7 @@ pub struct Shape {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CountTokens;
 
-impl ChatRequest {
+impl ChatFields {
     /// A fast estimate of the prompt's tokens (about four bytes of text per token, tools
     /// included). Used where no upstream count exists.
     ///
@@ -450,12 +542,12 @@ impl ChatRequest {
         }
     }
 
-    /// Like [`ChatRequest::for_each_text`], with mutable access (redaction rewrites in place).
+    /// Like [`ChatFields::for_each_text`], with mutable access (redaction rewrites in place).
     pub fn for_each_text_mut(&mut self, mut f: impl FnMut(&mut String)) {
         self.for_each_text_slot_mut(true, |_, s| f(s));
     }
 
-    /// Like [`ChatRequest::for_each_text_mut`], telling `f` what each text is. Thinking blocks
+    /// Like [`ChatFields::for_each_text_mut`], telling `f` what each text is. Thinking blocks
     /// that carry a provider signature are skipped unless `signed_thinking` (the provider
     /// rejects a request whose signed thinking was changed).
     ///
@@ -475,6 +567,26 @@ impl ChatRequest {
     ) {
         for m in &mut self.messages {
             content_texts_mut(&mut m.content, signed_thinking, &mut f);
+        }
+    }
+
+    /// [`ChatFields::for_each_text_slot_mut`] without mutable access: the same texts, in the
+    /// same order (a layer looks before it writes, so that a request it leaves alone keeps the
+    /// client's body).
+    ///
+    /// ```
+    /// use nenya::model::{ApiFormat, TextSlot};
+    /// let req = nenya::adapters::decode_request(ApiFormat::OpenAi,
+    ///     br#"{"model":"m","messages":[{"role":"user","content":"hi"}]}"#).unwrap();
+    /// let mut seen = vec![];
+    /// req.for_each_text_slot(false, |slot, s| seen.push((slot, s.to_owned())));
+    /// assert_eq!(seen, [(TextSlot::Text, "hi".to_string())]);
+    /// ```
+    pub fn for_each_text_slot(&self, signed_thinking: bool, mut f: impl FnMut(TextSlot, &str)) {
+        for m in &self.messages {
+            content_texts_slot(&m.content, signed_thinking, &mut |slot, s: &String| {
+                f(slot, s)
+            });
         }
     }
 }
@@ -591,7 +703,7 @@ impl CacheBreakpoints {
     }
 }
 
-/// What a text inside a request is (see [`ChatRequest::for_each_text_slot_mut`]).
+/// What a text inside a request is (see [`ChatFields::for_each_text_slot_mut`]).
 ///
 /// ```
 /// assert_ne!(nenya::model::TextSlot::Text, nenya::model::TextSlot::ToolArguments);
@@ -623,33 +735,42 @@ fn content_texts(content: &Content, f: &mut impl FnMut(&str)) {
     }
 }
 
-fn content_texts_mut(
-    content: &mut Content,
-    signed_thinking: bool,
-    f: &mut impl FnMut(TextSlot, &mut String),
-) {
-    match content {
-        Content::Text(s) => f(TextSlot::Text, s),
-        Content::Parts(parts) => {
-            for p in parts {
-                match p {
-                    Part::Text { text, .. } => f(TextSlot::Text, text),
-                    Part::ToolUse { arguments, .. } => f(TextSlot::ToolArguments, arguments),
-                    Part::ToolResult { content, .. } => {
-                        content_texts_mut(content, signed_thinking, f)
-                    }
-                    Part::Thinking {
-                        thinking,
-                        signature,
-                        ..
-                    } => {
-                        if signed_thinking || signature.is_none() {
-                            f(TextSlot::Thinking, thinking)
+/// The texts of a message's content, in order, by shared or mutable reference: one walk for
+/// [`ChatFields::for_each_text_slot`] and [`ChatFields::for_each_text_slot_mut`], which must
+/// agree text for text (the redaction layers look with one and write with the other).
+macro_rules! text_walk {
+    ($name:ident $(, $m:tt)?) => {
+        fn $name(
+            content: &$($m)? Content,
+            signed_thinking: bool,
+            f: &mut impl FnMut(TextSlot, &$($m)? String),
+        ) {
+            match content {
+                Content::Text(s) => f(TextSlot::Text, s),
+                Content::Parts(parts) => {
+                    for p in parts {
+                        match p {
+                            Part::Text { text, .. } => f(TextSlot::Text, text),
+                            Part::ToolUse { arguments, .. } => {
+                                f(TextSlot::ToolArguments, arguments)
+                            }
+                            Part::ToolResult { content, .. } => $name(content, signed_thinking, f),
+                            Part::Thinking {
+                                thinking,
+                                signature,
+                                ..
+                            } => {
+                                if signed_thinking || signature.is_none() {
+                                    f(TextSlot::Thinking, thinking)
+                                }
+                            }
+                            Part::Image { .. } | Part::Other(_) => {}
                         }
                     }
-                    Part::Image { .. } | Part::Other(_) => {}
                 }
             }
         }
-    }
+    };
 }
+text_walk!(content_texts_slot);
+text_walk!(content_texts_mut, mut);

@@ -17,9 +17,9 @@ use tower::Service;
 use super::convert::TranscodeBody;
 use super::transport::{Transport, TransportFuture};
 use crate::adapters::anthropic::DEFAULT_VERSION;
-use crate::adapters::encode_request_cached;
 use crate::adapters::providers::{AuthStyle, Capabilities, Quirks};
 use crate::adapters::stream::StreamConverter;
+use crate::adapters::{encode_request_cached, forward_as_sent};
 use crate::config::Secret;
 use crate::error::{Error, ErrorKind, sse_error_event};
 use crate::model::{ApiFormat, CacheBreakpoints, ChatRequest, CountTokens};
@@ -312,14 +312,32 @@ fn build_upstream_request(
             serde_json::json!({"include_usage": true}),
         );
     }
-    chat.model.clone_from(&target.model);
-    let body = encode_request_cached(
-        chat,
-        target.format,
-        &target.provider.caps,
-        &target.provider.quirks,
-        parts.extensions.get::<CacheBreakpoints>(),
-    )?;
+    let breakpoints = parts.extensions.get::<CacheBreakpoints>();
+    let as_sent = if count_tokens {
+        None
+    } else {
+        forward_as_sent(
+            &chat,
+            target.format,
+            &target.model,
+            &target.provider.caps,
+            &target.provider.quirks,
+            breakpoints,
+        )
+    };
+    let body = match as_sent {
+        Some(body) => body,
+        None => {
+            chat.model.clone_from(&target.model);
+            encode_request_cached(
+                chat,
+                target.format,
+                &target.provider.caps,
+                &target.provider.quirks,
+                breakpoints,
+            )?
+        }
+    };
 
     let mut upstream = Request::new(Body::full(body));
     *upstream.method_mut() = Method::POST;

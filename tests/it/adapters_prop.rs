@@ -1,7 +1,7 @@
 //! Property tests for the wire adapters: lossless same-format round trips, cross-format
 //! round trips that keep every field both formats support, and no panic on any input.
 
-use nenya::adapters::{decode_request, encode_request};
+use nenya::adapters::{decode_client_body, decode_request, encode_request};
 use nenya::model::ApiFormat;
 use proptest::prelude::*;
 use serde_json::{Value, json};
@@ -236,6 +236,118 @@ proptest! {
                 let _ = encode_request(req, ApiFormat::Anthropic);
             }
         }
+    }
+}
+
+/// The shapes the OpenAI decoder normalises (a `null` left out, a default filled in, a tool
+/// call's `index` dropped, an empty user message dropped...), applied to a valid request.
+fn perturbed_openai_request() -> impl Strategy<Value = Value> {
+    (
+        openai_request(false),
+        prop::collection::vec((0usize..16, any::<prop::sample::Index>()), 0..3),
+    )
+        .prop_map(|(mut v, edits)| {
+            for (kind, at) in edits {
+                match kind {
+                    0 => v["tools"] = Value::Null,
+                    1 => v["max_tokens"] = Value::Null,
+                    2 => v["stream"] = Value::Null,
+                    14 => {
+                        v["tools"] = json!([{"type": "function", "strict": true,
+                            "function": {"name": "f", "description": 3}}])
+                    }
+                    _ => {}
+                }
+                let i = at.index(v["messages"].as_array().unwrap().len());
+                let m = &mut v["messages"][i];
+                match kind {
+                    0..=2 | 14 => {}
+                    3 => m["content"] = Value::Null,
+                    4 => {
+                        m.as_object_mut().unwrap().remove("content");
+                    }
+                    5 => m["content"] = json!([]),
+                    6 => m["reasoning_content"] = Value::Null,
+                    7 => m["reasoning_content"] = json!("thought"),
+                    8 => m["tool_calls"] = json!([]),
+                    9 => {
+                        m["tool_calls"] = json!([{"id": "c", "type": "function", "index": 0,
+                            "function": {"name": "f", "arguments": "{}"}}])
+                    }
+                    10 => {
+                        m["tool_calls"] =
+                            json!([{"id": "c", "function": {"name": "f", "arguments": {"a": 1}}}])
+                    }
+                    11 => {
+                        m["content"] =
+                            json!([{"type": "image_url", "image_url": {"url": "u"}, "x": 1}])
+                    }
+                    12 => {
+                        m["content"] = json!([{"type": "text", "text": "t"},
+                            {"type": "image_url", "image_url": {"url": 5}}])
+                    }
+                    13 => {
+                        m.as_object_mut().unwrap().remove("tool_call_id");
+                    }
+                    _ => {
+                        m["tool_calls"] = json!([{"id": "c", "type": "function",
+                            "function": {"name": "f", "arguments": "{}", "x": 1}}])
+                    }
+                }
+            }
+            v
+        })
+}
+
+/// What an upstream reads from a body the gateway forwards as the client sent it must be what
+/// encoding the decoded request would have sent: checked on every body the decoder keeps.
+fn check_as_sent(v: &Value) -> Result<bool, TestCaseError> {
+    let body = serde_json::to_vec(v).unwrap();
+    let Ok(req) = decode_client_body(ApiFormat::OpenAi, body.into()) else {
+        return Ok(false);
+    };
+    let Some(raw) = req.client_body().cloned() else {
+        return Ok(false);
+    };
+    let encoded = encode_request(req, ApiFormat::OpenAi).unwrap();
+    let raw: Value = serde_json::from_slice(&raw).unwrap();
+    let encoded: Value = serde_json::from_slice(&encoded).unwrap();
+    prop_assert_eq!(raw, encoded);
+    Ok(true)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(500))]
+
+    #[test]
+    fn a_body_kept_as_sent_says_exactly_what_its_encoding_says(v in perturbed_openai_request()) {
+        check_as_sent(&v)?;
+    }
+
+    #[test]
+    fn requests_of_the_common_shapes_are_kept_as_sent(v in openai_request(false)) {
+        prop_assert!(check_as_sent(&v)?, "{}", v);
+    }
+
+    #[test]
+    fn texts_are_seen_in_the_same_order_with_and_without_mutable_access(
+        v in prop_oneof![openai_request(false), anthropic_request()],
+        signed in any::<bool>(),
+    ) {
+        let body = serde_json::to_vec(&v).unwrap();
+        for format in [ApiFormat::OpenAi, ApiFormat::Anthropic] {
+            let Ok(mut req) = decode_request(format, &body) else { continue };
+            let mut seen = Vec::new();
+            req.for_each_text_slot(signed, |slot, s| seen.push((slot, s.to_owned())));
+            let mut seen_mut = Vec::new();
+            req.for_each_text_slot_mut(signed, |slot, s| seen_mut.push((slot, s.clone())));
+            prop_assert_eq!(seen, seen_mut);
+        }
+    }
+
+    #[test]
+    fn any_json_kept_as_sent_says_what_its_encoding_says(v in arbitrary_json(3)) {
+        check_as_sent(&v)?;
     }
 }
 

@@ -9,6 +9,7 @@ mod common;
 
 mod adapters_prop;
 mod api_surface;
+mod as_sent;
 mod binary;
 mod budget;
 mod cache;

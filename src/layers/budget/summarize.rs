@@ -412,7 +412,7 @@ fn engine_request(
     transcript: String,
 ) -> Request<ChatRequest> {
     let prompt = cfg.system_prompt.as_deref().unwrap_or(DEFAULT_PROMPT);
-    let chat = ChatRequest {
+    let chat = ChatRequest::new(crate::model::ChatFields {
         source: ApiFormat::OpenAi,
         model: cfg.engine_model.clone(),
         stream: false,
@@ -429,7 +429,7 @@ fn engine_request(
         stop: None,
         extra: Default::default(),
         shape: Shape::default(),
-    };
+    });
     let mut out = Request::new(chat);
     // The caller's identity (RBAC) and request id carry over; the engine is nenya's own call.
     if let Some(p) = req.extensions().get::<crate::model::Principal>() {

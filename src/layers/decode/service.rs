@@ -12,7 +12,7 @@ use pin_project_lite::pin_project;
 use tower::Service;
 use tower_layer::Layer;
 
-use crate::adapters::decode_request;
+use crate::adapters::decode_client_body;
 use crate::error::{Error, ErrorKind};
 use crate::model::{ApiFormat, ChatRequest};
 use crate::{Body, BoxError};
@@ -207,7 +207,7 @@ where
                             .with_source(e)));
                         }
                     };
-                    let chat = match decode_request(*format, &bytes) {
+                    let chat = match decode_client_body(*format, bytes) {
                         Ok(c) => c,
                         Err(e) => return Poll::Ready(Err(e)),
                     };

@@ -1,0 +1,88 @@
+//! A request no layer changed reaches a same-format upstream as the client wrote it, with only
+//! the model name replaced; a request a layer changed, or one an upstream could read otherwise
+//! than nenya did (a key sent twice), or one the decoder normalised, is encoded again.
+
+use crate::common::*;
+use nenya::services::MockConfig;
+use serde_json::Value;
+
+const GH: &str = "ghp_R8mWq2ZpX4cV7bN1kL9sD3fG6hJ0aQ5eT2yU";
+
+/// Sends `body` through the full default stack; the bytes the upstream received.
+async fn upstream_bytes(body: &str) -> bytes::Bytes {
+    let (mock, up) = start_mock(MockConfig::default()).await;
+    let gw = gateway_for_mock(&up, "").await;
+    let (k, v) = bearer();
+    let r = post(&gw.url("/v1/chat/completions"), &[(k, &v)], body.to_owned()).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    mock.received().pop().unwrap().body
+}
+
+#[tokio::test]
+async fn a_clean_request_reaches_the_upstream_byte_for_byte_with_the_model_replaced() {
+    // Spacing, key order, escapes and number spelling that encoding again would all change.
+    for body in [
+        "{ \"messages\" : [ {\"content\": \"caf\\u00e9 \\\"quoted\\\" \\/ ok\", \"role\":\"user\"} ],\n \"model\":\"coder\", \"temperature\": 0.50, \"seed\": 7e0 }",
+        r#"{"model":"coder","stream":true,"messages":[{"role":"system","content":"Be terse."},
+            {"role":"user","content":[{"type":"text","text":"hi","cache_control":{"type":"ephemeral"}}]},
+            {"role":"assistant","content":null,"tool_calls":[{"id":"c1","type":"function","function":{"name":"read","arguments":"{\"path\":\"a.rs\"}"}}]},
+            {"role":"tool","tool_call_id":"c1","content":"fn main() {}"}]}"#,
+    ] {
+        let got = upstream_bytes(body).await;
+        let expected = body.replacen("\"coder\"", "\"upstream-model-1\"", 1);
+        assert_eq!(String::from_utf8_lossy(&got), expected);
+    }
+}
+
+#[tokio::test]
+async fn a_request_a_layer_changed_is_encoded_from_what_the_layer_left() {
+    let body = format!(
+        "{{ \"model\": \"coder\", \"messages\": [ {{\"role\": \"user\", \"content\": \"token {GH}\"}} ] }}"
+    );
+    let got = upstream_bytes(&body).await;
+    let text = String::from_utf8_lossy(&got);
+    assert!(!text.contains(GH), "{text}");
+    assert!(text.contains("[REDACTED:"), "{text}");
+    assert!(
+        text.starts_with(r#"{"model":"upstream-model-1","#),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn a_key_sent_twice_never_reaches_the_upstream_as_sent() {
+    // serde_json keeps the last `content`, other parsers the first: whichever one the secret
+    // is in, the upstream must not get it.
+    for body in [
+        format!(
+            r#"{{"model":"coder","messages":[{{"role":"user","content":"{GH}","content":"hi"}}]}}"#
+        ),
+        format!(
+            r#"{{"model":"coder","messages":[{{"role":"user","content":"hi","content":"{GH}"}}]}}"#
+        ),
+        format!(
+            r#"{{"model":"coder","model":"coder","messages":[{{"role":"user","content":"{GH}","content":"hi"}}]}}"#
+        ),
+    ] {
+        let got = upstream_bytes(&body).await;
+        let text = String::from_utf8_lossy(&got);
+        assert!(!text.contains(GH), "{text}");
+        let v: Value = serde_json::from_slice(&got).unwrap();
+        assert_eq!(v["messages"][0].as_object().unwrap().len(), 2, "{text}");
+    }
+}
+
+#[tokio::test]
+async fn a_body_the_decoder_normalised_is_encoded_again() {
+    // A tool call's `index` (a streaming field) is dropped, an object `arguments` becomes text.
+    let body = r#"{"model":"coder","messages":[{"role":"user","content":"go"},
+        {"role":"assistant","content":null,"tool_calls":[{"index":0,"id":"c1","type":"function",
+        "function":{"name":"f","arguments":{"a":1}}}]},
+        {"role":"tool","tool_call_id":"c1","content":"done"}]}"#;
+    let got = upstream_bytes(body).await;
+    let v: Value = serde_json::from_slice(&got).unwrap();
+    let call = &v["messages"][1]["tool_calls"][0];
+    assert!(call.get("index").is_none(), "{v}");
+    assert_eq!(call["function"]["arguments"], r#"{"a":1}"#);
+    assert_eq!(v["model"], "upstream-model-1");
+}
