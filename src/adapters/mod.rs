@@ -193,15 +193,21 @@ pub fn forward_as_sent(
     }
     match target {
         ApiFormat::OpenAi => {
-            // What `apply_openai_rules` could change: any rule that applies sends the request
-            // the long way (conservatively: a missing capability, not a field it would remove).
-            let all = caps.stream_options
-                && caps.reasoning
-                && caps.tool_calls
-                && caps.auto_tool_choice
-                && caps.vision
-                && caps.content_arrays;
-            if !all || providers::param_rule(model).is_some() {
+            // What `apply_openai_rules` would change: a field a missing capability removes
+            // (or, for images and content arrays, a missing capability at all), or any
+            // model-family rule, sends the request the long way.
+            let has = |k: &str| req.extra.contains_key(k);
+            let changed = (!caps.stream_options && has("stream_options"))
+                || (!caps.reasoning && has("reasoning_effort"))
+                || (!caps.tool_calls
+                    && (req.tools.is_some()
+                        || req.tool_choice.is_some()
+                        || has("parallel_tool_calls")))
+                || (!caps.auto_tool_choice && req.tool_choice.is_some())
+                || !caps.vision
+                || !caps.content_arrays
+                || providers::param_rule(model).is_some();
+            if changed {
                 return None;
             }
         }
@@ -209,9 +215,8 @@ pub fn forward_as_sent(
         ApiFormat::Anthropic => {}
         ApiFormat::Gemini => return None,
     }
-    let [Some(found)] = crate::sse::top_level_fields(raw, [b"model"])? else {
-        return None;
-    };
+    // The decoder parsed the whole body and found no key twice: the first `model` is the one.
+    let found = crate::sse::first_top_level_field(raw, b"model")?;
     let start = found.as_ptr() as usize - raw.as_ptr() as usize;
     let end = start + found.len();
     let mut quoted = Vec::with_capacity(model.len() + 2);

@@ -376,12 +376,7 @@ pub(crate) fn top_level_fields<'a, const N: usize>(
     keys: [&[u8]; N],
 ) -> Option<[Option<&'a [u8]>; N]> {
     let s = json;
-    let ws = |mut i: usize| {
-        while i < s.len() && matches!(s[i], b' ' | b'\t' | b'\n' | b'\r') {
-            i += 1;
-        }
-        i
-    };
+    let ws = |i: usize| skip_ws(s, i);
     let mut out = [None; N];
     let mut i = ws(0);
     if s.get(i) != Some(&b'{') {
@@ -392,22 +387,9 @@ pub(crate) fn top_level_fields<'a, const N: usize>(
         return (ws(i + 1) == s.len()).then_some(out);
     }
     loop {
-        if s.get(i) != Some(&b'"') {
-            return None;
-        }
-        let end = string(s, i)?;
-        let key = &s[i + 1..end - 1];
-        if key.contains(&b'\\') {
-            return None;
-        }
-        i = ws(end);
-        if s.get(i) != Some(&b':') {
-            return None;
-        }
-        i = ws(i + 1);
-        let value_end = skip_value(s, i)?;
+        let (key, value, value_end) = member(s, i)?;
         if let Some(n) = keys.iter().position(|k| *k == key) {
-            out[n] = Some(&s[i..value_end]);
+            out[n] = Some(&s[value..value_end]);
         }
         i = ws(value_end);
         match s.get(i)? {
@@ -416,6 +398,57 @@ pub(crate) fn top_level_fields<'a, const N: usize>(
             _ => return None,
         }
     }
+}
+
+/// The value of the first `key` of a top-level JSON object, as a slice of `json`, found
+/// without looking past it (a request's `model` usually comes before its whole conversation).
+/// `None` when a key before it is written with escapes, or it is not there. For a document
+/// already parsed whole and known to repeat no key (the slice is then its only value).
+pub(crate) fn first_top_level_field<'a>(json: &'a [u8], key: &[u8]) -> Option<&'a [u8]> {
+    let s = json;
+    let ws = |i: usize| skip_ws(s, i);
+    let mut i = ws(0);
+    if s.get(i) != Some(&b'{') {
+        return None;
+    }
+    i = ws(i + 1);
+    loop {
+        let (k, value, value_end) = member(s, i)?;
+        if k == key {
+            return Some(&s[value..value_end]);
+        }
+        i = ws(value_end);
+        if s.get(i) != Some(&b',') {
+            return None;
+        }
+        i = ws(i + 1);
+    }
+}
+
+fn skip_ws(s: &[u8], mut i: usize) -> usize {
+    while i < s.len() && matches!(s[i], b' ' | b'\t' | b'\n' | b'\r') {
+        i += 1;
+    }
+    i
+}
+
+/// The object member starting at `i` (its key's opening quote): the key, written without
+/// escapes, and where its value starts and ends. `None` for anything else.
+fn member(s: &[u8], i: usize) -> Option<(&[u8], usize, usize)> {
+    if s.get(i) != Some(&b'"') {
+        return None;
+    }
+    let end = string(s, i)?;
+    let key = &s[i + 1..end - 1];
+    if key.contains(&b'\\') {
+        return None;
+    }
+    let i = skip_ws(s, end);
+    if s.get(i) != Some(&b':') {
+        return None;
+    }
+    let i = skip_ws(s, i + 1);
+    Some((key, i, skip_value(s, i)?))
 }
 
 /// The end of the value starting at `i`, found without parsing it (see [`top_level_fields`]).

@@ -3,6 +3,8 @@
 //! than nenya did (a key sent twice), or one the decoder normalised, is encoded again.
 
 use crate::common::*;
+use nenya::Gateway;
+use nenya::config::Config;
 use nenya::services::MockConfig;
 use serde_json::Value;
 
@@ -85,4 +87,29 @@ async fn a_body_the_decoder_normalised_is_encoded_again() {
     assert!(call.get("index").is_none(), "{v}");
     assert_eq!(call["function"]["arguments"], r#"{"a":1}"#);
     assert_eq!(v["model"], "upstream-model-1");
+}
+
+#[tokio::test]
+async fn fields_the_provider_does_not_accept_are_still_removed() {
+    // A configured provider with no capabilities listed: conservative, so no `stream_options`
+    // and no `reasoning_effort`. The body is otherwise clean.
+    let (mock, up) = start_mock(MockConfig::default()).await;
+    let (mut cfg, secrets) = config_for(&up, "");
+    let plain = Config::from_json_str(&format!(
+        r#"{{"providers": {{"up": {{"url": "http://{}/v1/chat/completions", "auth_style": "bearer"}}}}}}"#,
+        up.addr
+    ))
+    .unwrap();
+    cfg.providers
+        .insert("up".into(), plain.providers["up"].clone());
+    let gw = start_gateway(Gateway::from_config(&cfg, &secrets).unwrap().build()).await;
+    let body = r#"{"model":"coder","stream":true,"stream_options":{"include_usage":true},
+        "reasoning_effort":"high","messages":[{"role":"user","content":"hi"}]}"#;
+    let (k, v) = bearer();
+    let r = post(&gw.url("/v1/chat/completions"), &[(k, &v)], body.to_owned()).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let v = mock.received().pop().unwrap().json();
+    assert!(v.get("stream_options").is_none(), "{v}");
+    assert!(v.get("reasoning_effort").is_none(), "{v}");
+    assert_eq!(v["messages"][0]["content"], "hi");
 }
