@@ -15,8 +15,32 @@ pub const DEFAULT_VERSION: &str = "2023-06-01";
 /// `max_tokens` is mandatory for Anthropic; used when a foreign-format client set none.
 pub const DEFAULT_MAX_TOKENS: u64 = 4096;
 
-/// Decodes an Anthropic request object.
-pub(crate) fn decode_request(mut map: JsonMap) -> Result<ChatFields, Error> {
+/// Fields the decoder reads and drops when they are `null` (an encoded request leaves them out).
+const NULLABLE_TOP: &[&str] = &[
+    "stream",
+    "system",
+    "tools",
+    "tool_choice",
+    "max_tokens",
+    "stop_sequences",
+];
+
+/// Decodes an Anthropic request object. `as_sent` is cleared when the fields, encoded again,
+/// would differ from the object beyond key order and spacing (see the OpenAI decoder).
+pub(crate) fn decode_request(mut map: JsonMap, as_sent: &mut bool) -> Result<ChatFields, Error> {
+    if *as_sent
+        && (NULLABLE_TOP
+            .iter()
+            .any(|k| map.get(*k).is_some_and(Value::is_null))
+            // A single stop sequence is written back as an array, an empty system left out.
+            || map.get("stop_sequences").is_some_and(Value::is_string)
+            || map
+                .get("system")
+                .and_then(Value::as_array)
+                .is_some_and(Vec::is_empty))
+    {
+        *as_sent = false;
+    }
     let mut f = Fields {
         map: &mut map,
         at: At::Root,
@@ -42,7 +66,12 @@ pub(crate) fn decode_request(mut map: JsonMap) -> Result<ChatFields, Error> {
         }
         Some(Value::Array(blocks)) => messages.push(Message {
             role: Role::System,
-            content: Content::Parts(blocks.into_iter().map(decode_block).collect()),
+            content: Content::Parts(
+                blocks
+                    .into_iter()
+                    .map(|b| decode_block(b, as_sent))
+                    .collect(),
+            ),
             extra: JsonMap::new(),
         }),
         Some(_) => return Err(invalid("`system` must be a string or an array")),
@@ -56,19 +85,24 @@ pub(crate) fn decode_request(mut map: JsonMap) -> Result<ChatFields, Error> {
             "assistant" => Role::Assistant,
             other => return Err(invalid(format!("`{at}.role` has unknown value `{other}`"))),
         };
-        let content = decode_content(mf.take("content"), at)?;
+        // No `content` (or `null`) is written back as `[]`.
+        if *as_sent && mf.map.get("content").is_none_or(Value::is_null) {
+            *as_sent = false;
+        }
+        let content = decode_content(mf.take("content"), at, as_sent)?;
         messages.push(Message {
             role,
             content,
             extra: o,
         });
     }
+    let tools = tools.map(|t| t.into_iter().map(|t| decode_tool(t, as_sent)).collect());
     Ok(ChatFields {
         source: ApiFormat::Anthropic,
         model,
         stream: stream_field.unwrap_or(false),
         messages,
-        tools: tools.map(|t| t.into_iter().map(decode_tool).collect()),
+        tools,
         tool_choice: tool_choice.map(decode_tool_choice),
         max_tokens,
         stop,
@@ -82,12 +116,15 @@ pub(crate) fn decode_request(mut map: JsonMap) -> Result<ChatFields, Error> {
     })
 }
 
-fn decode_content(v: Option<Value>, at: At<'_>) -> Result<Content, Error> {
+fn decode_content(v: Option<Value>, at: At<'_>, as_sent: &mut bool) -> Result<Content, Error> {
     match v {
         None => Ok(Content::Parts(Vec::new())),
         Some(Value::String(s)) => Ok(Content::Text(s)),
         Some(Value::Array(blocks)) => Ok(Content::Parts(
-            blocks.into_iter().map(decode_block).collect(),
+            blocks
+                .into_iter()
+                .map(|b| decode_block(b, as_sent))
+                .collect(),
         )),
         Some(_) => Err(invalid(format!(
             "`{at}.content` must be a string or an array"
@@ -106,84 +143,130 @@ fn take_str(o: &mut JsonMap, key: &str) -> Option<String> {
     }
 }
 
-fn decode_block(v: Value) -> Part {
+/// A string [`block_kind`] has checked is there.
+fn take_checked(o: &mut JsonMap, key: &str) -> String {
+    match o.shift_remove(key) {
+        Some(Value::String(s)) => s,
+        _ => String::new(),
+    }
+}
+
+/// The kind of content block `o` is, when it has the shape nenya reads into a typed part
+/// (anything else is kept verbatim as [`Part::Other`]). Checked before anything is taken out
+/// of the block, so a block that does not fit is kept as it came, without a copy.
+fn block_kind(o: &JsonMap) -> Option<&'static str> {
+    let is_str = |m: &JsonMap, k: &str| m.get(k).is_some_and(Value::is_string);
+    Some(match o.get("type")?.as_str()? {
+        "text" if is_str(o, "text") => "text",
+        "image" => {
+            let src = o.get("source")?.as_object()?;
+            match src.get("type")?.as_str()? {
+                "base64" if src.len() == 3 && is_str(src, "media_type") && is_str(src, "data") => {}
+                "url" if src.len() == 2 && is_str(src, "url") => {}
+                _ => return None,
+            }
+            "image"
+        }
+        "tool_use" if is_str(o, "id") && is_str(o, "name") => "tool_use",
+        "tool_result"
+            if is_str(o, "tool_use_id")
+                && o.get("content")
+                    .is_none_or(|c| c.is_string() || c.is_array())
+                && o.get("is_error").is_none_or(Value::is_boolean) =>
+        {
+            "tool_result"
+        }
+        "thinking" if is_str(o, "thinking") => "thinking",
+        _ => return None,
+    })
+}
+
+fn decode_block(v: Value, as_sent: &mut bool) -> Part {
     let Value::Object(mut o) = v else {
         return Part::Other(v);
     };
-    let kind = o.get("type").and_then(Value::as_str).map(str::to_owned);
-    let original = o.clone();
-    let part = (|| {
-        o.shift_remove("type");
-        Some(match kind.as_deref()? {
-            "text" => Part::Text {
-                text: take_str(&mut o, "text")?,
-                extra: std::mem::take(&mut o),
-            },
-            "image" => {
-                let Some(Value::Object(mut src)) = o.shift_remove("source") else {
-                    return None;
-                };
-                let source = match src.get("type").and_then(Value::as_str)? {
-                    "base64" if src.len() == 3 => ImageSource::Base64 {
-                        media_type: take_str(&mut src, "media_type")?,
-                        data: take_str(&mut src, "data")?,
-                    },
-                    "url" if src.len() == 2 => ImageSource::Url(take_str(&mut src, "url")?),
-                    _ => return None,
-                };
-                Part::Image {
-                    source,
-                    extra: std::mem::take(&mut o),
+    let Some(kind) = block_kind(&o) else {
+        return Part::Other(Value::Object(o));
+    };
+    o.shift_remove("type");
+    match kind {
+        "text" => Part::Text {
+            text: take_checked(&mut o, "text"),
+            extra: o,
+        },
+        "image" => {
+            let Some(Value::Object(mut src)) = o.shift_remove("source") else {
+                unreachable!("checked by block_kind")
+            };
+            let source = if src.get("type").and_then(Value::as_str) == Some("base64") {
+                ImageSource::Base64 {
+                    media_type: take_checked(&mut src, "media_type"),
+                    data: take_checked(&mut src, "data"),
                 }
-            }
-            "tool_use" => {
-                let id = take_str(&mut o, "id")?;
-                let name = take_str(&mut o, "name")?;
-                let arguments = o
-                    .shift_remove("input")
-                    .map(|i| i.to_string())
-                    .unwrap_or_else(|| "{}".to_owned());
-                Part::ToolUse {
-                    id,
-                    name,
-                    arguments,
-                    extra: std::mem::take(&mut o),
+            } else {
+                let url = take_checked(&mut src, "url");
+                // A `data:` URL is written back as a base64 source.
+                if url.starts_with("data:") {
+                    *as_sent = false;
                 }
-            }
-            "tool_result" => {
-                let tool_use_id = take_str(&mut o, "tool_use_id")?;
-                let content = match o.shift_remove("content") {
-                    None => Content::Parts(Vec::new()),
-                    Some(Value::String(s)) => Content::Text(s),
-                    Some(Value::Array(b)) => {
-                        Content::Parts(b.into_iter().map(decode_block).collect())
-                    }
-                    Some(_) => return None,
-                };
-                let is_error = match o.shift_remove("is_error") {
-                    None => None,
-                    Some(Value::Bool(b)) => Some(b),
-                    Some(_) => return None,
-                };
-                Part::ToolResult {
-                    tool_use_id,
-                    content,
-                    is_error,
-                    extra: std::mem::take(&mut o),
+                ImageSource::Url(url)
+            };
+            Part::Image { source, extra: o }
+        }
+        "tool_use" => {
+            let id = take_checked(&mut o, "id");
+            let name = take_checked(&mut o, "name");
+            let arguments = match o.shift_remove("input") {
+                Some(i) => i.to_string(),
+                None => {
+                    *as_sent = false; // written back as `{}`
+                    "{}".to_owned()
                 }
+            };
+            Part::ToolUse {
+                id,
+                name,
+                arguments,
+                extra: o,
             }
-            "thinking" => Part::Thinking {
-                thinking: take_str(&mut o, "thinking")?,
-                signature: take_str(&mut o, "signature"),
-                extra: std::mem::take(&mut o),
-            },
-            _ => return None,
-        })
-    })();
-    part.unwrap_or(Part::Other(Value::Object(original)))
+        }
+        "tool_result" => {
+            let tool_use_id = take_checked(&mut o, "tool_use_id");
+            let content = match o.shift_remove("content") {
+                Some(Value::String(s)) => Content::Text(s),
+                Some(Value::Array(b)) => {
+                    Content::Parts(b.into_iter().map(|b| decode_block(b, as_sent)).collect())
+                }
+                _ => {
+                    *as_sent = false; // written back as `[]`
+                    Content::Parts(Vec::new())
+                }
+            };
+            let is_error = o.shift_remove("is_error").and_then(|e| e.as_bool());
+            Part::ToolResult {
+                tool_use_id,
+                content,
+                is_error,
+                extra: o,
+            }
+        }
+        _ => {
+            let thinking = take_checked(&mut o, "thinking");
+            let signature = take_str(&mut o, "signature");
+            // Thinking without a signature is not sent to Anthropic.
+            if signature.as_deref().is_none_or(str::is_empty) {
+                *as_sent = false;
+            }
+            Part::Thinking {
+                thinking,
+                signature,
+                extra: o,
+            }
+        }
+    }
 }
 
-fn decode_tool(v: Value) -> Tool {
+fn decode_tool(v: Value, as_sent: &mut bool) -> Tool {
     let Value::Object(mut o) = v else {
         return Tool::Other(v);
     };
@@ -196,9 +279,10 @@ fn decode_tool(v: Value) -> Tool {
         return Tool::Other(Value::Object(o));
     };
     let description = take_str(&mut o, "description");
-    let parameters = o
-        .shift_remove("input_schema")
-        .unwrap_or_else(|| json!({"type": "object", "properties": {}}));
+    let parameters = o.shift_remove("input_schema").unwrap_or_else(|| {
+        *as_sent = false; // a default is written back
+        json!({"type": "object", "properties": {}})
+    });
     Tool::Function {
         name,
         description,
@@ -388,17 +472,46 @@ pub(crate) fn encode_request(req: ChatFields) -> JsonMap {
     out
 }
 
+fn has_marker(v: &Value) -> bool {
+    match v {
+        Value::Object(o) => o.contains_key("cache_control") || o.values().any(has_marker),
+        Value::Array(a) => a.iter().any(has_marker),
+        _ => false,
+    }
+}
+
+/// Whether the client placed a `cache_control` of its own on a message, a block or a tool, in
+/// which case [`place_breakpoints`] leaves the request alone. Not every place it looks is
+/// searched (a tool's input, say): `false` may miss one, and the caller then encodes.
+pub(crate) fn client_marked(req: &ChatFields) -> bool {
+    fn part(p: &Part) -> bool {
+        match p {
+            Part::Text { extra, .. }
+            | Part::Image { extra, .. }
+            | Part::ToolUse { extra, .. }
+            | Part::Thinking { extra, .. } => extra.contains_key("cache_control"),
+            Part::ToolResult { extra, content, .. } => {
+                extra.contains_key("cache_control") || content_marked(content)
+            }
+            Part::Other(v) => has_marker(v),
+        }
+    }
+    fn content_marked(c: &Content) -> bool {
+        matches!(c, Content::Parts(parts) if parts.iter().any(part))
+    }
+    req.messages
+        .iter()
+        .any(|m| m.extra.contains_key("cache_control") || content_marked(&m.content))
+        || req.tools.iter().flatten().any(|t| match t {
+            Tool::Function { extra, .. } => extra.contains_key("cache_control"),
+            Tool::Other(v) => has_marker(v),
+        })
+}
+
 /// Puts `cache_control` on the last system block, the last tool and the last message's last
 /// block (as `bp` asks), unless the request already carries a breakpoint anywhere: then the
 /// client placed its own and they are left alone.
 pub(crate) fn place_breakpoints(map: &mut JsonMap, bp: &crate::model::CacheBreakpoints) {
-    fn has_marker(v: &Value) -> bool {
-        match v {
-            Value::Object(o) => o.contains_key("cache_control") || o.values().any(has_marker),
-            Value::Array(a) => a.iter().any(has_marker),
-            _ => false,
-        }
-    }
     if !bp.any()
         || ["system", "tools", "messages"]
             .iter()
@@ -554,7 +667,10 @@ pub(crate) fn decode_response(mut o: JsonMap) -> Result<ChatResponse, Error> {
     let id = take_str(&mut o, "id").unwrap_or_default();
     let model = take_str(&mut o, "model").unwrap_or_default();
     let content = match o.shift_remove("content") {
-        Some(Value::Array(blocks)) => blocks.into_iter().map(decode_block).collect(),
+        Some(Value::Array(blocks)) => blocks
+            .into_iter()
+            .map(|b| decode_block(b, &mut false))
+            .collect(),
         _ => Vec::new(),
     };
     let stop_reason = take_str(&mut o, "stop_reason").map(|s| StopReason::from_anthropic(&s));

@@ -80,8 +80,11 @@ fn decode_fields(format: ApiFormat, body: &[u8]) -> Result<(ChatFields, bool), E
             let fields = openai::decode_request(map, &mut as_sent)?;
             Ok((fields, as_sent))
         }
-        // Not yet checked for what its decoding normalises: always encoded again.
-        ApiFormat::Anthropic => Ok((anthropic::decode_request(map)?, false)),
+        ApiFormat::Anthropic => {
+            let mut as_sent = !repeated;
+            let fields = anthropic::decode_request(map, &mut as_sent)?;
+            Ok((fields, as_sent))
+        }
         ApiFormat::Gemini => Err(Error::new(
             ErrorKind::UnsupportedConversion,
             "the Gemini ingress is not implemented",
@@ -211,7 +214,12 @@ pub fn forward_as_sent(
                 return None;
             }
         }
-        ApiFormat::Anthropic if breakpoints.is_some() => return None,
+        // Breakpoints are placed only when the client set none.
+        ApiFormat::Anthropic
+            if breakpoints.is_some_and(|b| b.any()) && !anthropic::client_marked(req) =>
+        {
+            return None;
+        }
         ApiFormat::Anthropic => {}
         ApiFormat::Gemini => return None,
     }

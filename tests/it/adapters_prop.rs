@@ -299,17 +299,52 @@ fn perturbed_openai_request() -> impl Strategy<Value = Value> {
         })
 }
 
+/// The shapes the Anthropic decoder normalises, applied to a valid request.
+fn perturbed_anthropic_request() -> impl Strategy<Value = Value> {
+    (anthropic_request(), prop::collection::vec((0usize..13, any::<prop::sample::Index>()), 0..3))
+        .prop_map(|(mut v, edits)| {
+            for (kind, at) in edits {
+                match kind {
+                    0 => v["system"] = Value::Null,
+                    1 => v["system"] = json!([]),
+                    2 => v["stop_sequences"] = json!("END"),
+                    3 => v["tools"] = json!([{"name": "f"}]),
+                    4 => v["tool_choice"] = Value::Null,
+                    _ => {}
+                }
+                let i = at.index(v["messages"].as_array().unwrap().len());
+                let m = &mut v["messages"][i];
+                match kind {
+                    5 => m["content"] = Value::Null,
+                    6 => { m.as_object_mut().unwrap().remove("content"); }
+                    7 => m["content"] = json!([{"type": "tool_use", "id": "t", "name": "n"}]),
+                    8 => m["content"] = json!([{"type": "tool_result", "tool_use_id": "t"}]),
+                    9 => m["content"] = json!([{"type": "thinking", "thinking": "hm"}]),
+                    10 => m["content"] = json!([{"type": "thinking", "thinking": "hm", "signature": ""}]),
+                    11 => m["content"] = json!([{"type": "image", "source": {"type": "url", "url": "data:image/png;base64,AAAA"}}]),
+                    12 => m["content"] = json!([{"type": "tool_result", "tool_use_id": "t", "content": null, "is_error": "x"}]),
+                    _ => {}
+                }
+            }
+            v
+        })
+}
+
 /// What an upstream reads from a body the gateway forwards as the client sent it must be what
 /// encoding the decoded request would have sent: checked on every body the decoder keeps.
 fn check_as_sent(v: &Value) -> Result<bool, TestCaseError> {
+    check_as_sent_in(v, ApiFormat::OpenAi)
+}
+
+fn check_as_sent_in(v: &Value, format: ApiFormat) -> Result<bool, TestCaseError> {
     let body = serde_json::to_vec(v).unwrap();
-    let Ok(req) = decode_client_body(ApiFormat::OpenAi, body.into()) else {
+    let Ok(req) = decode_client_body(format, body.into()) else {
         return Ok(false);
     };
     let Some(raw) = req.client_body().cloned() else {
         return Ok(false);
     };
-    let encoded = encode_request(req, ApiFormat::OpenAi).unwrap();
+    let encoded = encode_request(req, format).unwrap();
     let raw: Value = serde_json::from_slice(&raw).unwrap();
     let encoded: Value = serde_json::from_slice(&encoded).unwrap();
     prop_assert_eq!(raw, encoded);
@@ -348,6 +383,17 @@ proptest! {
     #[test]
     fn any_json_kept_as_sent_says_what_its_encoding_says(v in arbitrary_json(3)) {
         check_as_sent(&v)?;
+        check_as_sent_in(&v, ApiFormat::Anthropic)?;
+    }
+
+    #[test]
+    fn an_anthropic_body_kept_as_sent_says_exactly_what_its_encoding_says(v in perturbed_anthropic_request()) {
+        check_as_sent_in(&v, ApiFormat::Anthropic)?;
+    }
+
+    #[test]
+    fn anthropic_requests_of_the_common_shapes_are_kept_as_sent(v in anthropic_request()) {
+        prop_assert!(check_as_sent_in(&v, ApiFormat::Anthropic)?, "{}", v);
     }
 }
 

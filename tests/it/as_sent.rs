@@ -10,14 +10,33 @@ use serde_json::Value;
 
 const GH: &str = "ghp_R8mWq2ZpX4cV7bN1kL9sD3fG6hJ0aQ5eT2yU";
 
-/// Sends `body` through the full default stack; the bytes the upstream received.
-async fn upstream_bytes(body: &str) -> bytes::Bytes {
+/// Sends `body` to `path` through the full default stack, on the test config changed by
+/// `tweak`; the bytes the upstream received.
+async fn received(path: &str, body: &str, tweak: impl FnOnce(&mut Config)) -> bytes::Bytes {
     let (mock, up) = start_mock(MockConfig::default()).await;
-    let gw = gateway_for_mock(&up, "").await;
+    let (mut cfg, secrets) = config_for(&up, "");
+    tweak(&mut cfg);
+    let gw = start_gateway(Gateway::from_config(&cfg, &secrets).unwrap().build()).await;
     let (k, v) = bearer();
-    let r = post(&gw.url("/v1/chat/completions"), &[(k, &v)], body.to_owned()).await;
+    let r = post(&gw.url(path), &[(k, &v)], body.to_owned()).await;
     assert_eq!(r.status, 200, "{}", r.text());
     mock.received().pop().unwrap().body
+}
+
+async fn upstream_bytes(body: &str) -> bytes::Bytes {
+    received("/v1/chat/completions", body, |_| {}).await
+}
+
+/// An Anthropic body, with the prefix cache section when given.
+async fn anthropic_upstream_bytes(body: &str, prefix_cache: Option<&str>) -> bytes::Bytes {
+    received("/v1/messages", body, |cfg| {
+        if let Some(s) = prefix_cache {
+            cfg.prefix_cache = Config::from_json_str(&format!(r#"{{"prefix_cache": {s}}}"#))
+                .unwrap()
+                .prefix_cache;
+        }
+    })
+    .await
 }
 
 #[tokio::test]
@@ -93,23 +112,51 @@ async fn a_body_the_decoder_normalised_is_encoded_again() {
 async fn fields_the_provider_does_not_accept_are_still_removed() {
     // A configured provider with no capabilities listed: conservative, so no `stream_options`
     // and no `reasoning_effort`. The body is otherwise clean.
-    let (mock, up) = start_mock(MockConfig::default()).await;
-    let (mut cfg, secrets) = config_for(&up, "");
-    let plain = Config::from_json_str(&format!(
-        r#"{{"providers": {{"up": {{"url": "http://{}/v1/chat/completions", "auth_style": "bearer"}}}}}}"#,
-        up.addr
-    ))
-    .unwrap();
-    cfg.providers
-        .insert("up".into(), plain.providers["up"].clone());
-    let gw = start_gateway(Gateway::from_config(&cfg, &secrets).unwrap().build()).await;
     let body = r#"{"model":"coder","stream":true,"stream_options":{"include_usage":true},
         "reasoning_effort":"high","messages":[{"role":"user","content":"hi"}]}"#;
-    let (k, v) = bearer();
-    let r = post(&gw.url("/v1/chat/completions"), &[(k, &v)], body.to_owned()).await;
-    assert_eq!(r.status, 200, "{}", r.text());
-    let v = mock.received().pop().unwrap().json();
+    let got = received("/v1/chat/completions", body, |cfg| {
+        let url = cfg.providers["up"].url.clone().unwrap();
+        let plain = Config::from_json_str(&format!(
+            r#"{{"providers": {{"up": {{"url": "{url}", "auth_style": "bearer"}}}}}}"#
+        ))
+        .unwrap();
+        cfg.providers
+            .insert("up".into(), plain.providers["up"].clone());
+    })
+    .await;
+    let v: Value = serde_json::from_slice(&got).unwrap();
     assert!(v.get("stream_options").is_none(), "{v}");
     assert!(v.get("reasoning_effort").is_none(), "{v}");
     assert_eq!(v["messages"][0]["content"], "hi");
+}
+
+#[tokio::test]
+async fn a_clean_anthropic_request_reaches_the_upstream_byte_for_byte() {
+    let body = r#"{ "max_tokens" : 1024, "system": [{"type":"text","text":"Be terse.","cache_control":{"type":"ephemeral"}}],
+        "messages": [{"role":"user","content":"read a.rs"},
+          {"role":"assistant","content":[{"type":"thinking","thinking":"hm","signature":"c2ln"},
+            {"type":"tool_use","id":"toolu_1","name":"read","input":{ "path" : "a.rs" }}]},
+          {"role":"user","content":[{"type":"tool_result","tool_use_id":"toolu_1","content":"fn main() {}"}]}],
+        "tools": [{"name":"read","input_schema":{"type":"object"}}], "model": "claude-agent", "stream": true }"#;
+    let expected = body.replacen("\"claude-agent\"", "\"claude-upstream\"", 1);
+    let got = anthropic_upstream_bytes(body, None).await;
+    assert_eq!(String::from_utf8_lossy(&got), expected);
+    // With the prefix cache on, the client's own breakpoint means none are added: still as sent.
+    let got = anthropic_upstream_bytes(body, Some("{}")).await;
+    assert_eq!(String::from_utf8_lossy(&got), expected);
+}
+
+#[tokio::test]
+async fn breakpoints_the_client_did_not_place_are_still_added() {
+    let body = r#"{"model":"claude-agent","max_tokens":64,"system":"Be terse.",
+        "messages":[{"role":"user","content":"hi"}]}"#;
+    let got = anthropic_upstream_bytes(body, Some("{}")).await;
+    let v: Value = serde_json::from_slice(&got).unwrap();
+    assert_eq!(v["system"][0]["cache_control"]["type"], "ephemeral", "{v}");
+    // Without the section the same body goes as it came.
+    let got = anthropic_upstream_bytes(body, None).await;
+    assert_eq!(
+        String::from_utf8_lossy(&got),
+        body.replacen("\"claude-agent\"", "\"claude-upstream\"", 1)
+    );
 }

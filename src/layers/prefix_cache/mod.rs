@@ -70,7 +70,8 @@ fn tool_name(t: &Tool) -> &str {
     }
 }
 
-/// Reorders `req` as `cfg` says; `true` when anything moved.
+/// Reorders `req` as `cfg` says; `true` when anything moved. A request already in order is
+/// only read (so it keeps the client's body: [`ChatRequest::client_body`]).
 pub fn stabilise(req: &mut ChatRequest, cfg: &PrefixCacheConfig) -> bool {
     let mut changed = false;
     if cfg.pin_system_first {
@@ -83,9 +84,10 @@ pub fn stabilise(req: &mut ChatRequest, cfg: &PrefixCacheConfig) -> bool {
             changed = true;
         }
     }
+    let unsorted = |t: &[Tool]| !t.is_sorted_by(|a, b| tool_name(a) <= tool_name(b));
     if cfg.stable_tools
+        && req.tools.as_deref().is_some_and(unsorted)
         && let Some(tools) = &mut req.tools
-        && !tools.is_sorted_by(|a, b| tool_name(a) <= tool_name(b))
     {
         tools.sort_by(|a, b| tool_name(a).cmp(tool_name(b)));
         changed = true;
