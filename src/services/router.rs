@@ -940,7 +940,7 @@ where
                 uri: req.uri().clone(),
                 headers: req.headers().clone(),
                 extensions: req.extensions().clone(),
-                body: req.body().clone(),
+                body: RetryBody::of(req.body()),
             })
         });
         tracing::debug!(provider = %first.provider.name, model = %first.model, format = %first.format, "routed");
@@ -991,18 +991,43 @@ struct Retry<S> {
     uri: Uri,
     headers: http::HeaderMap,
     extensions: http::Extensions,
-    body: ChatRequest,
+    body: RetryBody,
+}
+
+/// The request kept for another attempt: the client's body when the request still says
+/// exactly what it does (a reference-counted copy of the bytes, decoded again only if an
+/// attempt is needed), else a copy of the fields. A fallback chain keeps one for every request,
+/// and a coding agent's conversation is 100 KB of strings.
+enum RetryBody {
+    Sent(crate::model::ApiFormat, bytes::Bytes),
+    Fields(Box<ChatRequest>),
+}
+
+impl RetryBody {
+    fn of(req: &ChatRequest) -> Self {
+        match req.client_body() {
+            Some(raw) => Self::Sent(req.source, raw.clone()),
+            None => Self::Fields(Box::new(req.clone())),
+        }
+    }
+
+    fn get(&self) -> Result<ChatRequest, Error> {
+        match self {
+            Self::Sent(format, raw) => crate::adapters::decode_client_body(*format, raw.clone()),
+            Self::Fields(req) => Ok(ChatRequest::clone(req)),
+        }
+    }
 }
 
 impl<S> Retry<S> {
-    fn request(&self, target: Target) -> Request<ChatRequest> {
-        let mut req = Request::new(self.body.clone());
+    fn request(&self, target: Target) -> Result<Request<ChatRequest>, Error> {
+        let mut req = Request::new(self.body.get()?);
         *req.method_mut() = self.method.clone();
         *req.uri_mut() = self.uri.clone();
         *req.headers_mut() = self.headers.clone();
         *req.extensions_mut() = self.extensions.clone();
         req.extensions_mut().insert(target);
-        req
+        Ok(req)
     }
 }
 
@@ -1371,7 +1396,11 @@ where
                         timing.key = t.model_key.clone();
                         timing.started = std::time::Instant::now();
                     }
-                    let req = retry.request(t);
+                    // The same bytes decoded once already: an error here is not expected.
+                    let req = match retry.request(t) {
+                        Ok(req) => req,
+                        Err(e) => return Poll::Ready(Err(e)),
+                    };
                     // A tighter budget is for the target that refused, not the ones after it.
                     retry.extensions.remove::<ContextRetry>();
                     let fut = retry.svc.call(req);

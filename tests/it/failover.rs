@@ -40,6 +40,24 @@ async fn ask(gw: &Running, stream: bool) -> Reply {
     .await
 }
 
+/// The request kept for the next target is the client's body when nothing changed it: the
+/// second target gets the same bytes as the first, each with its own model.
+#[tokio::test]
+async fn the_next_target_gets_the_clients_body_as_the_first_did() {
+    let (ma, a) = start_mock(faulty(Fault::Status(503))).await;
+    let (mb, b) = start_mock(MockConfig::default()).await;
+    let gw = two_target_gateway(&a, &b, "fallback").await;
+    let body = "{ \"model\": \"chain\", \"messages\": [ {\"role\": \"user\", \"content\": \"caf\\u00e9\"} ] }";
+    let (k, v) = bearer();
+    let r = post(&gw.url("/v1/chat/completions"), &[(k, &v)], body.to_owned()).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.headers["x-nenya-attempts"], "2");
+    let first = ma.received().pop().unwrap().body;
+    let second = mb.received().pop().unwrap().body;
+    assert_eq!(first, body.replacen("\"chain\"", "\"m-a\"", 1).as_bytes());
+    assert_eq!(second, body.replacen("\"chain\"", "\"m-b\"", 1).as_bytes());
+}
+
 #[tokio::test]
 async fn retryable_statuses_fail_over_to_the_next_target() {
     for status in [429u16, 500, 502, 503, 504, 529] {
