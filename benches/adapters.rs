@@ -34,6 +34,9 @@ fn bench(c: &mut Criterion) {
                 encode_request(req, ApiFormat::OpenAi).unwrap()
             })
         });
+        g.bench_with_input(BenchmarkId::new("decode_only", turns), &body, |b, body| {
+            b.iter(|| decode_request(ApiFormat::OpenAi, body).unwrap())
+        });
         g.bench_with_input(BenchmarkId::new("to_anthropic", turns), &body, |b, body| {
             b.iter(|| {
                 let req = decode_request(ApiFormat::OpenAi, body).unwrap();
