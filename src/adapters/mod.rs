@@ -196,9 +196,9 @@ pub fn forward_as_sent(
     }
     match target {
         ApiFormat::OpenAi => {
-            // What `apply_openai_rules` would change: a field a missing capability removes
-            // (or, for images and content arrays, a missing capability at all), or any
-            // model-family rule, sends the request the long way.
+            // What `apply_openai_rules` would change sends the request the long way: a field
+            // a missing capability removes, content written as an array toward a provider
+            // without images or content arrays, a field a model-family rule drops or renames.
             let has = |k: &str| req.extra.contains_key(k);
             let changed = (!caps.stream_options && has("stream_options"))
                 || (!caps.reasoning && has("reasoning_effort"))
@@ -207,9 +207,14 @@ pub fn forward_as_sent(
                         || req.tool_choice.is_some()
                         || has("parallel_tool_calls")))
                 || (!caps.auto_tool_choice && req.tool_choice.is_some())
-                || !caps.vision
-                || !caps.content_arrays
-                || providers::param_rule(model).is_some();
+                || ((!caps.vision || !caps.content_arrays)
+                    && req.messages.iter().any(openai::may_write_array))
+                || providers::param_rule(model).is_some_and(|rule| {
+                    rule.drop.iter().any(|f| has(f))
+                        || (rule.max_completion_tokens
+                            && (has("max_tokens")
+                                || (req.max_tokens.is_some() && !req.shape.max_completion_tokens)))
+                });
             if changed {
                 return None;
             }

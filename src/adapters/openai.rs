@@ -491,6 +491,27 @@ fn encode_content(c: Content, same: bool) -> Value {
     }
 }
 
+/// Whether [`encode_message`] may write any of `m`'s content as an array (the message's own,
+/// or a tool result's): false only when it surely writes strings, `null` or nothing. A
+/// provider without image or content-array support rewrites arrays, so a request with none
+/// can go to it as sent. Errs toward true, which only means encoding again.
+pub(crate) fn may_write_array(m: &Message) -> bool {
+    match &m.content {
+        Content::Text(_) => false,
+        // An empty assistant content is written as `null`; elsewhere it may be `[]`.
+        Content::Parts(parts) if parts.is_empty() => m.role != Role::Assistant,
+        Content::Parts(parts) => parts.iter().any(|p| match (m.role, p) {
+            // Written as `tool_calls` and `reasoning_content`, the text beside them as one string.
+            (Role::Assistant, Part::ToolUse { .. } | Part::Thinking { .. }) => false,
+            // Its own `tool` message, whose content is written as the result's content.
+            (Role::Tool | Role::User, Part::ToolResult { content, .. }) => {
+                matches!(content, Content::Parts(_))
+            }
+            _ => true,
+        }),
+    }
+}
+
 fn encode_message(m: Message, same: bool, out: &mut Vec<Value>) {
     let extra = if same { m.extra } else { JsonMap::new() };
     match m.role {

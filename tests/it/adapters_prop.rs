@@ -1,7 +1,10 @@
 //! Property tests for the wire adapters: lossless same-format round trips, cross-format
 //! round trips that keep every field both formats support, and no panic on any input.
 
-use nenya::adapters::{decode_client_body, decode_request, encode_request};
+use nenya::adapters::providers::{Capabilities, Quirks};
+use nenya::adapters::{
+    decode_client_body, decode_request, encode_request, encode_request_cached, forward_as_sent,
+};
 use nenya::model::ApiFormat;
 use proptest::prelude::*;
 use serde_json::{Value, json};
@@ -330,6 +333,65 @@ fn perturbed_anthropic_request() -> impl Strategy<Value = Value> {
         })
 }
 
+/// Any capabilities, and models with and without a model-family rule.
+fn provider_rules() -> impl Strategy<Value = (Capabilities, &'static str)> {
+    (
+        // Mostly one capability missing at a time, so that many requests still go as sent.
+        prop::array::uniform6(prop::bool::weighted(0.8)),
+        prop_oneof![
+            3 => Just("m"),
+            1 => prop::sample::select(vec!["gpt-5-mini", "o3", "openrouter/o1", "gemini-3-pro"]),
+        ],
+    )
+        .prop_map(|(b, model)| {
+            let caps = Capabilities {
+                stream_options: b[0],
+                auto_tool_choice: b[1],
+                content_arrays: b[2],
+                tool_calls: b[3],
+                reasoning: b[4],
+                vision: b[5],
+            };
+            (caps, model)
+        })
+}
+
+/// A valid or perturbed request with some of the fields capabilities and model-family rules
+/// act on.
+fn request_with_rule_fields() -> impl Strategy<Value = Value> {
+    (
+        prop_oneof![openai_request(false), perturbed_openai_request()],
+        prop::collection::vec(0usize..9, 0..3),
+    )
+        .prop_map(|(mut v, adds)| {
+            for a in adds {
+                match a {
+                    0 => v["top_p"] = json!(0.9),
+                    1 => v["presence_penalty"] = json!(0.1),
+                    2 => v["max_completion_tokens"] = json!(64),
+                    3 => v["stream_options"] = json!({"include_usage": true}),
+                    4 => v["reasoning_effort"] = json!("low"),
+                    5 => v["parallel_tool_calls"] = json!(false),
+                    6 => v["top_k"] = json!(3),
+                    // Array content in the roles not generated above.
+                    7 => v["messages"]
+                        .as_array_mut()
+                        .unwrap()
+                        .push(json!({"role": "tool",
+                        "tool_call_id": "call_9", "content": [{"type": "text", "text": "out"}]})),
+                    _ => {
+                        v["messages"]
+                            .as_array_mut()
+                            .unwrap()
+                            .push(json!({"role": "system",
+                        "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]}))
+                    }
+                }
+            }
+            v
+        })
+}
+
 /// What an upstream reads from a body the gateway forwards as the client sent it must be what
 /// encoding the decoded request would have sent: checked on every body the decoder keeps.
 fn check_as_sent(v: &Value) -> Result<bool, TestCaseError> {
@@ -378,6 +440,26 @@ proptest! {
             req.for_each_text_slot_mut(signed, |slot, s| seen_mut.push((slot, s.clone())));
             prop_assert_eq!(seen, seen_mut);
         }
+    }
+
+    #[test]
+    fn a_body_forwarded_as_sent_is_what_the_provider_rules_would_have_sent(
+        v in request_with_rule_fields(),
+        (caps, model) in provider_rules(),
+    ) {
+        let body = serde_json::to_vec(&v).unwrap();
+        let Ok(req) = decode_client_body(ApiFormat::OpenAi, body.into()) else {
+            return Ok(());
+        };
+        let Some(out) = forward_as_sent(&req, ApiFormat::OpenAi, model, &caps, &Quirks::NONE, None) else {
+            return Ok(());
+        };
+        let mut long = req.clone();
+        long.model = model.to_owned();
+        let encoded = encode_request_cached(long, ApiFormat::OpenAi, &caps, &Quirks::NONE, None).unwrap();
+        let out: Value = serde_json::from_slice(&out).unwrap();
+        let encoded: Value = serde_json::from_slice(&encoded).unwrap();
+        prop_assert_eq!(out, encoded);
     }
 
     #[test]

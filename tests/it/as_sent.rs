@@ -160,3 +160,67 @@ async fn breakpoints_the_client_did_not_place_are_still_added() {
         body.replacen("\"claude-agent\"", "\"claude-upstream\"", 1)
     );
 }
+
+#[tokio::test]
+async fn a_provider_without_content_arrays_gets_a_request_of_strings_as_sent() {
+    let no_arrays = |cfg: &mut Config| {
+        let caps = &mut cfg.providers.get_mut("up").unwrap().capabilities;
+        caps.insert("content_arrays".into(), false);
+        caps.insert("vision".into(), false);
+    };
+    // Nothing in it is an array the provider would flatten: as sent.
+    let body = r#"{"model":"coder", "messages":[{"role":"system","content":"Be terse."},
+        {"role":"user","content":"read a.rs"},
+        {"role":"assistant","content":null,"tool_calls":[{"id":"c1","type":"function","function":{"name":"read","arguments":"{}"}}]},
+        {"role":"tool","tool_call_id":"c1","content":"fn main() {}"}]}"#;
+    let got = received("/v1/chat/completions", body, no_arrays).await;
+    assert_eq!(
+        String::from_utf8_lossy(&got),
+        body.replacen("\"coder\"", "\"upstream-model-1\"", 1)
+    );
+    // Text parts, in a user and in a tool message, are joined into strings; an image is removed.
+    let body = r#"{"model":"coder","messages":[{"role":"user","content":[{"type":"text","text":"a"},{"type":"text","text":"b"}]},
+        {"role":"assistant","content":null,"tool_calls":[{"id":"c1","type":"function","function":{"name":"read","arguments":"{}"}}]},
+        {"role":"tool","tool_call_id":"c1","content":[{"type":"text","text":"out"}]},
+        {"role":"user","content":[{"type":"text","text":"see"},{"type":"image_url","image_url":{"url":"https://example.com/a.png"}}]}]}"#;
+    let got = received("/v1/chat/completions", body, no_arrays).await;
+    let v: Value = serde_json::from_slice(&got).unwrap();
+    assert_eq!(v["messages"][0]["content"], "a\nb", "{v}");
+    assert_eq!(v["messages"][2]["content"], "out", "{v}");
+    assert_eq!(v["messages"][3]["content"], "see", "{v}");
+}
+
+#[tokio::test]
+async fn a_model_family_rule_sends_the_long_way_only_requests_it_changes() {
+    let gpt5 = |cfg: &mut Config| {
+        let entry = &mut cfg.agents.get_mut("coder").unwrap().models[0];
+        let nenya::config::ModelEntry::Object(o) = entry else {
+            panic!("the test agent names its provider")
+        };
+        o.model = Some("gpt-5-mini".into());
+    };
+    // Nothing the rule drops or renames: as sent.
+    let body = r#"{"model":"coder", "max_completion_tokens": 64, "seed": 1,
+        "messages":[{"role":"user","content":"hi"}]}"#;
+    let got = received("/v1/chat/completions", body, gpt5).await;
+    assert_eq!(
+        String::from_utf8_lossy(&got),
+        body.replacen("\"coder\"", "\"gpt-5-mini\"", 1)
+    );
+    // A sampling parameter is dropped; `max_tokens` becomes `max_completion_tokens`, also when
+    // both were sent.
+    for body in [
+        r#"{"model":"coder","temperature":0.2,"messages":[{"role":"user","content":"hi"}]}"#,
+        r#"{"model":"coder","max_tokens":32,"messages":[{"role":"user","content":"hi"}]}"#,
+        r#"{"model":"coder","max_tokens":32,"max_completion_tokens":64,"messages":[{"role":"user","content":"hi"}]}"#,
+    ] {
+        let got = received("/v1/chat/completions", body, gpt5).await;
+        let v: Value = serde_json::from_slice(&got).unwrap();
+        assert!(v.get("temperature").is_none(), "{v}");
+        assert!(v.get("max_tokens").is_none(), "{v}");
+        assert_eq!(v["model"], "gpt-5-mini", "{v}");
+        if body.contains("max_tokens") {
+            assert!(v["max_completion_tokens"].is_u64(), "{v}");
+        }
+    }
+}
