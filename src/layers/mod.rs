@@ -28,6 +28,15 @@
 //! | [`QuotaLayer`] | `Request<ChatRequest>` | daily token budgets per key and provider (`fill` / `always` tiers), reserved before dispatch and settled from the usage tap; `max_cost_per_request` |
 //! | [`UsageLayer`] | `Request<ChatRequest>` → `Response<Body>` | token usage per agent/provider/model from answers as they stream by (estimated when unreported) |
 //! | [`ScrubLayer`] | `Request<ChatRequest>` | any [`TextScrubber`] of your own, with the same fail-open handling |
+//!
+//! **Writing a layer that changes the request.** Read the request through `req.body()` and take
+//! `req.body_mut()` (or any `&mut` to a field) only for a change you have decided to make: a
+//! [`ChatRequest`](crate::model::ChatRequest) keeps the client's own bytes until its first
+//! mutable access, and a request nothing wrote to is forwarded upstream as the client sent it
+//! ([`forward_as_sent`](crate::adapters::forward_as_sent)). A mutable access that changes
+//! nothing is always correct, only slower: the request is then encoded again. The redaction,
+//! entropy, budget and prefix-cache layers look before they write; compaction and pruning
+//! (both off by default) take mutable access whenever they are on.
 
 pub mod accounts;
 pub mod auth;
