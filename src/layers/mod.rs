@@ -34,9 +34,9 @@
 //! [`ChatRequest`](crate::model::ChatRequest) keeps the client's own bytes until its first
 //! mutable access, and a request nothing wrote to is forwarded upstream as the client sent it
 //! ([`forward_as_sent`](crate::adapters::forward_as_sent)). A mutable access that changes
-//! nothing is always correct, only slower: the request is then encoded again. The redaction,
-//! entropy, budget and prefix-cache layers look before they write; compaction and pruning
-//! (both off by default) take mutable access whenever they are on.
+//! nothing is always correct, only slower: the request is then encoded again. Every built-in
+//! layer that changes requests (redaction, entropy, budget, prefix cache, compaction, pruning)
+//! looks before it writes.
 
 pub mod accounts;
 pub mod auth;

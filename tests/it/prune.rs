@@ -120,3 +120,28 @@ async fn compaction_minifies_json_results_and_folds_duplicates() {
         "arguments untouched"
     );
 }
+
+#[tokio::test]
+async fn a_request_with_nothing_to_prune_or_compact_goes_upstream_as_sent() {
+    let (mock, _up, gw) = with_compaction(
+        r#"{"prune_thoughts": true, "prune_stale_tools": true, "keep_recent_tool_results": 0,
+            "json_minify": true, "collapse_whitespace": true, "fold_duplicates": true}"#,
+    )
+    .await;
+    // Old results too small to summarise, compact JSON, no blank-line runs, no repeats, no
+    // thinking: every switch is on and none applies. Spacing and key order that encoding again
+    // would change show that the body went as it came.
+    let sent = r#"{ "messages": [ {"role":"user","content":"list files"},
+        {"role":"assistant","content":null,"tool_calls":[{"id":"c1","type":"function","function":{"name":"ls","arguments":"{}"}}]},
+        {"role":"tool","tool_call_id":"c1","content":"{\"files\":[\"a.rs\"]}"},
+        {"role":"user","content":"thanks"} ], "model" : "coder" }"#;
+    let (k, v) = bearer();
+    let r = post(&gw.url("/v1/chat/completions"), &[(k, &v)], sent.to_owned()).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(r.headers.get("x-nenya-pruned").is_none());
+    assert!(r.headers.get("x-nenya-compacted").is_none());
+    assert_eq!(
+        String::from_utf8_lossy(&mock.received()[0].body),
+        sent.replacen("\"coder\"", "\"upstream-model-1\"", 1)
+    );
+}

@@ -125,6 +125,28 @@ proptest! {
     }
 
     #[test]
+    fn a_conversation_is_written_to_only_when_something_changes(
+        conv in arb_conversation(),
+        switches in prop::array::uniform5(any::<bool>()),
+    ) {
+        let body = bytes::Bytes::from(conv.to_string());
+        let before = nenya::adapters::decode_client_body(ApiFormat::OpenAi, body).unwrap();
+        prop_assume!(before.client_body().is_some());
+        let prune = PruneConfig { thoughts: switches[0], stale_tool_results: switches[1], keep_recent: 1, min_bytes: 0 };
+        let compact = CompactConfig { json_minify: switches[2], whitespace: switches[3], fold_duplicates: switches[4] };
+        let mut req = before.clone();
+        let report = (prune.rewrite(&mut req), compact.rewrite(&mut req));
+        if report == (None, None) {
+            // Nothing to do: the client's bytes are still there to be forwarded as sent.
+            prop_assert!(req.client_body().is_some());
+            prop_assert_eq!(&*req, &*before);
+        } else {
+            prop_assert!(req.client_body().is_none());
+            prop_assert_ne!(&*req, &*before);
+        }
+    }
+
+    #[test]
     fn compaction_keeps_json_values_and_every_pair(conv in arb_conversation()) {
         let before = decode(&conv);
         let mut req = before.clone();

@@ -53,25 +53,59 @@ impl CompactConfig {
 
 /// Compacts `req` in place; returns the bytes saved.
 pub fn compact(req: &mut ChatRequest, cfg: &CompactConfig) -> usize {
+    // Planned through `&ChatRequest`: a request with nothing to compact is never written to,
+    // so it keeps the client's body (and goes upstream as sent).
+    let edits = plan(req, cfg);
     let mut saved = 0usize;
-    let mut seen: HashMap<u64, String> = HashMap::new();
+    for (i, at, new) in edits {
+        let slot = match (&mut req.messages[i].content, at) {
+            (Content::Text(t), None) => Some(t),
+            (Content::Parts(parts), Some(j)) => match parts.get_mut(j) {
+                Some(Part::Text { text, .. }) => Some(text),
+                Some(Part::ToolResult {
+                    content: Content::Text(t),
+                    ..
+                }) => Some(t),
+                _ => None,
+            },
+            _ => None,
+        };
+        if let Some(t) = slot {
+            saved += t.len().saturating_sub(new.len());
+            *t = new;
+        }
+    }
+    saved
+}
+
+/// What [`compact`] changes: (message, part or `None` for string content, the shorter text).
+fn plan(req: &ChatRequest, cfg: &CompactConfig) -> Vec<(usize, Option<usize>, String)> {
+    let mut edits = Vec::new();
+    let mut seen: HashMap<u64, &str> = HashMap::new();
     let hasher = std::collections::hash_map::RandomState::new();
-    for m in &mut req.messages {
-        match &mut m.content {
-            Content::Text(t) if cfg.whitespace => saved += rewrite(t, collapse),
+    // `f` applied to the text as it stands: kept only when shorter.
+    let shorter = |cur: &str, f: fn(&str) -> Option<String>| f(cur).filter(|n| n.len() < cur.len());
+    for (i, m) in req.messages.iter().enumerate() {
+        match &m.content {
+            Content::Text(t) if cfg.whitespace => {
+                if let Some(new) = shorter(t, collapse) {
+                    edits.push((i, None, new));
+                }
+            }
             Content::Text(_) => {}
             Content::Parts(parts) => {
-                for p in parts.iter_mut() {
+                for (j, p) in parts.iter().enumerate() {
                     match p {
                         Part::Text { text, .. } if cfg.whitespace => {
-                            saved += rewrite(text, collapse)
+                            if let Some(new) = shorter(text, collapse) {
+                                edits.push((i, Some(j), new));
+                            }
                         }
                         Part::ToolResult {
                             tool_use_id,
-                            content,
+                            content: Content::Text(t),
                             ..
                         } => {
-                            let Content::Text(t) = content else { continue };
                             if cfg.fold_duplicates && t.len() >= 256 {
                                 use std::hash::BuildHasher;
                                 let h = hasher.hash_one(t.as_str());
@@ -80,20 +114,27 @@ pub fn compact(req: &mut ChatRequest, cfg: &CompactConfig) -> usize {
                                         let note = format!(
                                             "[nenya: identical to the result of call `{first}` above]"
                                         );
-                                        saved += t.len().saturating_sub(note.len());
-                                        *t = note;
+                                        edits.push((i, Some(j), note));
                                         continue;
                                     }
                                     None => {
-                                        seen.insert(h, tool_use_id.clone());
+                                        seen.insert(h, tool_use_id);
                                     }
                                 }
                             }
-                            if cfg.json_minify {
-                                saved += rewrite(t, minify);
+                            let mut cur: Option<String> = None;
+                            if cfg.json_minify
+                                && let Some(new) = shorter(cur.as_deref().unwrap_or(t), minify)
+                            {
+                                cur = Some(new);
                             }
-                            if cfg.whitespace {
-                                saved += rewrite(t, collapse);
+                            if cfg.whitespace
+                                && let Some(new) = shorter(cur.as_deref().unwrap_or(t), collapse)
+                            {
+                                cur = Some(new);
+                            }
+                            if let Some(new) = cur {
+                                edits.push((i, Some(j), new));
                             }
                         }
                         _ => {}
@@ -102,19 +143,7 @@ pub fn compact(req: &mut ChatRequest, cfg: &CompactConfig) -> usize {
             }
         }
     }
-    saved
-}
-
-/// Applies `f`; returns the bytes saved (0 when `f` declined or saved nothing).
-fn rewrite(s: &mut String, f: fn(&str) -> Option<String>) -> usize {
-    match f(s) {
-        Some(new) if new.len() < s.len() => {
-            let saved = s.len() - new.len();
-            *s = new;
-            saved
-        }
-        _ => 0,
-    }
+    edits
 }
 
 /// Whitespace outside strings removed from a valid JSON document. Lexical, so numbers and

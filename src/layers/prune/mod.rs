@@ -75,28 +75,53 @@ impl Default for PruneConfig {
 /// assert_eq!(prune(&mut req, &PruneConfig { thoughts: true, ..Default::default() }), (0, 0));
 /// ```
 pub fn prune(req: &mut ChatRequest, cfg: &PruneConfig) -> (usize, usize) {
+    // Planned through `&ChatRequest`: a request with nothing to prune is never written to, so
+    // it keeps the client's body (and goes upstream as sent).
+    let (thinking, results) = plan(req, cfg);
+    // Results first: dropping thinking blocks shifts the parts after them.
+    let summarised = results.len();
+    for (i, j, note) in results {
+        if let Content::Parts(parts) = &mut req.messages[i].content
+            && let Some(Part::ToolResult { content, .. }) = parts.get_mut(j)
+        {
+            *content = Content::Text(note);
+        }
+    }
+    let mut thoughts = 0;
+    for i in thinking {
+        if let Content::Parts(parts) = &mut req.messages[i].content {
+            let before = parts.len();
+            parts.retain(|p| !matches!(p, Part::Thinking { .. }));
+            thoughts += before - parts.len();
+        }
+    }
+    (thoughts, summarised)
+}
+
+/// What [`prune`] changes: the messages whose thinking blocks go, and each stale tool result
+/// (message, part) with the note that replaces it.
+#[allow(clippy::type_complexity)]
+fn plan(req: &ChatRequest, cfg: &PruneConfig) -> (Vec<usize>, Vec<(usize, usize, String)>) {
+    let (mut thinking, mut results) = (Vec::new(), Vec::new());
     let Some(history_end) = req
         .messages
         .iter()
         .rposition(|m| m.role == Role::User && !m.has_tool_results())
     else {
-        return (0, 0);
+        return (thinking, results);
     };
-    let mut thoughts = 0;
+    let history = &req.messages[..history_end];
     if cfg.thoughts {
-        for m in &mut req.messages[..history_end] {
-            if let Content::Parts(parts) = &mut m.content {
-                // A turn that is only thinking keeps it: an empty turn is refused upstream.
-                if parts.iter().all(|p| matches!(p, Part::Thinking { .. })) {
-                    continue;
-                }
-                let before = parts.len();
-                parts.retain(|p| !matches!(p, Part::Thinking { .. }));
-                thoughts += before - parts.len();
+        for (i, m) in history.iter().enumerate() {
+            // A turn that is only thinking keeps it: an empty turn is refused upstream.
+            if let Content::Parts(parts) = &m.content
+                && parts.iter().any(|p| matches!(p, Part::Thinking { .. }))
+                && !parts.iter().all(|p| matches!(p, Part::Thinking { .. }))
+            {
+                thinking.push(i);
             }
         }
     }
-    let mut summarised = 0;
     if cfg.stale_tool_results {
         // Names of the calls, to say what each result answered.
         let mut names = std::collections::HashMap::new();
@@ -104,12 +129,12 @@ pub fn prune(req: &mut ChatRequest, cfg: &PruneConfig) -> (usize, usize) {
             if let Content::Parts(parts) = &m.content {
                 for p in parts {
                     if let Part::ToolUse { id, name, .. } = p {
-                        names.insert(id.clone(), name.clone());
+                        names.insert(id.as_str(), name.as_str());
                     }
                 }
             }
         }
-        let total: usize = req.messages[..history_end]
+        let total: usize = history
             .iter()
             .map(|m| match &m.content {
                 Content::Parts(ps) => ps
@@ -120,11 +145,11 @@ pub fn prune(req: &mut ChatRequest, cfg: &PruneConfig) -> (usize, usize) {
             })
             .sum();
         let mut seen = 0;
-        for m in &mut req.messages[..history_end] {
-            let Content::Parts(parts) = &mut m.content else {
+        for (i, m) in history.iter().enumerate() {
+            let Content::Parts(parts) = &m.content else {
                 continue;
             };
-            for p in parts.iter_mut() {
+            for (j, p) in parts.iter().enumerate() {
                 let Part::ToolResult {
                     tool_use_id,
                     content,
@@ -138,7 +163,7 @@ pub fn prune(req: &mut ChatRequest, cfg: &PruneConfig) -> (usize, usize) {
                 if seen + cfg.keep_recent > total {
                     continue; // among the most recent
                 }
-                let size = match &*content {
+                let size = match content {
                     Content::Text(t) => t.len(),
                     Content::Parts(ps) => ps
                         .iter()
@@ -151,20 +176,21 @@ pub fn prune(req: &mut ChatRequest, cfg: &PruneConfig) -> (usize, usize) {
                 if size < cfg.min_bytes {
                     continue;
                 }
-                let name = names.get(tool_use_id).map_or("a tool", String::as_str);
+                let name = names.get(tool_use_id.as_str()).copied().unwrap_or("a tool");
                 let outcome = if *is_error == Some(true) {
                     "failed"
                 } else {
                     "succeeded"
                 };
-                *content = Content::Text(format!(
-                    "[nenya pruned this old result: `{name}` {outcome}, {size} bytes]"
+                results.push((
+                    i,
+                    j,
+                    format!("[nenya pruned this old result: `{name}` {outcome}, {size} bytes]"),
                 ));
-                summarised += 1;
             }
         }
     }
-    (thoughts, summarised)
+    (thinking, results)
 }
 
 /// Layer that prunes history: `PruneLayer::new(PruneConfig { thoughts: true, .. })`.
