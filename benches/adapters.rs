@@ -38,9 +38,11 @@ fn bench(c: &mut Criterion) {
             b.iter(|| decode_request(ApiFormat::OpenAi, body).unwrap())
         });
         // The floor under decode_only: the same bytes into plain JSON values, nothing else.
-        g.bench_with_input(BenchmarkId::new("serde_json_value", turns), &body, |b, body| {
-            b.iter(|| serde_json::from_slice::<serde_json::Value>(body).unwrap())
-        });
+        g.bench_with_input(
+            BenchmarkId::new("serde_json_value", turns),
+            &body,
+            |b, body| b.iter(|| serde_json::from_slice::<serde_json::Value>(body).unwrap()),
+        );
         g.bench_with_input(BenchmarkId::new("to_anthropic", turns), &body, |b, body| {
             b.iter(|| {
                 let req = decode_request(ApiFormat::OpenAi, body).unwrap();
