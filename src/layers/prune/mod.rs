@@ -98,10 +98,11 @@ pub fn prune(req: &mut ChatRequest, cfg: &PruneConfig) -> (usize, usize) {
     (thoughts, summarised)
 }
 
-/// What [`prune`] changes: the messages whose thinking blocks go, and each stale tool result
-/// (message, part) with the note that replaces it.
-#[allow(clippy::type_complexity)]
-fn plan(req: &ChatRequest, cfg: &PruneConfig) -> (Vec<usize>, Vec<(usize, usize, String)>) {
+/// Stale tool results to replace: (message, part, the note that replaces it).
+type Notes = Vec<(usize, usize, String)>;
+
+/// What [`prune`] changes: the messages whose thinking blocks go, and the stale tool results.
+fn plan(req: &ChatRequest, cfg: &PruneConfig) -> (Vec<usize>, Notes) {
     let (mut thinking, mut results) = (Vec::new(), Vec::new());
     let Some(history_end) = req
         .messages
