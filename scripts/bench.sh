@@ -20,6 +20,9 @@
 #                               # missing) in front of the same mock: what one proxy hop costs
 #                               # on this host with no work done in it, the floor under
 #                               # nenya's added latency
+#   scripts/bench.sh --floor    # also `benches/floor.rs`, a bare hyper proxy served the way
+#                               # nenya serves (tokio, hyper, one thread per CPU) with none of
+#                               # the gateway in it: what nenya's own work adds above hyper
 #
 # DURATION (default 10 s) and WARMUP (default 3 s) tune the runs. wrk comes from Debian.
 set -euo pipefail
@@ -28,12 +31,14 @@ peers=""
 with_redis=""
 with_large=""
 with_nginx=""
+with_floor=""
 for arg in "$@"; do
   case "$arg" in
     --peers) peers=1 ;;
     --redis) with_redis=1 ;;
     --large) with_large=1 ;;
     --nginx) with_nginx=1 ;;
+    --floor) with_floor=1 ;;
     *) echo "unknown flag $arg" >&2; exit 2 ;;
   esac
 done
@@ -179,6 +184,16 @@ EOF
   wait_port "$nport"
   targets[nginx]="http://127.0.0.1:$nport/v1/chat/completions|"
   order+=(nginx)
+fi
+
+if [ -n "$with_floor" ]; then
+  floor_bin=$(cargo bench --locked --bench floor --no-run 2>&1 | sed -n 's/.*(\(target\/[^)]*floor-[0-9a-f]*\)).*/\1/p' | tail -1)
+  fport=$(free_port)
+  "$floor_bin" --listen "127.0.0.1:$fport" --upstream "127.0.0.1:$mock_port" >"$work/floor.log" 2>&1 &
+  pids+=($!)
+  wait_port "$fport"
+  targets[floor]="http://127.0.0.1:$fport/v1/chat/completions|"
+  order+=(floor)
 fi
 
 if [ -n "$peers" ]; then

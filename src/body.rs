@@ -29,14 +29,34 @@ pub struct Body {
 }
 
 impl Body {
-    /// Wraps any body whose data is [`Bytes`].
+    /// Wraps any body whose data is [`Bytes`]. A `Body` is returned as it is, not boxed again
+    /// (layers generic over their body type call this on what may already be one).
+    ///
+    /// ```
+    /// use nenya::Body;
+    /// use http_body::Body as _;
+    /// let body = Body::new(Body::from("hello"));
+    /// assert_eq!(body.size_hint().exact(), Some(5));
+    /// ```
     pub fn new<B>(body: B) -> Self
     where
         B: http_body::Body<Data = Bytes> + Send + 'static,
         B::Error: Into<BoxError>,
     {
-        Self {
-            inner: body.map_err(Into::into).boxed_unsync(),
+        // Each box is an allocation and one more dynamic call per frame.
+        let mut slot = Some(body);
+        if let Some(b) = (&mut slot as &mut dyn std::any::Any)
+            .downcast_mut::<Option<Body>>()
+            .and_then(Option::take)
+        {
+            return b;
+        }
+        match slot {
+            Some(body) => Self {
+                inner: body.map_err(Into::into).boxed_unsync(),
+            },
+            // Only taken above, when it was a `Body`.
+            None => Self::empty(),
         }
     }
 

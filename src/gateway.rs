@@ -445,19 +445,19 @@ impl GatewayBuilder {
     /// Keeps `previous`'s metrics, circuit states and limiter budgets (where their settings did
     /// not change), for a configuration reload.
     pub fn carry_state_from(mut self, previous: &Gateway) -> Self {
-        self.metrics = previous.metrics.clone();
-        self.context_stats = previous.carried.context_stats.clone();
-        self.generation = previous.carried.generation + 1;
+        self.metrics = previous.kept.metrics.clone();
+        self.context_stats = previous.kept.carried.context_stats.clone();
+        self.generation = previous.kept.carried.generation + 1;
         // Until the new fetch answers, the previous lists stand (of providers still configured).
-        self.live_models = previous.carried.live_models.seeded_for(&self.table);
-        self.latency = previous.carried.latency.clone();
-        self.usage = previous.usage.clone();
-        self.ledger = previous.carried.ledger.clone();
+        self.live_models = previous.kept.carried.live_models.seeded_for(&self.table);
+        self.latency = previous.kept.carried.latency.clone();
+        self.usage = previous.kept.usage.clone();
+        self.ledger = previous.kept.carried.ledger.clone();
         // The same `state` section keeps its connection (and subscriptions).
-        if self.state.0.is_some() && self.state.0 == previous.carried.state.0 {
-            self.state = previous.carried.state.clone();
+        if self.state.0.is_some() && self.state.0 == previous.kept.carried.state.0 {
+            self.state = previous.kept.carried.state.clone();
         }
-        self.carried = Some(previous.carried.clone());
+        self.carried = Some(previous.kept.carried.clone());
         self
     }
 
@@ -770,21 +770,23 @@ impl GatewayBuilder {
             });
         Gateway {
             svc: BoxCloneSyncService::new(svc),
-            metrics: self.metrics,
-            usage: self.usage,
-            carried: Carried {
-                generation: self.generation,
-                live_models: self.live_models.clone(),
-                context_stats: self.context_stats,
-                latency: self.latency.clone(),
-                breaker: (breaker_cfg, breaker),
-                limiter: ((self.limits, self.limit_overrides), limiter),
-                cache: self.cache.zip(cache),
-                ledger: self.ledger.clone(),
-                state: self.state,
-                #[cfg(feature = "mcp")]
-                mcp: self.mcp.map(|(c, _)| c).zip(mcp_servers),
-            },
+            kept: Arc::new(Kept {
+                metrics: self.metrics,
+                usage: self.usage,
+                carried: Carried {
+                    generation: self.generation,
+                    live_models: self.live_models.clone(),
+                    context_stats: self.context_stats,
+                    latency: self.latency.clone(),
+                    breaker: (breaker_cfg, breaker),
+                    limiter: ((self.limits, self.limit_overrides), limiter),
+                    cache: self.cache.zip(cache),
+                    ledger: self.ledger.clone(),
+                    state: self.state,
+                    #[cfg(feature = "mcp")]
+                    mcp: self.mcp.map(|(c, _)| c).zip(mcp_servers),
+                },
+            }),
         }
     }
 }
@@ -1519,7 +1521,17 @@ fn register_collectors(
 /// The assembled gateway service. Cheap to clone; never fails (errors are responses).
 #[derive(Clone)]
 pub struct Gateway {
-    svc: BoxCloneSyncService<Request<Body>, Response<Body>, Infallible>,
+    svc: GatewayService,
+    /// What a reload carries over: shared, so that a clone (one per request, by the serving
+    /// glue or a router such as axum's) copies only the service stack.
+    kept: Arc<Kept>,
+}
+
+/// The whole erased stack a [`Gateway`] serves with.
+type GatewayService = BoxCloneSyncService<Request<Body>, Response<Body>, Infallible>;
+
+/// The parts of a [`Gateway`] a reload reads, none of them used on a request.
+struct Kept {
     metrics: Metrics,
     usage: UsageMeter,
     carried: Carried,
@@ -1535,7 +1547,7 @@ impl Gateway {
     /// The gateway's metrics (what `GET /metrics` renders), for embedders that serve them
     /// elsewhere.
     pub fn metrics(&self) -> &Metrics {
-        &self.metrics
+        &self.kept.metrics
     }
 
     /// A builder over a route table.
@@ -1720,9 +1732,7 @@ where
 {
     type Response = Response<Body>;
     type Error = Infallible;
-    type Future = <BoxCloneSyncService<Request<Body>, Response<Body>, Infallible> as Service<
-        Request<Body>,
-    >>::Future;
+    type Future = <GatewayService as Service<Request<Body>>>::Future;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
         self.svc.poll_ready(cx)
@@ -2113,7 +2123,7 @@ where
 {
     type Response = Response<Body>;
     type Error = Infallible;
-    type Future = tower::util::Oneshot<Gateway, Request<B>>;
+    type Future = tower::util::Oneshot<GatewayService, Request<Body>>;
 
     fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
         // Readiness is the serving gateway's, checked in the oneshot.
@@ -2122,6 +2132,7 @@ where
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
         use tower::ServiceExt;
-        Gateway::clone(&self.current.load()).oneshot(req)
+        // Only the service stack is copied for the request, not what a reload keeps.
+        self.current.load().svc.clone().oneshot(req.map(Body::new))
     }
 }
