@@ -68,10 +68,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use crate::erase::Shared;
 use bytes::Bytes;
 use http::{HeaderValue, Method, Request, Response, header};
 use pin_project_lite::pin_project;
-use tower::util::BoxCloneSyncService;
 use tower::{Service, ServiceBuilder};
 
 use crate::config::{BouncerConfig, Config, ConfigError, DEFAULT_MAX_BODY_BYTES, Secret, Secrets};
@@ -99,7 +99,7 @@ use crate::state::SharedState;
 use crate::{Body, BoxError};
 
 /// The typed chat stack, its type erased.
-type ChatService = BoxCloneSyncService<Request<ChatRequest>, Response<Body>, Error>;
+type ChatService = Shared<Request<ChatRequest>, Response<Body>, Error>;
 
 /// Erases the type of a part of the chat stack. Every optional layer is an `Either` that
 /// names the service below it twice, so ten of them in a row made type names of megabytes
@@ -114,7 +114,7 @@ where
         + 'static,
     S::Future: Send + 'static,
 {
-    BoxCloneSyncService::new(svc)
+    Shared::new(svc)
 }
 
 /// Lets `POST /admin/reload` ask whoever owns the configuration (the binary's reloader) to
@@ -769,7 +769,7 @@ impl GatewayBuilder {
                 live_models: self.live_models.clone(),
             });
         Gateway {
-            svc: BoxCloneSyncService::new(svc),
+            svc: Shared::new(svc),
             kept: Arc::new(Kept {
                 metrics: self.metrics,
                 usage: self.usage,
@@ -1528,7 +1528,7 @@ pub struct Gateway {
 }
 
 /// The whole erased stack a [`Gateway`] serves with.
-type GatewayService = BoxCloneSyncService<Request<Body>, Response<Body>, Infallible>;
+type GatewayService = Shared<Request<Body>, Response<Body>, Infallible>;
 
 /// The parts of a [`Gateway`] a reload reads, none of them used on a request.
 struct Kept {
@@ -1732,14 +1732,14 @@ where
 {
     type Response = Response<Body>;
     type Error = Infallible;
-    type Future = <GatewayService as Service<Request<Body>>>::Future;
+    type Future = crate::erase::BoxFuture<Response<Body>, Infallible>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
         self.svc.poll_ready(cx)
     }
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
-        self.svc.call(req.map(Body::new))
+        self.svc.call_shared(req.map(Body::new))
     }
 }
 
@@ -2123,7 +2123,7 @@ where
 {
     type Response = Response<Body>;
     type Error = Infallible;
-    type Future = tower::util::Oneshot<GatewayService, Request<Body>>;
+    type Future = crate::erase::BoxFuture<Response<Body>, Infallible>;
 
     fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
         // Readiness is the serving gateway's, checked in the oneshot.
@@ -2131,8 +2131,7 @@ where
     }
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
-        use tower::ServiceExt;
-        // Only the service stack is copied for the request, not what a reload keeps.
-        self.current.load().svc.clone().oneshot(req.map(Body::new))
+        // No copy of the gateway: its stack is called through a shared reference.
+        self.current.load().svc.call_shared(req.map(Body::new))
     }
 }

@@ -22,6 +22,7 @@
 pub mod adapters;
 pub mod body;
 pub mod config;
+mod erase;
 pub mod error;
 mod gateway;
 pub mod layers;
