@@ -40,20 +40,40 @@ const HEADER: HeaderName = HeaderName::from_static("x-request-id");
 /// let id = nenya::layers::RequestId::new("abc");
 /// assert_eq!(id.as_str(), "abc");
 /// ```
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RequestId(String);
+#[derive(Debug, Clone)]
+pub struct RequestId(Id);
+
+/// The layer keeps the header value it checked (a reference count to copy); [`RequestId::new`]
+/// keeps any string.
+#[derive(Debug, Clone)]
+enum Id {
+    Header(HeaderValue),
+    Owned(String),
+}
 
 impl RequestId {
     /// Wraps an id.
     pub fn new(id: impl Into<String>) -> Self {
-        Self(id.into())
+        Self(Id::Owned(id.into()))
     }
 
     /// The id.
     pub fn as_str(&self) -> &str {
-        &self.0
+        match &self.0 {
+            // Only values that passed `acceptable` or came from `fresh`: visible ASCII.
+            Id::Header(v) => v.to_str().unwrap_or("invalid"),
+            Id::Owned(s) => s,
+        }
     }
 }
+
+impl PartialEq for RequestId {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_str() == other.as_str()
+    }
+}
+
+impl Eq for RequestId {}
 
 /// Layer that applies [`RequestIdService`].
 #[derive(Debug, Clone, Default)]
@@ -127,10 +147,10 @@ where
             Some(v) if acceptable(v) => v.clone(),
             _ => fresh(&self.seed),
         };
-        let id = value.to_str().unwrap_or("invalid").to_owned();
-        let span = tracing::info_span!("request", request_id = %id, method = %req.method(), path = %req.uri().path());
+        let span = tracing::info_span!("request", request_id = %value.to_str().unwrap_or("invalid"), method = %req.method(), path = %req.uri().path());
         req.headers_mut().insert(HEADER, value.clone());
-        req.extensions_mut().insert(RequestId(id));
+        req.extensions_mut()
+            .insert(RequestId(Id::Header(value.clone())));
         let fut = {
             let _enter = span.enter();
             self.inner.call(req)
@@ -141,3 +161,70 @@ where
 
 /// Response future of [`RequestIdService`]: the request's span, and the id echoed.
 pub type ResponseFuture<F> = WithHeader<Instrumented<F>>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Body;
+    use tower::{ServiceBuilder, ServiceExt, service_fn};
+
+    /// What the inner service saw: the extension's id and the header's.
+    async fn seen(req: Request<Body>) -> (String, String, String) {
+        let svc = ServiceBuilder::new()
+            .layer(RequestIdLayer::new())
+            .service(service_fn(|req: Request<Body>| async move {
+                let ext = req
+                    .extensions()
+                    .get::<RequestId>()
+                    .map(|r| r.as_str().to_owned());
+                let hdr = req.headers()[&HEADER]
+                    .to_str()
+                    .unwrap_or_default()
+                    .to_owned();
+                let mut resp = Response::new(Body::empty());
+                resp.headers_mut().insert(
+                    "x-seen",
+                    HeaderValue::from_str(&format!("{}|{hdr}", ext.unwrap_or_default())).unwrap(),
+                );
+                Ok::<_, std::convert::Infallible>(resp)
+            }));
+        let resp = svc.oneshot(req).await.unwrap();
+        let seen = resp.headers()["x-seen"].to_str().unwrap().to_owned();
+        let (ext, hdr) = seen.split_once('|').unwrap();
+        let echoed = resp.headers()[&HEADER].to_str().unwrap().to_owned();
+        (ext.to_owned(), hdr.to_owned(), echoed)
+    }
+
+    #[tokio::test]
+    async fn the_extension_the_header_and_the_echo_are_the_same_id() {
+        let (ext, hdr, echoed) = seen(Request::new(Body::empty())).await;
+        assert_eq!(ext.len(), 32);
+        assert!(ext.bytes().all(|b| b.is_ascii_hexdigit()));
+        assert_eq!((&ext, &hdr), (&echoed, &echoed));
+
+        let mine = Request::get("/")
+            .header("x-request-id", "req-42")
+            .body(Body::empty())
+            .unwrap();
+        assert_eq!(
+            seen(mine).await,
+            ("req-42".into(), "req-42".into(), "req-42".into())
+        );
+
+        let bad = Request::get("/")
+            .header("x-request-id", "has space")
+            .body(Body::empty())
+            .unwrap();
+        let (ext, hdr, echoed) = seen(bad).await;
+        assert_ne!(ext, "has space");
+        assert_eq!((&ext, &hdr), (&echoed, &echoed));
+    }
+
+    #[test]
+    fn ids_compare_by_their_text() {
+        let from_header = RequestId(Id::Header(HeaderValue::from_static("abc")));
+        assert_eq!(from_header, RequestId::new("abc"));
+        assert_ne!(from_header, RequestId::new("abd"));
+        assert_eq!(from_header.as_str(), "abc");
+    }
+}
