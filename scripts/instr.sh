@@ -5,7 +5,8 @@
 # (the sockets) is not counted; wall-clock and CPU figures stay with bench.sh / ab.sh.
 #
 #   bash scripts/instr.sh [BINARY]        KIND=plain|stream|large|turns|file (plain; file: BODY_FILE), DUR (10 s of load),
-#                                         STACK=full|lean (full: bench.sh's two stacks), REMEMBER (texts
+#                                         STACK=full|lean|floor (full, lean: bench.sh's two stacks; floor:
+#                                         benches/floor.rs, the bare hyper proxy), REMEMBER (texts
 #                                         remembered clean; 0: every text scanned every time)
 #
 # Prints requests, total instructions and instructions per request; the callgrind file is
@@ -21,7 +22,9 @@ case $stack in
         # REMEMBER=0: scan every text of every request (bouncer.remember_clean_texts).
         if [ -n "${REMEMBER:-}" ]; then extra+=", \"bouncer\": {\"remember_clean_texts\": $REMEMBER}"; fi ;;
   lean) extra='"bouncer": {"enabled": false, "entropy_enabled": false}' ;;
-  *) echo "STACK is full or lean"; exit 2 ;;
+  floor) extra=''
+         floor_bin=$(cargo bench --locked --bench floor --no-run 2>&1 | sed -n 's/.*(\(target\/[^)]*floor-[0-9a-f]*\)).*/\1/p' | tail -1) ;;
+  *) echo "STACK is full, lean or floor"; exit 2 ;;
 esac
 work=$(mktemp -d)
 pids=(); cleanup(){ for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; }; trap cleanup EXIT
@@ -29,8 +32,13 @@ pids=(); cleanup(){ for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; don
 start_mock "$bin"
 gateway_config "$work/c.json" "$extra"
 p=$(free_port)
-NENYA_WORKERS=1 NENYA_CONFIG_FILE="$work/c.json" NENYA_SECRETS_DIR="$work/secrets" RUST_LOG=warn \
-  valgrind --tool=callgrind --callgrind-out-file="$work/cg.%p" "$bin" serve --listen "127.0.0.1:$p" >"$work/gw.log" 2>&1 &
+if [ "$stack" = floor ]; then
+  valgrind --tool=callgrind --callgrind-out-file="$work/cg.%p" "$floor_bin" --listen "127.0.0.1:$p" \
+    --upstream "127.0.0.1:$mock_port" >"$work/gw.log" 2>&1 &
+else
+  NENYA_WORKERS=1 NENYA_CONFIG_FILE="$work/c.json" NENYA_SECRETS_DIR="$work/secrets" RUST_LOG=warn \
+    valgrind --tool=callgrind --callgrind-out-file="$work/cg.%p" "$bin" serve --listen "127.0.0.1:$p" >"$work/gw.log" 2>&1 &
+fi
 vp=$!; pids+=($vp); wait_port "$p"
 body=$(request_body "$kind")
 post_lua "$work/post.lua" 'function done(s, l, r) io.write(string.format("RESULT %d\n", s.requests)) end'
