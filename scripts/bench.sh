@@ -149,45 +149,13 @@ if [ -n "$with_redis" ]; then
 fi
 
 if [ -n "$with_nginx" ]; then
-  # A bare reverse proxy, set up as one would in front of an LLM API: one worker, pooled
-  # upstream connections, streams not buffered, no access log.
-  if ! command -v nginx >/dev/null 2>&1; then
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx-light >/dev/null
-  fi
-  nport=$(free_port)
-  mkdir -p "$work/nginx/logs"
-  cat >"$work/nginx/nginx.conf" <<EOF
-worker_processes 1;
-pid $work/nginx/nginx.pid;
-error_log $work/nginx/logs/error.log warn;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  client_body_temp_path $work/nginx/body;
-  proxy_temp_path $work/nginx/proxy;
-  upstream mock { server 127.0.0.1:$mock_port; keepalive 64; }
-  server {
-    listen 127.0.0.1:$nport;
-    client_max_body_size 10m;
-    client_body_buffer_size 256k;
-    location / {
-      proxy_pass http://mock;
-      proxy_http_version 1.1;
-      proxy_set_header Connection "";
-      proxy_buffering off;
-    }
-  }
-}
-EOF
-  nginx -p "$work/nginx" -c "$work/nginx/nginx.conf" -g 'daemon off;' >"$work/nginx/logs/stdout.log" 2>&1 &
-  pids+=($!)
-  wait_port "$nport"
-  targets[nginx]="http://127.0.0.1:$nport/v1/chat/completions|"
+  start_nginx
+  targets[nginx]="http://127.0.0.1:$nginx_port/v1/chat/completions|"
   order+=(nginx)
 fi
 
 if [ -n "$with_floor" ]; then
-  floor_bin=$(cargo bench --locked --bench floor --no-run 2>&1 | sed -n 's/.*(\(target\/[^)]*floor-[0-9a-f]*\)).*/\1/p' | tail -1)
+  floor_bin=$(floor_binary)
   fport=$(free_port)
   "$floor_bin" --listen "127.0.0.1:$fport" --upstream "127.0.0.1:$mock_port" >"$work/floor.log" 2>&1 &
   pids+=($!)

@@ -9,12 +9,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 command -v wrk >/dev/null || { echo "needs wrk (apt-get install wrk)"; exit 1; }
-command -v nginx >/dev/null || { echo "needs nginx (apt-get install nginx-light)"; exit 1; }
 bin=target/release/nenya; work=$(mktemp -d)
 pids=(); cleanup(){ for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"; }; trap cleanup EXIT
 . scripts/lib.sh
 cargo build --release --locked --bin nenya 2>&1 | tail -1
-floor_bin=$(cargo bench --locked --bench floor --no-run 2>&1 | sed -n 's/.*(\(target\/[^)]*floor-[0-9a-f]*\)).*/\1/p' | tail -1)
+floor_bin=$(floor_binary)
 start_mock "$bin"; mock_pid=${pids[0]}
 gateway_config "$work/c.json" '"bouncer": {"enabled": false, "entropy_enabled": false}'
 p=$(free_port)
@@ -23,26 +22,7 @@ nenya_pid=$!; pids+=($nenya_pid); wait_port "$p"
 fport=$(free_port)
 "$floor_bin" --listen "127.0.0.1:$fport" --upstream "127.0.0.1:$mock_port" >"$work/floor.log" 2>&1 &
 floor_pid=$!; pids+=($floor_pid); wait_port "$fport"
-nport=$(free_port); mkdir -p "$work/nginx/logs"
-cat >"$work/nginx/nginx.conf" <<N
-worker_processes 1;
-pid $work/nginx/nginx.pid;
-error_log $work/nginx/logs/error.log warn;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  client_body_temp_path $work/nginx/body;
-  proxy_temp_path $work/nginx/proxy;
-  upstream mock { server 127.0.0.1:$mock_port; keepalive 64; }
-  server {
-    listen 127.0.0.1:$nport;
-    location / { proxy_pass http://mock; proxy_http_version 1.1; proxy_set_header Connection ""; proxy_buffering off; }
-  }
-}
-N
-nginx -p "$work/nginx" -c "$work/nginx/nginx.conf" -g 'daemon off;' >/dev/null 2>&1 &
-pids+=($!); wait_port "$nport"; sleep 0.3
-nginx_pid=$(pgrep -P "${pids[-1]}" | head -1)  # the worker process
+start_nginx; nport=$nginx_port
 body=$(request_body "${KIND:-plain}")
 post_lua "$work/post.lua" 'function done(s, l, r) io.write(string.format("RESULT %d %d\n", s.requests, l:percentile(50))) end'
 c=${C:-1}; th=$(( c < 2 ? 1 : 2 )); dur=${DUR:-4}

@@ -64,3 +64,52 @@ wrk.headers["Authorization"] = "Bearer $bench_token"
 ${2:-}
 L
 }
+
+# start_nginx: a bare nginx reverse proxy in front of the mock, set up as one would in front of
+# an LLM API (one worker, pooled upstream connections, streams not buffered, no access log),
+# installed from Debian when missing; sets nginx_port and nginx_pid (the worker process).
+start_nginx() {
+  if ! command -v nginx >/dev/null 2>&1; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx-light >/dev/null
+  fi
+  nginx_port=$(free_port)
+  mkdir -p "$work/nginx/logs"
+  cat >"$work/nginx/nginx.conf" <<NGINX
+worker_processes 1;
+pid $work/nginx/nginx.pid;
+error_log $work/nginx/logs/error.log warn;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  client_body_temp_path $work/nginx/body;
+  proxy_temp_path $work/nginx/proxy;
+  upstream mock { server 127.0.0.1:$mock_port; keepalive 64; }
+  server {
+    listen 127.0.0.1:$nginx_port;
+    client_max_body_size 10m;
+    client_body_buffer_size 256k;
+    location / {
+      proxy_pass http://mock;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_buffering off;
+    }
+  }
+}
+NGINX
+  nginx -p "$work/nginx" -c "$work/nginx/nginx.conf" -g 'daemon off;' >"$work/nginx/logs/stdout.log" 2>&1 &
+  local master=$!
+  pids+=("$master")
+  wait_port "$nginx_port"
+  nginx_pid=""
+  for _ in $(seq 1 50); do
+    nginx_pid=$(pgrep -P "$master" | head -1 || true)
+    [ -n "$nginx_pid" ] && return 0
+    sleep 0.1
+  done
+}
+
+# floor_binary: builds benches/floor.rs (the bare hyper proxy) and prints its path.
+floor_binary() {
+  cargo bench --locked --bench floor --no-run 2>&1 | sed -n 's/.*(\(target\/[^)]*floor-[0-9a-f]*\)).*/\1/p' | tail -1
+}
