@@ -21,6 +21,7 @@ mod json_in;
 mod json_out;
 pub mod openai;
 pub mod providers;
+pub(crate) mod splice;
 pub mod stream;
 
 use bytes::Bytes;

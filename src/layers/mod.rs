@@ -36,7 +36,11 @@
 //! ([`forward_as_sent`](crate::adapters::forward_as_sent)). A mutable access that changes
 //! nothing is always correct, only slower: the request is then encoded again. Every built-in
 //! layer that changes requests (redaction, entropy, budget, prefix cache, compaction, pruning)
-//! looks before it writes.
+//! looks before it writes. Redaction and entropy go one step further: the texts they rewrite
+//! are also written into the client's bytes, in place, when that can be done exactly (the same
+//! texts found where message text stands, as often as the request holds them), so a
+//! conversation with a secret in its history is still forwarded as the client sent it, with
+//! only the secret replaced.
 
 pub mod accounts;
 pub mod auth;

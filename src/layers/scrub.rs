@@ -28,7 +28,7 @@ use serde_json::Value;
 use tower::Service;
 use tower_layer::Layer;
 
-use crate::model::{ChatRequest, TextSlot};
+use crate::model::{ApiFormat, ChatRequest, TextSlot};
 
 /// One secret found in a text (by [`Redactor::find`](crate::layers::Redactor::find) or
 /// [`EntropyDetector::find`](crate::layers::EntropyDetector::find)).
@@ -343,43 +343,40 @@ pub(crate) fn rewrite_texts(
     let run = std::panic::catch_unwind(AssertUnwindSafe(|| {
         // Look before writing: a request with nothing to rewrite is left untouched (no mutable
         // access), so it keeps the client's body and may be forwarded as it came. Each text is
-        // still offered to `f` once: the texts before the first one that changes were seen
-        // clean, and that one's new text is kept.
-        let mut first: Option<(usize, String)> = None;
+        // offered to `f` once.
+        let mut edits: Vec<(usize, String)> = Vec::new();
         let mut n = 0usize;
         req.for_each_text_slot(false, |slot, s| {
-            if first.is_none() {
-                let new = match slot {
-                    TextSlot::ToolArguments if s.contains('\\') => rewrite_json(s, &mut f),
-                    _ => f(s),
-                };
-                if let Some(new) = new {
-                    first = Some((n, new));
-                }
-                n += 1;
-            }
-        });
-        let Some((at, new)) = first else {
-            return;
-        };
-        let mut new = Some(new);
-        let mut n = 0usize;
-        req.for_each_text_slot_mut(false, |slot, s| {
-            let i = n;
-            n += 1;
-            let new = match i.cmp(&at) {
-                std::cmp::Ordering::Less => return,
-                std::cmp::Ordering::Equal => new.take(),
-                std::cmp::Ordering::Greater => match slot {
-                    TextSlot::ToolArguments if s.contains('\\') => rewrite_json(s, &mut f),
-                    _ => f(s),
-                },
+            let new = match slot {
+                TextSlot::ToolArguments if s.contains('\\') => rewrite_json(s, &mut f),
+                _ => f(s),
             };
             if let Some(new) = new {
+                edits.push((n, new));
+            }
+            n += 1;
+        });
+        if edits.is_empty() {
+            return;
+        }
+        // The new texts written into the client's body, when that is exact (see
+        // `adapters::splice`): the request can then still be forwarded as the client wrote it.
+        // Should that ever panic, the new texts are still written (into the fields only).
+        let spliced = std::panic::catch_unwind(AssertUnwindSafe(|| spliced_body(req, &edits)))
+            .ok()
+            .flatten();
+        let mut edits = edits.into_iter().peekable();
+        let mut n = 0usize;
+        req.for_each_text_slot_mut(false, |_, s| {
+            if let Some((_, new)) = edits.next_if(|(at, _)| *at == n) {
                 *s = new;
                 changed += 1;
             }
+            n += 1;
         });
+        if let Some(raw) = spliced {
+            req.keep_client_body(raw);
+        }
     }));
     match run {
         Ok(()) => Ok(changed),
@@ -391,6 +388,33 @@ pub(crate) fn rewrite_texts(
             Err(())
         }
     }
+}
+
+/// The client's body with the `edits` (text slot, new text) written into it, if the request
+/// still has it and the edits can be written exactly.
+fn spliced_body(req: &ChatRequest, edits: &[(usize, String)]) -> Option<bytes::Bytes> {
+    let raw = req.client_body()?;
+    // Owned: a slot's text is lent only for the callback (edits are few).
+    let mut by_old: std::collections::HashMap<String, (&str, usize)> =
+        std::collections::HashMap::with_capacity(edits.len());
+    let mut exact = true;
+    let mut next = edits.iter().peekable();
+    let mut n = 0usize;
+    req.for_each_text_slot(false, |slot, old| {
+        if let Some((_, new)) = next.next_if(|(at, _)| *at == n) {
+            // An Anthropic tool call's input is an object in the body, not a string.
+            exact &= !(slot == TextSlot::ToolArguments && req.source == ApiFormat::Anthropic);
+            let e = by_old.entry(old.to_owned()).or_insert((new.as_str(), 0));
+            exact &= e.0 == new.as_str();
+            e.1 += 1;
+        }
+        n += 1;
+    });
+    if !exact {
+        return None;
+    }
+    let by_old = by_old.iter().map(|(old, e)| (old.as_str(), *e)).collect();
+    crate::adapters::splice::splice_texts(raw, &by_old)
 }
 
 fn rewrite_json(s: &str, f: &mut impl FnMut(&str) -> Option<String>) -> Option<String> {

@@ -391,9 +391,16 @@ impl ChatRequest {
     }
 
     /// The body the client sent, if no layer has had mutable access to the request since it
-    /// was decoded (and the decoder found it safe to forward as it is).
+    /// was decoded (and the decoder found it safe to forward as it is); after redaction, the
+    /// client's body with the new texts written in place, when that could be done exactly.
     pub fn client_body(&self) -> Option<&Bytes> {
         self.raw.as_ref()
+    }
+
+    /// Gives back a client body after a change that was also written into it, so that it
+    /// says exactly what the fields now say (see `adapters::splice`).
+    pub(crate) fn keep_client_body(&mut self, raw: Bytes) {
+        self.raw = Some(raw);
     }
 
     /// The fields, without the client's body.

@@ -425,7 +425,7 @@ pub(crate) fn first_top_level_field<'a>(json: &'a [u8], key: &[u8]) -> Option<&'
     }
 }
 
-fn skip_ws(s: &[u8], mut i: usize) -> usize {
+pub(crate) fn skip_ws(s: &[u8], mut i: usize) -> usize {
     while i < s.len() && matches!(s[i], b' ' | b'\t' | b'\n' | b'\r') {
         i += 1;
     }

@@ -36,6 +36,7 @@ mod secrets_corpus;
 mod security;
 mod semantic_cache;
 mod shared_state;
+mod splice;
 mod sse_prop;
 mod streams;
 mod tokens;

@@ -1,0 +1,195 @@
+//! A request whose texts a redaction layer rewrote keeps the client's body with the new texts
+//! written in place (`adapters::splice`), when that is exact: the body kept must decode to
+//! exactly the redacted request, and hold no secret of its texts. Otherwise the client's body
+//! is dropped and the request is encoded from its fields.
+
+use bytes::Bytes;
+use http::Request;
+use nenya::layers::{RedactLayer, Redactor};
+use nenya::model::{ApiFormat, ChatRequest};
+use proptest::prelude::*;
+use serde_json::{Value, json};
+use tower::{ServiceBuilder, ServiceExt, service_fn};
+
+const AWS: &str = "AKIAZ7TESTKEY0000001";
+const GH: &str = "ghp_R8mWq2ZpX4cV7bN1kL9sD3fG6hJ0aQ5eT2yU";
+
+/// The request as the redaction layer hands it on.
+async fn redacted(req: ChatRequest) -> ChatRequest {
+    let svc = ServiceBuilder::new()
+        .layer(RedactLayer::new(Redactor::builtin()))
+        .service(service_fn(|r: Request<ChatRequest>| async move {
+            Ok::<_, std::convert::Infallible>(r.into_body())
+        }));
+    svc.oneshot(Request::new(req)).await.unwrap()
+}
+
+fn run(req: ChatRequest) -> ChatRequest {
+    tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap()
+        .block_on(redacted(req))
+}
+
+/// Text that may hold secrets, escapes and non-ASCII.
+fn text() -> impl Strategy<Value = String> {
+    let piece = prop_oneof![
+        4 => "[a-z ]{1,20}".boxed(),
+        1 => Just(format!("key {AWS}")).boxed(),
+        1 => Just(format!("token={GH}")).boxed(),
+        1 => Just("line\n\t\"quoted\" \\ é".to_owned()).boxed(),
+    ];
+    prop::collection::vec(piece, 1..4).prop_map(|p| p.join(" "))
+}
+
+/// Content as a string or as text parts.
+fn content(anthropic: bool) -> impl Strategy<Value = Value> {
+    prop_oneof![
+        text().prop_map(Value::from),
+        prop::collection::vec(text(), 1..3).prop_map(move |ts| {
+            Value::Array(
+                ts.into_iter()
+                    .map(|t| json!({"type": "text", "text": t}))
+                    .collect(),
+            )
+        }),
+    ]
+    .prop_map(move |c| {
+        if anthropic && c.is_null() {
+            json!("")
+        } else {
+            c
+        }
+    })
+}
+
+/// A conversation in `format`, with tool calls whose arguments may hold secrets, the same text
+/// repeated across messages, and sometimes a text copied into a field no layer reads.
+fn conversation(anthropic: bool) -> impl Strategy<Value = Value> {
+    let message = prop_oneof![
+        (content(anthropic), any::<bool>()).prop_map(|(c, user)| {
+            json!({"role": if user { "user" } else { "assistant" }, "content": c})
+        }),
+        text().prop_map(move |args| {
+            if anthropic {
+                json!({"role": "assistant", "content": [
+                    {"type": "tool_use", "id": "t1", "name": "run", "input": {"cmd": args}}]})
+            } else {
+                json!({"role": "assistant", "content": null, "tool_calls": [
+                    {"id": "t1", "type": "function",
+                     "function": {"name": "run", "arguments": json!({"cmd": args}).to_string()}}]})
+            }
+        }),
+    ];
+    (
+        prop::collection::vec(message, 1..6),
+        any::<bool>(),
+        any::<bool>(),
+        any::<bool>(),
+    )
+        .prop_map(move |(mut msgs, repeat, copy_out, pretty)| {
+            if repeat {
+                let first = msgs[0].clone();
+                msgs.push(first);
+            }
+            // Anthropic wants a user turn last; OpenAI does not mind.
+            msgs.push(json!({"role": "user", "content": "go"}));
+            let mut body = json!({"model": "m", "max_tokens": 100, "messages": msgs});
+            if copy_out {
+                // The first text also in a field no layer reads.
+                let t = msgs_text(&body);
+                body["metadata"] = json!({"note": t});
+            }
+            if pretty {
+                Value::String(serde_json::to_string_pretty(&body).unwrap())
+            } else {
+                body
+            }
+        })
+}
+
+fn msgs_text(body: &Value) -> Value {
+    let c = &body["messages"][0]["content"];
+    match c {
+        Value::String(_) => c.clone(),
+        Value::Array(a) => a[0].get("text").cloned().unwrap_or(Value::Null),
+        _ => Value::Null,
+    }
+}
+
+fn bytes_of(v: &Value) -> Bytes {
+    match v {
+        Value::String(s) => Bytes::from(s.clone()),
+        v => Bytes::from(v.to_string()),
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(400))]
+
+    #[test]
+    fn a_body_kept_after_redaction_says_exactly_what_the_redacted_request_says(
+        anthropic in any::<bool>(),
+        body in any::<bool>().prop_flat_map(conversation),
+    ) {
+        let format = if anthropic { ApiFormat::Anthropic } else { ApiFormat::OpenAi };
+        let raw = bytes_of(&body);
+        let Ok(before) = nenya::adapters::decode_client_body(format, raw.clone()) else {
+            return Ok(()); // a shape this format refuses
+        };
+        prop_assume!(before.client_body().is_some());
+        let after = run(before.clone());
+        let mut texts = Vec::new();
+        after.for_each_text_slot(false, |_, s| texts.push(s.to_owned()));
+        prop_assert!(texts.iter().all(|t| !t.contains(AWS) && !t.contains(GH)), "{texts:?}");
+        if let Some(kept) = after.client_body() {
+            // What the upstream would read is what redaction left, to the last field.
+            let again = nenya::adapters::decode_client_body(format, kept.clone()).unwrap();
+            prop_assert!(again.client_body().is_some(), "the kept body is one the decoder forwards as sent");
+            prop_assert_eq!(&*again, &*after);
+            if after != before {
+                prop_assert_ne!(kept, &raw);
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn an_openai_conversation_with_a_secret_keeps_its_bytes_around_the_redacted_text() {
+    let body = format!(
+        "{{ \"model\" : \"m\",\n  \"messages\": [ {{\"role\":\"user\", \"content\": \"a\\u0020key {AWS}\"}},\n {{\"role\":\"user\",\"content\":[{{\"type\":\"text\",\"text\":\"{GH}\"}}]}} ] }}"
+    );
+    let req =
+        nenya::adapters::decode_client_body(ApiFormat::OpenAi, Bytes::from(body.clone())).unwrap();
+    let after = redacted(req).await;
+    let kept = String::from_utf8(after.client_body().expect("kept").to_vec()).unwrap();
+    assert_eq!(
+        kept,
+        "{ \"model\" : \"m\",\n  \"messages\": [ {\"role\":\"user\", \"content\": \"a key [REDACTED:aws_access_key_id]\"},\n {\"role\":\"user\",\"content\":[{\"type\":\"text\",\"text\":\"[REDACTED:github_pat]\"}]} ] }"
+    );
+}
+
+#[tokio::test]
+async fn a_secret_also_in_a_field_no_layer_reads_drops_the_clients_body() {
+    let body = json!({"model": "m", "metadata": {"note": format!("key {AWS}")},
+        "messages": [{"role": "user", "content": format!("key {AWS}")}]});
+    let req = nenya::adapters::decode_client_body(ApiFormat::OpenAi, Bytes::from(body.to_string()))
+        .unwrap();
+    let after = redacted(req).await;
+    assert!(after.client_body().is_none());
+    assert!(!after.messages[0].content.text().contains(AWS));
+}
+
+#[tokio::test]
+async fn an_anthropic_tool_input_with_a_secret_drops_the_clients_body() {
+    // The input is an object in the body, the arguments a text in the request: not spliced.
+    let body = json!({"model": "m", "max_tokens": 10, "messages": [
+        {"role": "assistant", "content": [{"type": "tool_use", "id": "t", "name": "run", "input": {"cmd": format!("export K={AWS}")}}]},
+        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t", "content": "ok"}]}]});
+    let req =
+        nenya::adapters::decode_client_body(ApiFormat::Anthropic, Bytes::from(body.to_string()))
+            .unwrap();
+    assert!(req.client_body().is_some());
+    let after = redacted(req).await;
+    assert!(after.client_body().is_none());
+}
