@@ -95,6 +95,11 @@ pub trait TextScrubber: Clone {
     fn scrub(&self, text: &str) -> Option<String>;
     /// Called when `scrub` failed internally (the request went on unchanged).
     fn record_failure(&self) {}
+    /// Whether the strings of the fields the decoder keeps as they came (unknown top-level and
+    /// per-message fields: `metadata`, `user`, …) are scrubbed too: the upstream reads them as
+    /// well. Off by default: a scrubber that flags random-looking strings would rewrite the
+    /// ids such fields hold; the secret patterns of [`Redactor`](crate::layers::Redactor) do not.
+    const SCRUBS_FIELDS: bool = false;
 }
 
 /// Layer that applies a [`TextScrubber`] to every request text (see the module docs).
@@ -316,7 +321,7 @@ where
             Some(c) => c.scrub(scope, s, |s| t.scrub(s)),
             None => t.scrub(s),
         };
-        match rewrite_texts(T::NAME, req.body_mut(), scrub) {
+        match rewrite_texts(T::NAME, req.body_mut(), T::SCRUBS_FIELDS, scrub) {
             Ok(0) => {}
             Ok(n) => tracing::debug!(
                 layer = T::NAME,
@@ -337,6 +342,7 @@ where
 pub(crate) fn rewrite_texts(
     layer: &'static str,
     req: &mut ChatRequest,
+    fields: bool,
     mut f: impl FnMut(&str) -> Option<String>,
 ) -> Result<usize, ()> {
     let mut changed = 0usize;
@@ -356,6 +362,10 @@ pub(crate) fn rewrite_texts(
             }
             n += 1;
         });
+        if fields {
+            // Written the long way: the client's body is dropped when one of them changes.
+            changed += rewrite_fields(req, &mut f);
+        }
         if edits.is_empty() {
             return;
         }
@@ -388,6 +398,44 @@ pub(crate) fn rewrite_texts(
             Err(())
         }
     }
+}
+
+/// Scrubs every string value of the unknown fields the request keeps (top level and per
+/// message); how many changed. A copy is scrubbed, so a request with nothing to change keeps
+/// the client's body.
+fn rewrite_fields(req: &mut ChatRequest, f: &mut impl FnMut(&str) -> Option<String>) -> usize {
+    fn walk(v: &mut Value, f: &mut impl FnMut(&str) -> Option<String>) -> usize {
+        match v {
+            Value::String(s) => f(s).map_or(0, |new| {
+                *s = new;
+                1
+            }),
+            Value::Array(a) => a.iter_mut().map(|x| walk(x, f)).sum(),
+            Value::Object(o) => o.values_mut().map(|x| walk(x, f)).sum(),
+            _ => 0,
+        }
+    }
+    let mut changed = 0;
+    if !req.extra.is_empty() {
+        let mut extra = Value::Object(req.extra.clone());
+        let n = walk(&mut extra, f);
+        if let (true, Value::Object(extra)) = (n > 0, extra) {
+            req.extra = extra;
+            changed += n;
+        }
+    }
+    for i in 0..req.messages.len() {
+        if req.messages[i].extra.is_empty() {
+            continue;
+        }
+        let mut extra = Value::Object(req.messages[i].extra.clone());
+        let n = walk(&mut extra, f);
+        if let (true, Value::Object(extra)) = (n > 0, extra) {
+            req.messages[i].extra = extra;
+            changed += n;
+        }
+    }
+    changed
 }
 
 /// The client's body with the `edits` (text slot, new text) written into it, if the request

@@ -69,9 +69,8 @@ async fn a_redacted_request_reaches_the_upstream_as_sent_with_the_new_text_in_pl
 
 #[tokio::test]
 async fn a_request_a_layer_changed_is_encoded_from_what_the_layer_left() {
-    // The secret also stands in a field no layer reads: the new text cannot be written into
-    // the client's body exactly, so the request is encoded (and that field is forwarded as
-    // the encoder forwards unknown fields).
+    // The secret also stands in a field the gateway does not know: it is redacted there too,
+    // which the client's body cannot take in place, so the request is encoded.
     let body = format!(
         "{{ \"model\": \"coder\", \"metadata\": {{\"note\": \"token {GH}\"}}, \"messages\": [ {{\"role\": \"user\", \"content\": \"token {GH}\"}} ] }}"
     );
@@ -82,6 +81,8 @@ async fn a_request_a_layer_changed_is_encoded_from_what_the_layer_left() {
         sent["messages"][0]["content"],
         "token [REDACTED:github_pat]"
     );
+    assert_eq!(sent["metadata"]["note"], "token [REDACTED:github_pat]");
+    assert!(!text.contains(GH), "{text}");
     assert!(
         text.starts_with(r#"{"model":"upstream-model-1","#),
         "{text}"

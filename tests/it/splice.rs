@@ -142,6 +142,8 @@ proptest! {
         let mut texts = Vec::new();
         after.for_each_text_slot(false, |_, s| texts.push(s.to_owned()));
         prop_assert!(texts.iter().all(|t| !t.contains(AWS) && !t.contains(GH)), "{texts:?}");
+        let fields = serde_json::to_string(&after.extra).unwrap();
+        prop_assert!(!fields.contains(AWS) && !fields.contains(GH), "{fields}");
         if let Some(kept) = after.client_body() {
             // What the upstream would read is what redaction left, to the last field.
             let again = nenya::adapters::decode_client_body(format, kept.clone()).unwrap();
@@ -170,14 +172,35 @@ async fn an_openai_conversation_with_a_secret_keeps_its_bytes_around_the_redacte
 }
 
 #[tokio::test]
-async fn a_secret_also_in_a_field_no_layer_reads_drops_the_clients_body() {
-    let body = json!({"model": "m", "metadata": {"note": format!("key {AWS}")},
-        "messages": [{"role": "user", "content": format!("key {AWS}")}]});
+async fn a_secret_in_unknown_fields_is_redacted_there_and_the_request_encoded() {
+    // Top-level and per-message fields the gateway does not know still reach the upstream.
+    let body = json!({"model": "m", "metadata": {"note": format!("key {AWS}"), "n": 1},
+        "user": GH,
+        "messages": [{"role": "user", "content": format!("key {AWS}"), "x_note": [format!("key {AWS}")]}]});
     let req = nenya::adapters::decode_client_body(ApiFormat::OpenAi, Bytes::from(body.to_string()))
         .unwrap();
     let after = redacted(req).await;
     assert!(after.client_body().is_none());
     assert!(!after.messages[0].content.text().contains(AWS));
+    assert_eq!(
+        after.extra["metadata"],
+        json!({"note": "key [REDACTED:aws_access_key_id]", "n": 1})
+    );
+    assert_eq!(after.extra["user"], "[REDACTED:github_pat]");
+    assert_eq!(
+        after.messages[0].extra["x_note"],
+        json!(["key [REDACTED:aws_access_key_id]"])
+    );
+}
+
+#[tokio::test]
+async fn unknown_fields_without_secrets_leave_the_clients_body() {
+    let body = json!({"model": "m", "metadata": {"note": "nothing here", "session": "9f86d081884c7d659a2feaa0c55ad015"},
+        "messages": [{"role": "user", "content": "hi", "name": "dev"}]});
+    let req = nenya::adapters::decode_client_body(ApiFormat::OpenAi, Bytes::from(body.to_string()))
+        .unwrap();
+    assert!(req.client_body().is_some());
+    assert!(redacted(req).await.client_body().is_some());
 }
 
 #[tokio::test]

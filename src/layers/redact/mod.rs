@@ -48,6 +48,7 @@ pub type Redact<S> = Scrub<S, Redactor>;
 
 impl TextScrubber for Redactor {
     const NAME: &'static str = "redact";
+    const SCRUBS_FIELDS: bool = true;
     fn scrub(&self, text: &str) -> Option<String> {
         self.redact(text)
     }
