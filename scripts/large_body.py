@@ -4,7 +4,11 @@ most 128 KiB). Deterministic for a given tree; used by bench.sh --large and inst
 
 With --turn, a ~4 KB last message (a test log) holds the placeholder @@TURN@@, which the
 scripts' wrk Lua replaces with a number unique to each request: the same conversation with a
-new turn each time, as a coding agent sends it (KIND=turns)."""
+new turn each time, as a coding agent sends it (KIND=turns).
+
+With --secret, the first user message also holds an AWS key, as when one is pasted once into a
+coding session and then stays in its history: what the redaction layers do to such a
+conversation (KIND=secret)."""
 import glob
 import json
 import sys
@@ -17,6 +21,8 @@ for i, f in enumerate(sorted(glob.glob("src/**/*.rs", recursive=True))):
     size += len(t)
     if size > 90_000:
         break
+if "--secret" in sys.argv:
+    msgs[1]["content"] += "\nexport AWS_ACCESS_KEY_ID=AKIAZ7TESTKEY0000001\n"
 if "--turn" in sys.argv:
     log = "".join(f"test layers::case_{n} ... ok ({n % 7} ms)\n" for n in range(110))
     msgs.append({"role": "user", "content": f"Run @@TURN@@ of the tests:\n{log}Why is it slow?"})

@@ -40,13 +40,15 @@ J
 }
 
 # request_body KIND: plain, stream, large (bench.sh --large's ~100 KB conversation), turns
-# (the same plus a new ~4 KB turn per request), file (BODY_FILE: any body of your own).
+# (the same plus a new ~4 KB turn per request), secret (the ~100 KB conversation with an AWS
+# key in its first user message), file (BODY_FILE: any body of your own).
 request_body() {
   local msg='"messages":[{"role":"user","content":"Write a function that reverses a list."}]'
   case $1 in
     stream) echo "{\"model\":\"coder\",\"stream\":true,$msg}" ;;
     large) python3 scripts/large_body.py ;;
     turns) python3 scripts/large_body.py --turn ;;
+    secret) python3 scripts/large_body.py --secret ;;
     file) cat "$BODY_FILE" ;;
     *) echo "{\"model\":\"coder\",$msg}" ;;
   esac
