@@ -28,7 +28,7 @@ use serde_json::Value;
 use tower::Service;
 use tower_layer::Layer;
 
-use crate::model::{ApiFormat, ChatRequest, TextSlot};
+use crate::model::{ApiFormat, ChatRequest, JsonMap, TextSlot, Tool};
 
 /// One secret found in a text (by [`Redactor::find`](crate::layers::Redactor::find) or
 /// [`EntropyDetector::find`](crate::layers::EntropyDetector::find)).
@@ -400,39 +400,78 @@ pub(crate) fn rewrite_texts(
     }
 }
 
-/// Scrubs every string value of the unknown fields the request keeps (top level and per
-/// message); how many changed. A copy is scrubbed, so a request with nothing to change keeps
-/// the client's body.
+/// Scrubs every string value of what else the upstream reads besides the texts: the tool
+/// definitions (descriptions, parameter schemas) and the unknown fields the request keeps (top
+/// level and per message); how many changed. It looks first, so a request with nothing to
+/// change there keeps the client's body and nothing is copied.
 fn rewrite_fields(req: &mut ChatRequest, f: &mut impl FnMut(&str) -> Option<String>) -> usize {
-    fn walk(v: &mut Value, f: &mut impl FnMut(&str) -> Option<String>) -> usize {
+    fn look(v: &Value, f: &mut impl FnMut(&str) -> Option<String>) -> bool {
+        match v {
+            Value::String(s) => f(s).is_some(),
+            Value::Array(a) => a.iter().any(|x| look(x, f)),
+            Value::Object(o) => o.values().any(|x| look(x, f)),
+            _ => false,
+        }
+    }
+    fn write(v: &mut Value, f: &mut impl FnMut(&str) -> Option<String>) -> usize {
         match v {
             Value::String(s) => f(s).map_or(0, |new| {
                 *s = new;
                 1
             }),
-            Value::Array(a) => a.iter_mut().map(|x| walk(x, f)).sum(),
-            Value::Object(o) => o.values_mut().map(|x| walk(x, f)).sum(),
+            Value::Array(a) => a.iter_mut().map(|x| write(x, f)).sum(),
+            Value::Object(o) => o.values_mut().map(|x| write(x, f)).sum(),
             _ => 0,
         }
     }
+    fn look_map(m: &JsonMap, f: &mut impl FnMut(&str) -> Option<String>) -> bool {
+        m.values().any(|x| look(x, f))
+    }
+    fn write_map(m: &mut JsonMap, f: &mut impl FnMut(&str) -> Option<String>) -> usize {
+        m.values_mut().map(|x| write(x, f)).sum()
+    }
     let mut changed = 0;
-    if !req.extra.is_empty() {
-        let mut extra = Value::Object(req.extra.clone());
-        let n = walk(&mut extra, f);
-        if let (true, Value::Object(extra)) = (n > 0, extra) {
-            req.extra = extra;
-            changed += n;
-        }
+    if look_map(&req.extra, f) {
+        changed += write_map(&mut req.extra, f);
     }
     for i in 0..req.messages.len() {
-        if req.messages[i].extra.is_empty() {
+        if look_map(&req.messages[i].extra, f) {
+            changed += write_map(&mut req.messages[i].extra, f);
+        }
+    }
+    for i in 0..req.tools.as_ref().map_or(0, Vec::len) {
+        let tool_changes = match req.tools.as_ref().map(|t| &t[i]) {
+            Some(Tool::Function {
+                description,
+                parameters,
+                extra,
+                ..
+            }) => {
+                description.as_deref().is_some_and(|d| f(d).is_some())
+                    || look(parameters, f)
+                    || look_map(extra, f)
+            }
+            Some(Tool::Other(v)) => look(v, f),
+            None => false,
+        };
+        if !tool_changes {
             continue;
         }
-        let mut extra = Value::Object(req.messages[i].extra.clone());
-        let n = walk(&mut extra, f);
-        if let (true, Value::Object(extra)) = (n > 0, extra) {
-            req.messages[i].extra = extra;
-            changed += n;
+        match req.tools.as_mut().map(|t| &mut t[i]) {
+            Some(Tool::Function {
+                description,
+                parameters,
+                extra,
+                ..
+            }) => {
+                if let Some(new) = description.as_deref().and_then(&mut *f) {
+                    *description = Some(new);
+                    changed += 1;
+                }
+                changed += write(parameters, f) + write_map(extra, f);
+            }
+            Some(Tool::Other(v)) => changed += write(v, f),
+            None => {}
         }
     }
     changed

@@ -216,3 +216,38 @@ async fn an_anthropic_tool_input_with_a_secret_drops_the_clients_body() {
     let after = redacted(req).await;
     assert!(after.client_body().is_none());
 }
+
+#[tokio::test]
+async fn a_secret_in_a_tool_definition_is_redacted_and_clean_tools_keep_the_clients_body() {
+    let tool = |note: &str| {
+        json!({"type": "function", "function": {"name": "deploy", "description": format!("Deploys. {note}"),
+            "parameters": {"type": "object", "properties": {"env": {"type": "string", "description": note}}}}})
+    };
+    let body = |note: &str| {
+        json!({"model": "m", "tools": [tool("plain"), tool(note)],
+            "messages": [{"role": "user", "content": "deploy it"}]})
+    };
+    let decode = |v: Value| {
+        nenya::adapters::decode_client_body(ApiFormat::OpenAi, Bytes::from(v.to_string())).unwrap()
+    };
+    let clean = decode(body("staging or prod"));
+    assert!(clean.client_body().is_some());
+    assert!(redacted(clean).await.client_body().is_some());
+
+    let after = redacted(decode(body(&format!("uses key {AWS}")))).await;
+    assert!(after.client_body().is_none());
+    let sent: Value =
+        serde_json::from_slice(&nenya::adapters::encode_request(after, ApiFormat::OpenAi).unwrap())
+            .unwrap();
+    let text = sent["tools"].to_string();
+    assert!(!text.contains(AWS), "{text}");
+    assert_eq!(
+        sent["tools"][1]["function"]["description"],
+        "Deploys. uses key [REDACTED:aws_access_key_id]"
+    );
+    assert_eq!(
+        sent["tools"][1]["function"]["parameters"]["properties"]["env"]["description"],
+        "uses key [REDACTED:aws_access_key_id]"
+    );
+    assert_eq!(sent["tools"][0], tool("plain"));
+}
