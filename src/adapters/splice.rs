@@ -15,8 +15,6 @@
 //! before. The body was parsed whole with no key twice, so a value found by its text is the
 //! value the upstream reads.
 
-use std::collections::HashMap;
-
 use bytes::Bytes;
 
 use super::json_out;
@@ -33,15 +31,14 @@ const TEXT_KEYS: [&[u8]; 7] = [
     b"reasoning",
 ];
 
-/// `raw` with every string value whose text is a key of `edits` written as its new text, when
-/// each such text is found exactly as many times as `edits` counts it (see the module docs);
-/// `None` otherwise. `edits` maps an old text to its new text and to how many text slots of the
-/// request held it.
-pub(crate) fn splice_texts(raw: &[u8], edits: &HashMap<&str, (&str, usize)>) -> Option<Bytes> {
+/// `raw` with every string value whose text is an old text of `edits` written as its new text,
+/// when each such text is found exactly as many times as `edits` counts it (see the module
+/// docs); `None` otherwise. `edits` holds (old text, new text, how many text slots of the
+/// request held it), one entry per old text.
+pub(crate) fn splice_texts(raw: &[u8], edits: &[(&str, &str, usize)]) -> Option<Bytes> {
     if edits.is_empty() {
         return None;
     }
-    let edits: Vec<(&str, &str, usize)> = edits.iter().map(|(o, (n, c))| (*o, *n, *c)).collect();
     let mut found = vec![0usize; edits.len()];
     let s = raw;
     let mut out = Vec::with_capacity(raw.len() + 64);
@@ -197,8 +194,7 @@ mod tests {
     }
 
     fn splice(raw: &str, edits: &[(&str, &str, usize)]) -> Option<String> {
-        let map = edits.iter().map(|(o, n, c)| (*o, (*n, *c))).collect();
-        splice_texts(raw.as_bytes(), &map).map(|b| String::from_utf8(b.to_vec()).unwrap())
+        splice_texts(raw.as_bytes(), edits).map(|b| String::from_utf8(b.to_vec()).unwrap())
     }
 
     #[test]

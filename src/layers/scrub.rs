@@ -95,10 +95,11 @@ pub trait TextScrubber: Clone {
     fn scrub(&self, text: &str) -> Option<String>;
     /// Called when `scrub` failed internally (the request went on unchanged).
     fn record_failure(&self) {}
-    /// Whether the strings of the fields the decoder keeps as they came (unknown top-level and
-    /// per-message fields: `metadata`, `user`, …) are scrubbed too: the upstream reads them as
-    /// well. Off by default: a scrubber that flags random-looking strings would rewrite the
-    /// ids such fields hold; the secret patterns of [`Redactor`](crate::layers::Redactor) do not.
+    /// Whether the strings of tool definitions and of the fields the decoder keeps as they came
+    /// (unknown top-level and per-message fields: `metadata`, `user`, …) are scrubbed too: the
+    /// upstream reads them as well. Off by default: a scrubber that flags random-looking strings
+    /// would rewrite the ids such fields hold; the secret patterns of
+    /// [`Redactor`](crate::layers::Redactor) do not.
     const SCRUBS_FIELDS: bool = false;
 }
 
@@ -350,7 +351,7 @@ pub(crate) fn rewrite_texts(
         // Look before writing: a request with nothing to rewrite is left untouched (no mutable
         // access), so it keeps the client's body and may be forwarded as it came. Each text is
         // offered to `f` once.
-        let mut edits: Vec<(usize, String)> = Vec::new();
+        let mut edits: Vec<Edit> = Vec::new();
         let mut n = 0usize;
         req.for_each_text_slot(false, |slot, s| {
             let new = match slot {
@@ -358,7 +359,12 @@ pub(crate) fn rewrite_texts(
                 _ => f(s),
             };
             if let Some(new) = new {
-                edits.push((n, new));
+                edits.push(Edit {
+                    at: n,
+                    slot,
+                    old: s.to_owned(),
+                    new,
+                });
             }
             n += 1;
         });
@@ -378,8 +384,8 @@ pub(crate) fn rewrite_texts(
         let mut edits = edits.into_iter().peekable();
         let mut n = 0usize;
         req.for_each_text_slot_mut(false, |_, s| {
-            if let Some((_, new)) = edits.next_if(|(at, _)| *at == n) {
-                *s = new;
+            if let Some(e) = edits.next_if(|e| e.at == n) {
+                *s = e.new;
                 changed += 1;
             }
             n += 1;
@@ -413,22 +419,11 @@ fn rewrite_fields(req: &mut ChatRequest, f: &mut impl FnMut(&str) -> Option<Stri
             _ => false,
         }
     }
-    fn write(v: &mut Value, f: &mut impl FnMut(&str) -> Option<String>) -> usize {
-        match v {
-            Value::String(s) => f(s).map_or(0, |new| {
-                *s = new;
-                1
-            }),
-            Value::Array(a) => a.iter_mut().map(|x| write(x, f)).sum(),
-            Value::Object(o) => o.values_mut().map(|x| write(x, f)).sum(),
-            _ => 0,
-        }
-    }
     fn look_map(m: &JsonMap, f: &mut impl FnMut(&str) -> Option<String>) -> bool {
         m.values().any(|x| look(x, f))
     }
     fn write_map(m: &mut JsonMap, f: &mut impl FnMut(&str) -> Option<String>) -> usize {
-        m.values_mut().map(|x| write(x, f)).sum()
+        m.values_mut().map(|x| scrub_strings(x, f)).sum()
     }
     let mut changed = 0;
     if look_map(&req.extra, f) {
@@ -468,55 +463,62 @@ fn rewrite_fields(req: &mut ChatRequest, f: &mut impl FnMut(&str) -> Option<Stri
                     *description = Some(new);
                     changed += 1;
                 }
-                changed += write(parameters, f) + write_map(extra, f);
+                changed += scrub_strings(parameters, f) + write_map(extra, f);
             }
-            Some(Tool::Other(v)) => changed += write(v, f),
+            Some(Tool::Other(v)) => changed += scrub_strings(v, f),
             None => {}
         }
     }
     changed
 }
 
-/// The client's body with the `edits` (text slot, new text) written into it, if the request
-/// still has it and the edits can be written exactly.
-fn spliced_body(req: &ChatRequest, edits: &[(usize, String)]) -> Option<bytes::Bytes> {
+/// A text slot's new text, found in the look pass.
+struct Edit {
+    /// Its place among the request's text slots.
+    at: usize,
+    slot: TextSlot,
+    old: String,
+    new: String,
+}
+
+/// The client's body with the `edits` written into it, if the request still has it and the
+/// edits can be written exactly (one new text per old text; no Anthropic tool input, which is
+/// an object in the body, not a string).
+fn spliced_body(req: &ChatRequest, edits: &[Edit]) -> Option<bytes::Bytes> {
     let raw = req.client_body()?;
-    // Owned: a slot's text is lent only for the callback (edits are few).
-    let mut by_old: std::collections::HashMap<String, (&str, usize)> =
-        std::collections::HashMap::with_capacity(edits.len());
-    let mut exact = true;
-    let mut next = edits.iter().peekable();
-    let mut n = 0usize;
-    req.for_each_text_slot(false, |slot, old| {
-        if let Some((_, new)) = next.next_if(|(at, _)| *at == n) {
-            // An Anthropic tool call's input is an object in the body, not a string.
-            exact &= !(slot == TextSlot::ToolArguments && req.source == ApiFormat::Anthropic);
-            let e = by_old.entry(old.to_owned()).or_insert((new.as_str(), 0));
-            exact &= e.0 == new.as_str();
-            e.1 += 1;
+    // (old, new, how many slots hold old): edits are few, a list does.
+    let mut by_old: Vec<(&str, &str, usize)> = Vec::with_capacity(edits.len());
+    for e in edits {
+        if e.slot == TextSlot::ToolArguments && req.source == ApiFormat::Anthropic {
+            return None;
         }
-        n += 1;
-    });
-    if !exact {
-        return None;
+        match by_old.iter_mut().find(|(old, _, _)| *old == e.old) {
+            Some((_, new, n)) if *new == e.new => *n += 1,
+            Some(_) => return None,
+            None => by_old.push((&e.old, &e.new, 1)),
+        }
     }
-    let by_old = by_old.iter().map(|(old, e)| (old.as_str(), *e)).collect();
     crate::adapters::splice::splice_texts(raw, &by_old)
+}
+
+/// Replaces every string in `v` that `f` rewrites; how many.
+fn scrub_strings(v: &mut Value, f: &mut impl FnMut(&str) -> Option<String>) -> usize {
+    match v {
+        Value::String(s) => f(s).map_or(0, |new| {
+            *s = new;
+            1
+        }),
+        Value::Array(a) => a.iter_mut().map(|x| scrub_strings(x, f)).sum(),
+        Value::Object(o) => o.values_mut().map(|x| scrub_strings(x, f)).sum(),
+        _ => 0,
+    }
 }
 
 fn rewrite_json(s: &str, f: &mut impl FnMut(&str) -> Option<String>) -> Option<String> {
     let Ok(mut v) = serde_json::from_str::<Value>(s) else {
         return f(s); // not (yet) JSON: scan it as text
     };
-    fn walk(v: &mut Value, f: &mut impl FnMut(&str) -> Option<String>) -> bool {
-        match v {
-            Value::String(s) => f(s).map(|new| *s = new).is_some(),
-            Value::Array(a) => a.iter_mut().fold(false, |c, x| walk(x, f) | c),
-            Value::Object(o) => o.values_mut().fold(false, |c, x| walk(x, f) | c),
-            _ => false,
-        }
-    }
-    if walk(&mut v, f) {
+    if scrub_strings(&mut v, f) > 0 {
         serde_json::to_string(&v).ok()
     } else {
         None
