@@ -28,7 +28,7 @@ use serde_json::Value;
 use tower::Service;
 use tower_layer::Layer;
 
-use crate::model::{ApiFormat, ChatRequest, JsonMap, TextSlot, Tool};
+use crate::model::{ApiFormat, ChatRequest, Content, JsonMap, Part, TextSlot, Tool};
 
 /// One secret found in a text (by [`Redactor::find`](crate::layers::Redactor::find) or
 /// [`EntropyDetector::find`](crate::layers::EntropyDetector::find)).
@@ -407,31 +407,23 @@ pub(crate) fn rewrite_texts(
 }
 
 /// Scrubs every string value of what else the upstream reads besides the texts: the tool
-/// definitions (descriptions, parameter schemas) and the unknown fields the request keeps (top
-/// level and per message); how many changed. It looks first, so a request with nothing to
-/// change there keeps the client's body and nothing is copied.
+/// definitions (descriptions, parameter schemas), the unknown fields the request keeps (top
+/// level, per message, per content part) and the content parts nenya does not model (an
+/// Anthropic `document` with a text source, a `search_result`, an OpenAI `file`, …); how many
+/// changed. Opaque values are left alone (see [`opaque_key`], [`opaque_string`]). It looks
+/// first, so a request with nothing to change there keeps the client's body and nothing is
+/// copied.
 fn rewrite_fields(req: &mut ChatRequest, f: &mut impl FnMut(&str) -> Option<String>) -> usize {
-    fn look(v: &Value, f: &mut impl FnMut(&str) -> Option<String>) -> bool {
-        match v {
-            Value::String(s) => f(s).is_some(),
-            Value::Array(a) => a.iter().any(|x| look(x, f)),
-            Value::Object(o) => o.values().any(|x| look(x, f)),
-            _ => false,
-        }
-    }
-    fn look_map(m: &JsonMap, f: &mut impl FnMut(&str) -> Option<String>) -> bool {
-        m.values().any(|x| look(x, f))
-    }
-    fn write_map(m: &mut JsonMap, f: &mut impl FnMut(&str) -> Option<String>) -> usize {
-        m.values_mut().map(|x| scrub_strings(x, f)).sum()
-    }
+    let f = &mut |s: &str| if opaque_string(s) { None } else { f(s) };
     let mut changed = 0;
     if look_map(&req.extra, f) {
         changed += write_map(&mut req.extra, f);
     }
     for i in 0..req.messages.len() {
-        if look_map(&req.messages[i].extra, f) {
-            changed += write_map(&mut req.messages[i].extra, f);
+        let m = &req.messages[i];
+        if look_map(&m.extra, f) || look_parts(&m.content, f) {
+            let m = &mut req.messages[i];
+            changed += write_map(&mut m.extra, f) + write_parts(&mut m.content, f);
         }
     }
     for i in 0..req.tools.as_ref().map_or(0, Vec::len) {
@@ -463,13 +455,105 @@ fn rewrite_fields(req: &mut ChatRequest, f: &mut impl FnMut(&str) -> Option<Stri
                     *description = Some(new);
                     changed += 1;
                 }
-                changed += scrub_strings(parameters, f) + write_map(extra, f);
+                changed += write(parameters, f) + write_map(extra, f);
             }
-            Some(Tool::Other(v)) => changed += scrub_strings(v, f),
+            Some(Tool::Other(v)) => changed += write(v, f),
             None => {}
         }
     }
     changed
+}
+
+/// Keys whose values are opaque to the provider's checks and must come back byte for byte
+/// (a signature over thinking, encrypted reasoning or tool results): never rewritten.
+fn opaque_key(k: &str) -> bool {
+    matches!(k, "signature" | "encrypted_content")
+}
+
+/// A binary payload carried as text: a base64 `data:` URL, or a long run of base64 (an
+/// image, a PDF or audio in a part nenya does not model). A secret pattern could only match
+/// such a string by chance, and rewriting it would corrupt the file; scanning megabytes of it
+/// would cost for nothing.
+fn opaque_string(s: &str) -> bool {
+    let b = s.as_bytes();
+    if b.starts_with(b"data:") {
+        return b[..b.len().min(128)].windows(8).any(|w| w == b";base64,");
+    }
+    b.len() >= 512
+        && b.iter()
+            .all(|&c| c.is_ascii_alphanumeric() || matches!(c, b'+' | b'/' | b'=' | b'-' | b'_'))
+}
+
+/// Whether some string in `v` (outside opaque keys) is one `f` rewrites.
+fn look(v: &Value, f: &mut impl FnMut(&str) -> Option<String>) -> bool {
+    match v {
+        Value::String(s) => f(s).is_some(),
+        Value::Array(a) => a.iter().any(|x| look(x, f)),
+        Value::Object(o) => look_map(o, f),
+        _ => false,
+    }
+}
+
+fn look_map(m: &JsonMap, f: &mut impl FnMut(&str) -> Option<String>) -> bool {
+    if m.get("type").and_then(Value::as_str) == Some("redacted_thinking") {
+        return false;
+    }
+    m.iter().any(|(k, x)| !opaque_key(k) && look(x, f))
+}
+
+/// [`look`], writing: how many strings changed.
+fn write(v: &mut Value, f: &mut impl FnMut(&str) -> Option<String>) -> usize {
+    match v {
+        Value::Object(o) => write_map(o, f),
+        Value::Array(a) => a.iter_mut().map(|x| write(x, f)).sum(),
+        v => scrub_strings(v, f),
+    }
+}
+
+fn write_map(m: &mut JsonMap, f: &mut impl FnMut(&str) -> Option<String>) -> usize {
+    if m.get("type").and_then(Value::as_str) == Some("redacted_thinking") {
+        return 0;
+    }
+    m.iter_mut()
+        .filter(|(k, _)| !opaque_key(k))
+        .map(|(_, x)| write(x, f))
+        .sum()
+}
+
+/// Whether a string `f` rewrites stands in `content`'s parts outside their texts: in a part
+/// nenya does not model, or in a modelled part's unknown fields.
+fn look_parts(content: &Content, f: &mut impl FnMut(&str) -> Option<String>) -> bool {
+    let Content::Parts(parts) = content else {
+        return false;
+    };
+    parts.iter().any(|p| match p {
+        Part::Other(v) => look(v, f),
+        Part::ToolResult { content, extra, .. } => look_map(extra, f) || look_parts(content, f),
+        Part::Text { extra, .. }
+        | Part::Image { extra, .. }
+        | Part::ToolUse { extra, .. }
+        | Part::Thinking { extra, .. } => look_map(extra, f),
+    })
+}
+
+/// [`look_parts`], writing: how many strings changed.
+fn write_parts(content: &mut Content, f: &mut impl FnMut(&str) -> Option<String>) -> usize {
+    let Content::Parts(parts) = content else {
+        return 0;
+    };
+    parts
+        .iter_mut()
+        .map(|p| match p {
+            Part::Other(v) => write(v, f),
+            Part::ToolResult { content, extra, .. } => {
+                write_map(extra, f) + write_parts(content, f)
+            }
+            Part::Text { extra, .. }
+            | Part::Image { extra, .. }
+            | Part::ToolUse { extra, .. }
+            | Part::Thinking { extra, .. } => write_map(extra, f),
+        })
+        .sum()
 }
 
 /// A text slot's new text, found in the look pass.

@@ -243,3 +243,18 @@ async fn a_model_family_rule_sends_the_long_way_only_requests_it_changes() {
         }
     }
 }
+
+#[tokio::test]
+async fn a_secret_in_an_anthropic_document_reaches_the_upstream_redacted() {
+    let body = format!(
+        r#"{{"model":"claude-agent","max_tokens":64,"messages":[{{"role":"user","content":[{{"type":"document","source":{{"type":"text","media_type":"text/plain","data":"ci token {GH}"}}}},{{"type":"text","text":"what does it say?"}}]}}]}}"#
+    );
+    let got = anthropic_upstream_bytes(&body, None).await;
+    let text = String::from_utf8_lossy(&got);
+    assert!(!text.contains(GH), "{text}");
+    let sent: Value = serde_json::from_slice(&got).unwrap();
+    assert_eq!(
+        sent["messages"][0]["content"][0]["source"]["data"],
+        "ci token [REDACTED:github_pat]"
+    );
+}

@@ -251,3 +251,68 @@ async fn a_secret_in_a_tool_definition_is_redacted_and_clean_tools_keep_the_clie
     );
     assert_eq!(sent["tools"][0], tool("plain"));
 }
+
+#[tokio::test]
+async fn secrets_in_parts_nenya_does_not_model_and_in_part_fields_are_redacted() {
+    // An Anthropic document with a text source, a document nested in a tool result, and a
+    // text part's unknown field: the upstream reads all of them.
+    let body = json!({"model": "m", "max_tokens": 10, "messages": [
+        {"role": "user", "content": [
+            {"type": "document", "source": {"type": "text", "media_type": "text/plain", "data": format!("deploy notes: key {AWS}")}},
+            {"type": "text", "text": "summarise", "x_note": format!("token={GH}")}]},
+        {"role": "assistant", "content": [{"type": "tool_use", "id": "t", "name": "read", "input": {"p": "a"}}]},
+        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t", "content": [
+            {"type": "search_result", "source": "wiki", "title": "creds", "content": [{"type": "text", "text": format!("key {AWS}")}]}]}]}]});
+    let req =
+        nenya::adapters::decode_client_body(ApiFormat::Anthropic, Bytes::from(body.to_string()))
+            .unwrap();
+    let after = redacted(req).await;
+    assert!(after.client_body().is_none());
+    let sent = String::from_utf8(
+        nenya::adapters::encode_request(after, ApiFormat::Anthropic)
+            .unwrap()
+            .to_vec(),
+    )
+    .unwrap();
+    assert!(!sent.contains(AWS) && !sent.contains(GH), "{sent}");
+    let sent: Value = serde_json::from_str(&sent).unwrap();
+    assert_eq!(
+        sent["messages"][0]["content"][0]["source"]["data"],
+        "deploy notes: key [REDACTED:aws_access_key_id]"
+    );
+    assert_eq!(
+        sent["messages"][0]["content"][1]["x_note"],
+        "token=[REDACTED:github_pat]"
+    );
+    assert_eq!(
+        sent["messages"][2]["content"][0]["content"][0]["content"][0]["text"],
+        "key [REDACTED:aws_access_key_id]"
+    );
+}
+
+#[tokio::test]
+async fn opaque_values_in_parts_are_left_as_they_came() {
+    // Signatures, encrypted content and binary payloads must come back byte for byte, even
+    // when a secret pattern happens to match in them: the client's body is kept.
+    let b64 = format!("{AWS}{}", "QUJD".repeat(200));
+    let body = json!({"model": "m", "max_tokens": 10, "messages": [
+        {"role": "user", "content": [
+            {"type": "document", "source": {"type": "base64", "media_type": "application/pdf", "data": b64}},
+            {"type": "image", "source": {"type": "url", "url": "https://example.com/a.png"}, "x": format!("data:text/plain;base64,{AWS}")},
+            {"type": "text", "text": "what is in it?"}]},
+        {"role": "assistant", "content": [
+            {"type": "redacted_thinking", "data": format!("key {AWS}")},
+            {"type": "server_tool_use", "id": "s", "name": "web_search", "input": {"query": "x"}},
+            {"type": "web_search_tool_result", "tool_use_id": "s", "content": [
+                {"type": "web_search_result", "url": "https://e.com", "title": "t", "encrypted_content": format!("key {AWS}")}]},
+            {"type": "text", "text": "done"}]},
+        {"role": "user", "content": "thanks"}]});
+    let req =
+        nenya::adapters::decode_client_body(ApiFormat::Anthropic, Bytes::from(body.to_string()))
+            .unwrap();
+    assert!(req.client_body().is_some());
+    let before = req.clone();
+    let after = redacted(req).await;
+    assert!(after.client_body().is_some());
+    assert_eq!(after, before);
+}
