@@ -4,7 +4,7 @@
 # change too small for this host's wall-clock noise (scripts/ab.sh) still shows. Kernel work
 # (the sockets) is not counted; wall-clock and CPU figures stay with bench.sh / ab.sh.
 #
-#   bash scripts/instr.sh [BINARY]        KIND=plain|stream|large|turns|secret|file (plain; file: BODY_FILE), DUR (10 s of load),
+#   bash scripts/instr.sh [BINARY]        KIND=plain|stream|large|turns|secret|tools|file (plain; file: BODY_FILE), DUR (10 s of load),
 #                                         STACK=full|lean|floor (full, lean: bench.sh's two stacks; floor:
 #                                         benches/floor.rs, the bare hyper proxy), REMEMBER (texts
 #                                         remembered clean; 0: every text scanned every time)

@@ -41,7 +41,8 @@ J
 
 # request_body KIND: plain, stream, large (bench.sh --large's ~100 KB conversation), turns
 # (the same plus a new ~4 KB turn per request), secret (the ~100 KB conversation with an AWS
-# key in its first user message), file (BODY_FILE: any body of your own).
+# key in its first user message), tools (20 tool definitions, ~35 KB, scripts/tools_body.py),
+# file (BODY_FILE: any body of your own).
 request_body() {
   local msg='"messages":[{"role":"user","content":"Write a function that reverses a list."}]'
   case $1 in
@@ -49,6 +50,7 @@ request_body() {
     large) python3 scripts/large_body.py ;;
     turns) python3 scripts/large_body.py --turn ;;
     secret) python3 scripts/large_body.py --secret ;;
+    tools) python3 scripts/tools_body.py ;;
     file) cat "$BODY_FILE" ;;
     *) echo "{\"model\":\"coder\",$msg}" ;;
   esac

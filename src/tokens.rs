@@ -200,10 +200,26 @@ impl TokenCounter {
         tools_text(req).map_or(0, |t| self.count(&t))
     }
 
-    /// The byte-length bound of the tool definitions.
+    /// The byte-length bound of the tool definitions (of the text [`TokenCounter::count_tools`]
+    /// counts, measured without writing it).
     pub fn tools_upper_bound(self, req: &ChatRequest) -> u64 {
-        tools_text(req).map_or(0, |t| self.upper_bound(t.len()))
+        tools_text_len(req).map_or(0, |n| self.upper_bound(n))
     }
+}
+
+/// `tools_text(req).map(|t| t.len())`, without writing the text: each part of a definition
+/// on a line of its own.
+fn tools_text_len(req: &ChatRequest) -> Option<usize> {
+    let tools = req.tools.as_ref().filter(|t| !t.is_empty())?;
+    Some(
+        tools
+            .iter()
+            .map(|t| {
+                let (bytes, parts) = t.definition_len();
+                bytes + parts
+            })
+            .sum(),
+    )
 }
 
 fn tools_text(req: &ChatRequest) -> Option<String> {

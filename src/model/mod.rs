@@ -331,6 +331,26 @@ pub enum Tool {
     Other(Value),
 }
 
+impl Tool {
+    /// The bytes of this definition the model reads (name, description, parameters as compact
+    /// JSON; a tool nenya does not model, whole as JSON), and how many of those parts there
+    /// are, measured without encoding anything.
+    pub(crate) fn definition_len(&self) -> (usize, usize) {
+        match self {
+            Tool::Function {
+                name,
+                description,
+                parameters,
+                ..
+            } => (
+                name.len() + description.as_ref().map_or(0, String::len) + json_len(parameters),
+                2 + usize::from(description.is_some()),
+            ),
+            Tool::Other(v) => (json_len(v), 1),
+        }
+    }
+}
+
 /// How the model must use tools.
 #[derive(Debug, Clone, PartialEq)]
 pub enum ToolChoice {
@@ -511,21 +531,7 @@ impl ChatFields {
         let mut bytes = 0usize;
         self.for_each_text(|s| bytes += s.len());
         if let Some(tools) = &self.tools {
-            for t in tools {
-                bytes += match t {
-                    Tool::Function {
-                        name,
-                        description,
-                        parameters,
-                        ..
-                    } => {
-                        name.len()
-                            + description.as_ref().map_or(0, String::len)
-                            + parameters.to_string().len()
-                    }
-                    Tool::Other(v) => v.to_string().len(),
-                };
-            }
+            bytes += tools.iter().map(|t| t.definition_len().0).sum::<usize>();
         }
         // Per-message framing overhead, as the OpenAI tokenizer guidance counts it.
         (bytes as u64).div_ceil(4) + 4 * self.messages.len() as u64
@@ -740,6 +746,50 @@ fn content_texts(content: &Content, f: &mut impl FnMut(&str)) {
             }
         }
     }
+}
+
+/// How many bytes `v` takes as compact JSON (what `v.to_string().len()` is), counted without
+/// writing it: token estimates measure tool definitions on every request, and encoding a
+/// 30 KB tool list twice a request to take its length cost a third of such a request.
+pub(crate) fn json_len(v: &Value) -> usize {
+    match v {
+        Value::Null => 4,
+        Value::Bool(b) => 4 + usize::from(!b),
+        Value::Number(n) => {
+            struct Count(usize);
+            impl std::fmt::Write for Count {
+                fn write_str(&mut self, s: &str) -> std::fmt::Result {
+                    self.0 += s.len();
+                    Ok(())
+                }
+            }
+            let mut c = Count(0);
+            let _ = std::fmt::write(&mut c, format_args!("{n}"));
+            c.0
+        }
+        Value::String(s) => json_str_len(s),
+        Value::Array(a) => 2 + a.len().saturating_sub(1) + a.iter().map(json_len).sum::<usize>(),
+        Value::Object(o) => {
+            2 + o.len().saturating_sub(1)
+                + o.iter()
+                    .map(|(k, v)| json_str_len(k) + 1 + json_len(v))
+                    .sum::<usize>()
+        }
+    }
+}
+
+/// A string's length as a JSON string, quotes and escapes included (serde_json's escapes:
+/// two bytes for `"`, `\` and the five short control escapes, six for other controls).
+fn json_str_len(s: &str) -> usize {
+    let mut n = s.len() + 2;
+    for &b in s.as_bytes() {
+        n += match b {
+            b'"' | b'\\' | b'\n' | b'\r' | b'\t' | 0x08 | 0x0c => 1,
+            0..=0x1f => 5,
+            _ => 0,
+        };
+    }
+    n
 }
 
 /// The texts of a message's content, in order, by shared or mutable reference: one walk for

@@ -118,3 +118,49 @@ fn a_cache_counts_each_message_once() {
     TokenCounter::for_model("claude-opus-4-1").count_message_cached(&a, Some(&cache));
     assert_eq!(cache.len(), 3);
 }
+
+/// Any JSON value, strings with quotes, backslashes, controls and non-ASCII included.
+fn json_value() -> impl proptest::strategy::Strategy<Value = serde_json::Value> {
+    use proptest::prelude::*;
+    use serde_json::Value;
+    let leaf = prop_oneof![
+        Just(Value::Null),
+        any::<bool>().prop_map(Value::Bool),
+        any::<i64>().prop_map(Value::from),
+        any::<u64>().prop_map(Value::from),
+        any::<f64>().prop_map(Value::from),
+        "(\\PC|[\"\\\\\u{0}-\u{1f}\u{7f}])*".prop_map(Value::String),
+    ];
+    leaf.prop_recursive(4, 48, 6, |inner| {
+        prop_oneof![
+            proptest::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
+            proptest::collection::vec(("(\\PC|[\"\\\\\n\u{1}])*", inner), 0..6)
+                .prop_map(|kv| Value::Object(kv.into_iter().collect())),
+        ]
+    })
+}
+
+proptest::proptest! {
+    /// The estimates measure tool definitions without encoding them: the figures must be those
+    /// of the encoded JSON, byte for byte.
+    #[test]
+    fn tool_definitions_are_measured_as_their_encoded_json(params in json_value(), other in json_value()) {
+        let body = serde_json::json!({"model": "m", "messages": [{"role": "user", "content": "hi"}],
+            "tools": [{"type": "function", "function": {"name": "f", "description": "does f", "parameters": params}}]});
+        let req = nenya::adapters::decode_request(nenya::model::ApiFormat::OpenAi, body.to_string().as_bytes()).unwrap();
+        let tools = req.tools.as_ref().unwrap();
+        let nenya::model::Tool::Function { parameters, .. } = &tools[0] else { panic!("{tools:?}") };
+        let bytes = "hi".len() + "f".len() + "does f".len() + parameters.to_string().len();
+        proptest::prop_assert_eq!(req.estimate_tokens(), (bytes as u64).div_ceil(4) + 4);
+        // The byte bound is taken over the text count_tools tokenises: name, description and
+        // parameters, one line each.
+        let c = TokenCounter::for_model("gpt-4o");
+        let text_len = "f\ndoes f\n".len() + parameters.to_string().len() + 1;
+        proptest::prop_assert_eq!(c.tools_upper_bound(&req), c.upper_bound(text_len));
+        // A provider tool nenya does not model is measured whole.
+        let body = serde_json::json!({"model": "m", "messages": [], "tools": [{"type": "web_search", "x": other}]});
+        let req = nenya::adapters::decode_request(nenya::model::ApiFormat::OpenAi, body.to_string().as_bytes()).unwrap();
+        let nenya::model::Tool::Other(v) = &req.tools.as_ref().unwrap()[0] else { panic!() };
+        proptest::prop_assert_eq!(req.estimate_tokens(), (v.to_string().len() as u64).div_ceil(4));
+    }
+}
