@@ -210,16 +210,9 @@ impl TokenCounter {
 /// `tools_text(req).map(|t| t.len())`, without writing the text: each part of a definition
 /// on a line of its own.
 fn tools_text_len(req: &ChatRequest) -> Option<usize> {
-    let tools = req.tools.as_ref().filter(|t| !t.is_empty())?;
-    Some(
-        tools
-            .iter()
-            .map(|t| {
-                let (bytes, parts) = t.definition_len();
-                bytes + parts
-            })
-            .sum(),
-    )
+    req.tools.as_ref().filter(|t| !t.is_empty())?;
+    let (bytes, parts) = req.tools_len();
+    Some(bytes + parts)
 }
 
 fn tools_text(req: &ChatRequest) -> Option<String> {

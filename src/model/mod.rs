@@ -393,12 +393,20 @@ pub struct ChatRequest {
     fields: ChatFields,
     /// The client's body, while it still says what `fields` say.
     raw: Option<Bytes>,
+    /// The tool definitions' measure ([`Tool::definition_len`] summed), taken once while no
+    /// layer changes the request: several layers estimate tokens, and a coding agent's tool
+    /// list is tens of KB.
+    tools_len: std::sync::OnceLock<(usize, usize)>,
 }
 
 impl ChatRequest {
     /// A request with no client body behind it (built in code, or rebuilt): it is always encoded.
     pub fn new(fields: ChatFields) -> Self {
-        Self { fields, raw: None }
+        Self {
+            fields,
+            raw: None,
+            tools_len: std::sync::OnceLock::new(),
+        }
     }
 
     /// A request decoded from `raw`, which an upstream of the same format would read exactly
@@ -407,6 +415,7 @@ impl ChatRequest {
         Self {
             fields,
             raw: Some(raw),
+            tools_len: std::sync::OnceLock::new(),
         }
     }
 
@@ -427,6 +436,23 @@ impl ChatRequest {
     pub fn into_fields(self) -> ChatFields {
         self.fields
     }
+
+    /// [`ChatFields::estimate_tokens`], with the tool definitions measured once per request
+    /// (until a layer changes it), however many layers ask.
+    ///
+    /// ```
+    /// let req = nenya::adapters::decode_request(nenya::model::ApiFormat::OpenAi,
+    ///     br#"{"model":"m","messages":[{"role":"user","content":"twelve chars"}]}"#).unwrap();
+    /// assert_eq!(req.estimate_tokens(), nenya::model::ChatFields::estimate_tokens(&req));
+    /// ```
+    pub fn estimate_tokens(&self) -> u64 {
+        self.fields.estimate_with_tools(self.tools_len().0)
+    }
+
+    /// The tool definitions' bytes and parts ([`Tool::definition_len`] summed), cached.
+    pub(crate) fn tools_len(&self) -> (usize, usize) {
+        *self.tools_len.get_or_init(|| self.fields.tools_len())
+    }
 }
 
 impl From<ChatFields> for ChatRequest {
@@ -446,6 +472,7 @@ impl std::ops::DerefMut for ChatRequest {
     /// Drops the client's body: from here on the request may differ from it.
     fn deref_mut(&mut self) -> &mut ChatFields {
         self.raw = None;
+        self.tools_len.take();
         &mut self.fields
     }
 }
@@ -528,11 +555,21 @@ impl ChatFields {
     /// assert_eq!(req.estimate_tokens(), 3 + 4);
     /// ```
     pub fn estimate_tokens(&self) -> u64 {
-        let mut bytes = 0usize;
+        self.estimate_with_tools(self.tools_len().0)
+    }
+
+    /// The tool definitions' bytes and parts ([`Tool::definition_len`] summed).
+    pub(crate) fn tools_len(&self) -> (usize, usize) {
+        self.tools.iter().flatten().fold((0, 0), |(b, p), t| {
+            let (tb, tp) = t.definition_len();
+            (b + tb, p + tp)
+        })
+    }
+
+    /// [`ChatFields::estimate_tokens`] with the tool definitions' bytes already measured.
+    fn estimate_with_tools(&self, tool_bytes: usize) -> u64 {
+        let mut bytes = tool_bytes;
         self.for_each_text(|s| bytes += s.len());
-        if let Some(tools) = &self.tools {
-            bytes += tools.iter().map(|t| t.definition_len().0).sum::<usize>();
-        }
         // Per-message framing overhead, as the OpenAI tokenizer guidance counts it.
         (bytes as u64).div_ceil(4) + 4 * self.messages.len() as u64
     }
@@ -781,8 +818,17 @@ pub(crate) fn json_len(v: &Value) -> usize {
 /// A string's length as a JSON string, quotes and escapes included (serde_json's escapes:
 /// two bytes for `"`, `\` and the five short control escapes, six for other controls).
 fn json_str_len(s: &str) -> usize {
-    let mut n = s.len() + 2;
-    for &b in s.as_bytes() {
+    let b = s.as_bytes();
+    // Most strings escape nothing: this count vectorises, the walk below does not.
+    let escaped = b
+        .iter()
+        .map(|&b| usize::from(b < 0x20 || b == b'"' || b == b'\\'))
+        .sum::<usize>();
+    if escaped == 0 {
+        return b.len() + 2;
+    }
+    let mut n = b.len() + 2;
+    for &b in b {
         n += match b {
             b'"' | b'\\' | b'\n' | b'\r' | b'\t' | 0x08 | 0x0c => 1,
             0..=0x1f => 5,

@@ -164,3 +164,24 @@ proptest::proptest! {
         proptest::prop_assert_eq!(req.estimate_tokens(), (v.to_string().len() as u64).div_ceil(4));
     }
 }
+
+#[test]
+fn the_tool_measure_taken_once_follows_a_change_to_the_tools() {
+    let body = serde_json::json!({"model": "m", "messages": [{"role": "user", "content": "hi"}],
+        "tools": [{"type": "function", "function": {"name": "f", "description": "d".repeat(400), "parameters": {"type": "object"}}}]});
+    let mut req = nenya::adapters::decode_request(
+        nenya::model::ApiFormat::OpenAi,
+        body.to_string().as_bytes(),
+    )
+    .unwrap();
+    let with_tools = req.estimate_tokens();
+    assert_eq!(with_tools, (2 + 1 + 400 + 17_u64).div_ceil(4) + 4);
+    // Asked again: the same figure, now from the measure kept.
+    assert_eq!(req.estimate_tokens(), with_tools);
+    req.tools = None;
+    assert_eq!(req.estimate_tokens(), 1 + 4);
+    assert_eq!(
+        nenya::model::ChatFields::estimate_tokens(&req),
+        req.estimate_tokens()
+    );
+}
