@@ -126,7 +126,10 @@ impl<T> ScrubLayer<T> {
     /// one memory, in which each caller (the auth layer's [`Principal`](crate::model::Principal):
     /// each API key; requests without one, such as those with a client token, are one caller)
     /// has entries of its own, so no caller can time whether another sent a text; a text with
-    /// a finding is always scanned (and rewritten) again.
+    /// a finding is always scanned (and rewritten) again. A scrubber that reads tool
+    /// definitions too ([`TextScrubber::SCRUBS_FIELDS`]) remembers each definition found clean
+    /// whole, by the same kind of key over all its strings: a coding agent's tool list, sent
+    /// with every turn, is then scanned once.
     ///
     /// ```
     /// use nenya::layers::{RedactLayer, Redactor};
@@ -197,6 +200,67 @@ impl CleanTexts {
     fn key(&self, scope: u64, text: &str) -> u128 {
         xxhash_rust::xxh3::xxh3_128_with_seed(text.as_bytes(), self.seed ^ scope)
     }
+
+    /// The key of a whole tool definition for the caller `scope`: every string and key the
+    /// scan of its fields reads, each framed by a tag and its length, so two different
+    /// definitions never feed the hash the same bytes, and another seed than texts', so a
+    /// definition's key is never a text's. A coding agent sends the same tool list with every
+    /// turn: remembered clean, its few hundred short strings are not scanned again.
+    fn tool_key(&self, scope: u64, tool: &Tool) -> u128 {
+        fn str(h: &mut xxhash_rust::xxh3::Xxh3, tag: u8, s: &str) {
+            h.update(&[tag]);
+            h.update(&(s.len() as u64).to_le_bytes());
+            h.update(s.as_bytes());
+        }
+        fn map(h: &mut xxhash_rust::xxh3::Xxh3, m: &JsonMap) {
+            h.update(b"{");
+            h.update(&(m.len() as u64).to_le_bytes());
+            for (k, v) in m {
+                str(h, b'k', k);
+                value(h, v);
+            }
+        }
+        fn value(h: &mut xxhash_rust::xxh3::Xxh3, v: &Value) {
+            match v {
+                Value::String(s) => str(h, b's', s),
+                Value::Array(a) => {
+                    h.update(b"[");
+                    h.update(&(a.len() as u64).to_le_bytes());
+                    for x in a {
+                        value(h, x);
+                    }
+                }
+                Value::Object(o) => map(h, o),
+                // Numbers, booleans and nulls are not scanned; only their place counts.
+                _ => h.update(b"0"),
+            }
+        }
+        let mut h = xxhash_rust::xxh3::Xxh3::with_seed(self.seed ^ scope ^ Self::TOOL_DOMAIN);
+        match tool {
+            Tool::Function {
+                description,
+                parameters,
+                extra,
+                ..
+            } => {
+                h.update(b"f");
+                match description {
+                    Some(d) => str(&mut h, b'd', d),
+                    None => h.update(b"-"),
+                }
+                value(&mut h, parameters);
+                map(&mut h, extra);
+            }
+            Tool::Other(v) => {
+                h.update(b"o");
+                value(&mut h, v);
+            }
+        }
+        h.digest128()
+    }
+
+    /// Mixed into the seed of tool keys.
+    const TOOL_DOMAIN: u64 = 0x746f_6f6c_5f64_6566;
 
     fn sets(&self) -> std::sync::MutexGuard<'_, [HashSet<u128, PassThrough>; 2]> {
         // A panic while held cannot leave a set half-updated in a way that matters: at worst a
@@ -322,7 +386,8 @@ where
             Some(c) => c.scrub(scope, s, |s| t.scrub(s)),
             None => t.scrub(s),
         };
-        match rewrite_texts(T::NAME, req.body_mut(), T::SCRUBS_FIELDS, scrub) {
+        let fields = T::SCRUBS_FIELDS.then_some(clean.map(|c| (c, scope)));
+        match rewrite_texts(T::NAME, req.body_mut(), fields, scrub) {
             Ok(0) => {}
             Ok(n) => tracing::debug!(
                 layer = T::NAME,
@@ -339,11 +404,13 @@ where
 /// arguments are JSON: when they hold escapes, `f` sees each decoded string in them (a secret
 /// after `\n` is still found) and the arguments are re-serialised only if one changed.
 /// Returns how many texts changed, or `Err` when `f` panicked (the request is then left as it
-/// was at that point, and the caller fails open).
+/// was at that point, and the caller fails open). With `fields`, the tool definitions and
+/// unknown fields are scrubbed too (see [`rewrite_fields`]), whole tool definitions found
+/// clean remembered in the memory given, for the caller given.
 pub(crate) fn rewrite_texts(
     layer: &'static str,
     req: &mut ChatRequest,
-    fields: bool,
+    fields: Option<Option<(&CleanTexts, u64)>>,
     mut f: impl FnMut(&str) -> Option<String>,
 ) -> Result<usize, ()> {
     let mut changed = 0usize;
@@ -368,9 +435,9 @@ pub(crate) fn rewrite_texts(
             }
             n += 1;
         });
-        if fields {
+        if let Some(clean) = fields {
             // Written the long way: the client's body is dropped when one of them changes.
-            changed += rewrite_fields(req, &mut f);
+            changed += rewrite_fields(req, &mut f, clean);
         }
         if edits.is_empty() {
             return;
@@ -412,8 +479,12 @@ pub(crate) fn rewrite_texts(
 /// Anthropic `document` with a text source, a `search_result`, an OpenAI `file`, …); how many
 /// changed. Opaque values are left alone (see [`opaque_key`], [`opaque_string`]). It looks
 /// first, so a request with nothing to change there keeps the client's body and nothing is
-/// copied.
-fn rewrite_fields(req: &mut ChatRequest, f: &mut impl FnMut(&str) -> Option<String>) -> usize {
+/// copied. Tool definitions found clean are remembered whole in `clean` (for its caller).
+fn rewrite_fields(
+    req: &mut ChatRequest,
+    f: &mut impl FnMut(&str) -> Option<String>,
+    clean: Option<(&CleanTexts, u64)>,
+) -> usize {
     let f = &mut |s: &str| if opaque_string(s) { None } else { f(s) };
     let mut changed = 0;
     if look_map(&req.extra, f) {
@@ -427,6 +498,13 @@ fn rewrite_fields(req: &mut ChatRequest, f: &mut impl FnMut(&str) -> Option<Stri
         }
     }
     for i in 0..req.tools.as_ref().map_or(0, Vec::len) {
+        let key = match (clean, req.tools.as_ref().map(|t| &t[i])) {
+            (Some((c, scope)), Some(tool)) => Some((c, c.tool_key(scope, tool))),
+            _ => None,
+        };
+        if key.is_some_and(|(c, k)| c.contains(k)) {
+            continue;
+        }
         let tool_changes = match req.tools.as_ref().map(|t| &t[i]) {
             Some(Tool::Function {
                 description,
@@ -442,6 +520,9 @@ fn rewrite_fields(req: &mut ChatRequest, f: &mut impl FnMut(&str) -> Option<Stri
             None => false,
         };
         if !tool_changes {
+            if let Some((c, k)) = key {
+                c.insert(k);
+            }
             continue;
         }
         match req.tools.as_mut().map(|t| &mut t[i]) {
@@ -821,6 +902,73 @@ mod tests {
             send(caller).await.unwrap();
             assert_eq!(scans(), want, "after {caller:?}");
         }
+    }
+
+    /// [`Counting`] over the tool definitions and unknown fields too.
+    #[derive(Clone, Default)]
+    struct CountingFields(Counting);
+
+    impl TextScrubber for CountingFields {
+        const NAME: &'static str = "counting_fields";
+        const SCRUBS_FIELDS: bool = true;
+        fn scrub(&self, text: &str) -> Option<String> {
+            self.0.scrub(text)
+        }
+    }
+
+    /// Whole tool definitions found clean are not scanned again for that caller; a definition
+    /// changed anywhere (a nested schema string) is scanned again and rewritten.
+    #[tokio::test]
+    async fn a_clean_tool_definition_is_remembered_whole() {
+        use tower::{ServiceBuilder, ServiceExt, service_fn};
+        let c = CountingFields::default();
+        let svc = ServiceBuilder::new()
+            .layer(ScrubLayer::new(c.clone()).remember_clean(64))
+            .service(service_fn(|r: Request<ChatRequest>| async move {
+                Ok::<_, std::convert::Infallible>(r.into_body())
+            }));
+        let tool = |n: usize, note: &str| {
+            serde_json::json!({"type": "function", "function": {"name": format!("t{n}"), "description": format!("tool {n}"),
+                "parameters": {"type": "object", "properties": {"p": {"type": "string", "description": note, "enum": ["a", "b"]}}}}})
+        };
+        let send = |note: &str, caller: &str| {
+            let body = serde_json::json!({"model": "m", "tools": [tool(0, "plain"), tool(1, note)],
+                "messages": [{"role": "user", "content": "hi"}]});
+            let mut req = Request::new(
+                crate::adapters::decode_request(
+                    crate::model::ApiFormat::OpenAi,
+                    body.to_string().as_bytes(),
+                )
+                .unwrap(),
+            );
+            req.extensions_mut().insert(crate::model::Principal {
+                name: caller.into(),
+                unrestricted: false,
+                allowed_agents: Vec::new().into(),
+            });
+            svc.clone().oneshot(req)
+        };
+        let scans = || c.0.0.load(Ordering::Relaxed);
+        // Each tool: its description and 5 schema strings ("object", "string", the note, "a", "b").
+        send("plain", "alice").await.unwrap();
+        assert_eq!(scans(), 1 + 2 * 6);
+        send("plain", "alice").await.unwrap();
+        assert_eq!(scans(), 13 + 1, "only the message scanned again");
+        // The changed tool: looked at up to its note (4 strings), then written (all 6).
+        let out = send("has SECRET", "alice").await.unwrap();
+        assert_eq!(scans(), 14 + 1 + 4 + 6);
+        let Some(Tool::Function { parameters, .. }) = out.tools.as_ref().map(|t| &t[1]) else {
+            panic!("{:?}", out.tools)
+        };
+        assert_eq!(parameters["properties"]["p"]["description"], "has [X]");
+        send("has SECRET", "alice").await.unwrap();
+        assert_eq!(
+            scans(),
+            25 + 11,
+            "a tool with a finding is never remembered"
+        );
+        send("plain", "bob").await.unwrap();
+        assert_eq!(scans(), 36 + 13, "another caller's memory");
     }
 
     #[test]
