@@ -7,7 +7,7 @@
 #   bash scripts/ab.sh NAME=ENV@BINARY ...       e.g.
 #   bash scripts/ab.sh "shared=NENYA_WORKERS=-1@target/release/nenya" "threads=NENYA_WORKERS=0@target/release/nenya"
 #
-# Environment: KIND=plain|stream|large|turns|secret|file (file: BODY_FILE), CONNS (1), REPS (5), DUR (3 s per run).
+# Environment: KIND=plain|stream|large|turns|secret|tools|file (file: BODY_FILE), CONNS (1), REPS (5), DUR (3 s per run).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 command -v wrk >/dev/null || { echo "needs wrk (apt-get install wrk)"; exit 1; }

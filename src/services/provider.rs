@@ -247,10 +247,11 @@ impl Service<Request<ChatRequest>> for ProviderService {
 
     fn call(&mut self, req: Request<ChatRequest>) -> ResponseFuture {
         match build_upstream_request(req) {
-            Ok((target, upstream, ctx, upstream_key)) => ResponseFuture {
+            Ok((target, upstream, ctx, upstream_key, spent)) => ResponseFuture {
                 state: State::Waiting {
                     fut: target.provider.transport.send(upstream),
                     key: upstream_key,
+                    spent,
                     deadline: tokio::time::sleep(
                         target
                             .provider
@@ -287,9 +288,17 @@ struct Ctx {
 /// Largest non-streamed upstream answer converted between formats.
 const MAX_CONVERTED_BODY: usize = 32 << 20;
 
-fn build_upstream_request(
-    req: Request<ChatRequest>,
-) -> Result<(Target, Request<Body>, Ctx, Option<Secret>), Error> {
+/// The upstream request, and the decoded request when its client body went as it was: that
+/// one is dropped only once the upstream has the request (see `State::Waiting::spent`).
+type Built = (
+    Target,
+    Request<Body>,
+    Ctx,
+    Option<Secret>,
+    Option<Box<ChatRequest>>,
+);
+
+fn build_upstream_request(req: Request<ChatRequest>) -> Result<Built, Error> {
     let (parts, mut chat) = req.into_parts();
     let target = parts
         .extensions
@@ -325,17 +334,18 @@ fn build_upstream_request(
             breakpoints,
         )
     };
-    let body = match as_sent {
-        Some(body) => body,
+    let (body, spent) = match as_sent {
+        Some(body) => (body, Some(Box::new(chat))),
         None => {
             chat.model.clone_from(&target.model);
-            encode_request_cached(
+            let body = encode_request_cached(
                 chat,
                 target.format,
                 &target.provider.caps,
                 &target.provider.quirks,
                 breakpoints,
-            )?
+            )?;
+            (body, None)
         }
     };
 
@@ -390,7 +400,7 @@ fn build_upstream_request(
         stream,
         include_usage,
     };
-    Ok((target, upstream, ctx, key))
+    Ok((target, upstream, ctx, key, spent))
 }
 
 /// `body` with every occurrence of `key` replaced by `[REDACTED:provider_key]`.
@@ -511,6 +521,12 @@ pin_project! {
             ctx: Ctx,
             // The key sent upstream, so an error body that echoes it can be scrubbed.
             key: Option<Secret>,
+            // The decoded request, freed once the first poll has handed the request to the
+            // upstream and is waiting for its answer: freeing the tree of a coding agent's
+            // request (tens of KB of tool schemas and turns) costs tens of microseconds, which
+            // the upstream's own time then hides instead of the request waiting for it. Boxed:
+            // this future is moved up through every layer's.
+            spent: Option<Box<ChatRequest>>,
         },
         // A non-streamed answer (or an error) from an upstream of another format, read whole
         // so it can be re-encoded with the right status and length.
@@ -541,8 +557,13 @@ impl Future for ResponseFuture {
                     deadline,
                     ctx,
                     key,
+                    spent,
                 } => {
-                    let resp = match fut.poll(cx) {
+                    let polled = fut.poll(cx);
+                    if polled.is_pending() {
+                        drop(spent.take());
+                    }
+                    let resp = match polled {
                         Poll::Ready(Ok(resp)) => resp,
                         Poll::Ready(Err(e)) => {
                             return Poll::Ready(Err(Error::new(
