@@ -971,6 +971,58 @@ mod tests {
         assert_eq!(scans(), 36 + 13, "another caller's memory");
     }
 
+    /// Answers the same text differently each time it is asked.
+    #[derive(Clone, Default)]
+    struct Fickle(Arc<AtomicUsize>);
+
+    impl TextScrubber for Fickle {
+        const NAME: &'static str = "fickle";
+        fn scrub(&self, text: &str) -> Option<String> {
+            let n = self.0.fetch_add(1, Ordering::Relaxed);
+            text.contains("SECRET")
+                .then(|| text.replace("SECRET", &format!("[X{n}]")))
+        }
+    }
+
+    /// One old text given two different new texts cannot be written into the client's body
+    /// (a splice replaces every copy of a text alike): the body is dropped, and each slot keeps
+    /// the new text it was given.
+    #[tokio::test]
+    async fn one_text_rewritten_two_ways_is_not_spliced() {
+        use tower::{ServiceExt, service_fn};
+        let decode = |v: serde_json::Value| {
+            crate::adapters::decode_client_body(
+                crate::model::ApiFormat::OpenAi,
+                bytes::Bytes::from(v.to_string()),
+            )
+            .unwrap()
+        };
+        let scrub = |req: ChatRequest| {
+            ScrubLayer::new(Fickle::default())
+                .layer(service_fn(|r: Request<ChatRequest>| async move {
+                    Ok::<_, std::convert::Infallible>(r.into_body())
+                }))
+                .oneshot(Request::new(req))
+        };
+        let req = decode(serde_json::json!({"model": "m", "messages": [
+            {"role": "user", "content": "a SECRET"}, {"role": "assistant", "content": "ok"},
+            {"role": "user", "content": "a SECRET"}]}));
+        assert!(req.client_body().is_some());
+        let out = scrub(req).await.unwrap();
+        assert!(out.client_body().is_none());
+        assert_eq!(out.messages[0].content.text(), "a [X0]");
+        assert_eq!(out.messages[2].content.text(), "a [X2]");
+        // The same scrubber answering alike is spliced (the guard is what refused above).
+        let req = decode(
+            serde_json::json!({"model": "m", "messages": [{"role": "user", "content": "a SECRET"}]}),
+        );
+        let out = scrub(req).await.unwrap();
+        assert_eq!(
+            out.client_body().map(|b| b.as_ref()),
+            Some(&br#"{"model":"m","messages":[{"role":"user","content":"a [X0]"}]}"#[..])
+        );
+    }
+
     #[test]
     fn debug_shows_sizes_not_the_seed() {
         let mem = CleanTexts::new(8);
