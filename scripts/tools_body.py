@@ -1,4 +1,4 @@
-"""A request as a coding agent sends it on a first turn: 20 function tools (~28 KB of
+"""A request as a coding agent sends it on a first turn: 20 function tools (~37 KB of
 definitions: a long description each, parameter schemas with short descriptions) and one short
 user message. Deterministic; used by instr.sh / ab.sh KIND=tools. What redaction costs on the
 tool definitions it reads (they reach the upstream too)."""
