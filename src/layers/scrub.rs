@@ -860,6 +860,26 @@ mod tests {
         assert!(total <= 8, "{total}");
     }
 
+    /// An OpenAI `body` as the auth layer hands it on for the API key named `caller` (none:
+    /// no auth configured).
+    fn request_from(body: &serde_json::Value, caller: Option<&str>) -> Request<ChatRequest> {
+        let mut req = Request::new(
+            crate::adapters::decode_request(
+                crate::model::ApiFormat::OpenAi,
+                body.to_string().as_bytes(),
+            )
+            .unwrap(),
+        );
+        if let Some(name) = caller {
+            req.extensions_mut().insert(crate::model::Principal {
+                name: name.into(),
+                unrestricted: false,
+                allowed_agents: Vec::new().into(),
+            });
+        }
+        req
+    }
+
     /// Through the layer: a text one caller sent is remembered for that caller only.
     #[tokio::test]
     async fn each_caller_has_its_own_memory() {
@@ -873,23 +893,7 @@ mod tests {
         let text = long(1);
         let body =
             serde_json::json!({"model": "m", "messages": [{"role": "user", "content": text}]});
-        let send = |caller: Option<&str>| {
-            let mut req = Request::new(
-                crate::adapters::decode_request(
-                    crate::model::ApiFormat::OpenAi,
-                    body.to_string().as_bytes(),
-                )
-                .unwrap(),
-            );
-            if let Some(name) = caller {
-                req.extensions_mut().insert(crate::model::Principal {
-                    name: name.into(),
-                    unrestricted: false,
-                    allowed_agents: Vec::new().into(),
-                });
-            }
-            svc.clone().oneshot(req)
-        };
+        let send = |caller: Option<&str>| svc.clone().oneshot(request_from(&body, caller));
         let scans = || c.0.load(Ordering::Relaxed);
         for (caller, want) in [
             (Some("alice"), 1),
@@ -934,19 +938,7 @@ mod tests {
         let send = |note: &str, caller: &str| {
             let body = serde_json::json!({"model": "m", "tools": [tool(0, "plain"), tool(1, note)],
                 "messages": [{"role": "user", "content": "hi"}]});
-            let mut req = Request::new(
-                crate::adapters::decode_request(
-                    crate::model::ApiFormat::OpenAi,
-                    body.to_string().as_bytes(),
-                )
-                .unwrap(),
-            );
-            req.extensions_mut().insert(crate::model::Principal {
-                name: caller.into(),
-                unrestricted: false,
-                allowed_agents: Vec::new().into(),
-            });
-            svc.clone().oneshot(req)
+            svc.clone().oneshot(request_from(&body, Some(caller)))
         };
         let scans = || c.0.0.load(Ordering::Relaxed);
         // Each tool: its description and 5 schema strings ("object", "string", the note, "a", "b").
