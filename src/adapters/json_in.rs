@@ -3,6 +3,16 @@
 //! serde_json keeps the last of two equal keys; other parsers keep the first, or refuse the
 //! body. A body with a repeated key is therefore never forwarded as it came: what nenya read
 //! (and redacted) could differ from what the upstream would read.
+//!
+//! Two parsers build the tree. [`Fast`] takes the bodies clients send: valid UTF-8, ordinary
+//! nesting, strings with the usual escapes. It finds each run of string bytes with one SIMD
+//! search for `"` or `\` (`memchr2`) and copies the run once, where serde_json steps through
+//! 8 bytes at a time, copies escaped strings into a scratch buffer and then again into the
+//! `String`. On a coding agent's 100 KB conversation, full of `\n` and `\"`, that was most
+//! of the request's instructions (BENCHMARKS.md). Whatever `Fast` is not sure of (an error, a
+//! lone surrogate, a float, deep nesting) it hands to serde_json, which parses the whole body
+//! again: errors and limits are serde_json's own, and a tree `Fast` returns is the tree
+//! serde_json would have built (unit and property tests below, and a check under the fuzzer).
 
 use std::cell::Cell;
 
@@ -12,6 +22,23 @@ use serde_json::{Map, Number, Value};
 /// Parses `body` as one JSON value (trailing whitespace only), as `serde_json::from_slice`
 /// does, and tells whether some object in it had a key twice.
 pub(crate) fn parse(body: &[u8]) -> Result<(Value, bool), serde_json::Error> {
+    let fast = Fast::parse(body);
+    #[cfg(fuzzing)]
+    if let Some((v, repeated)) = &fast {
+        let (sv, srep) = slow(body).expect("the fast parser took a body serde_json refuses");
+        assert_eq!(v, &sv);
+        assert_eq!(v.to_string(), sv.to_string(), "key order");
+        assert_eq!(*repeated, srep);
+    }
+    match fast {
+        Some(found) => Ok(found),
+        None => slow(body),
+    }
+}
+
+/// serde_json's parse, noting repeated keys: the reference, and the way for whatever [`Fast`]
+/// declines.
+fn slow(body: &[u8]) -> Result<(Value, bool), serde_json::Error> {
     let repeated = Cell::new(false);
     let mut de = serde_json::Deserializer::from_slice(body);
     let v = Seed(&repeated).deserialize(&mut de)?;
@@ -78,9 +105,509 @@ impl<'de> Visitor<'de> for Seed<'_> {
     }
 }
 
+/// Deeper bodies go to serde_json (whose limit is 128 levels).
+const MAX_DEPTH: u32 = 100;
+
+/// The fast parser: `None` for anything it does not take, never a different tree.
+struct Fast<'a> {
+    s: &'a str,
+    b: &'a [u8],
+    i: usize,
+    repeated: bool,
+    /// Whether the body holds a byte under 0x20 anywhere. SDKs send compact JSON, which holds
+    /// none, and then no string needs checking for a raw control character.
+    controls: bool,
+}
+
+impl<'a> Fast<'a> {
+    fn parse(body: &'a [u8]) -> Option<(Value, bool)> {
+        // One UTF-8 check for the body: a string's bytes are then valid as they are (every run
+        // starts and ends next to an ASCII byte), and a non-ASCII byte outside a string is an
+        // error `value` declines.
+        let s = std::str::from_utf8(body).ok()?;
+        let mut p = Fast {
+            s,
+            b: body,
+            i: 0,
+            repeated: false,
+            controls: body.iter().copied().min().unwrap_or(b' ') < b' ',
+        };
+        let v = p.value(0)?;
+        p.ws();
+        (p.i == body.len()).then_some((v, p.repeated))
+    }
+
+    #[inline]
+    fn ws(&mut self) {
+        while let Some(&c) = self.b.get(self.i) {
+            if !matches!(c, b' ' | b'\n' | b'\r' | b'\t') {
+                break;
+            }
+            self.i += 1;
+        }
+    }
+
+    fn value(&mut self, depth: u32) -> Option<Value> {
+        self.ws();
+        match *self.b.get(self.i)? {
+            b'{' => self.object(depth + 1),
+            b'[' => self.array(depth + 1),
+            b'"' => self.string().map(Value::String),
+            b't' => self.word(b"true", Value::Bool(true)),
+            b'f' => self.word(b"false", Value::Bool(false)),
+            b'n' => self.word(b"null", Value::Null),
+            b'-' | b'0'..=b'9' => self.number(),
+            _ => None,
+        }
+    }
+
+    fn word(&mut self, w: &[u8], v: Value) -> Option<Value> {
+        self.b[self.i..].starts_with(w).then(|| {
+            self.i += w.len();
+            v
+        })
+    }
+
+    /// Eats `c` (after whitespace) or declines.
+    #[inline]
+    fn expect(&mut self, c: u8) -> Option<()> {
+        self.ws();
+        (self.b.get(self.i) == Some(&c)).then(|| self.i += 1)
+    }
+
+    fn object(&mut self, depth: u32) -> Option<Value> {
+        if depth > MAX_DEPTH {
+            return None;
+        }
+        self.i += 1;
+        let mut map = Map::new();
+        self.ws();
+        if self.b.get(self.i) == Some(&b'}') {
+            self.i += 1;
+            return Some(Value::Object(map));
+        }
+        loop {
+            self.ws();
+            if self.b.get(self.i) != Some(&b'"') {
+                return None;
+            }
+            let k = self.string()?;
+            self.expect(b':')?;
+            let v = self.value(depth)?;
+            if map.insert(k, v).is_some() {
+                self.repeated = true;
+            }
+            self.ws();
+            match *self.b.get(self.i)? {
+                b',' => self.i += 1,
+                b'}' => {
+                    self.i += 1;
+                    return Some(Value::Object(map));
+                }
+                _ => return None,
+            }
+        }
+    }
+
+    fn array(&mut self, depth: u32) -> Option<Value> {
+        if depth > MAX_DEPTH {
+            return None;
+        }
+        self.i += 1;
+        let mut out = Vec::new();
+        self.ws();
+        if self.b.get(self.i) == Some(&b']') {
+            self.i += 1;
+            return Some(Value::Array(out));
+        }
+        loop {
+            out.push(self.value(depth)?);
+            self.ws();
+            match *self.b.get(self.i)? {
+                b',' => self.i += 1,
+                b']' => {
+                    self.i += 1;
+                    return Some(Value::Array(out));
+                }
+                _ => return None,
+            }
+        }
+    }
+
+    /// The string whose opening quote is at `self.i`.
+    fn string(&mut self) -> Option<String> {
+        let b = self.b;
+        let start = self.i + 1;
+        let first = self.special(start)?;
+        if b[first] == b'"' {
+            self.i = first + 1;
+            return Some(self.s.get(start..first)?.to_owned());
+        }
+        // An escaped string: decoded 8 bytes at a time into one buffer sized from the raw
+        // bytes left (plus a word of slack for the last whole-word copy).
+        let mut out = Vec::with_capacity(self.raw_len(first) + (first - start) + 8);
+        out.extend_from_slice(&b[start..first]);
+        let mut at = first;
+        loop {
+            if b[at] == b'"' {
+                self.i = at + 1;
+                // Runs of the checked body and whole escaped characters: valid, and checked
+                // again here at memory speed (no unsafe in this crate).
+                return String::from_utf8(out).ok();
+            }
+            if b[at] != b'\\' {
+                return None; // a control character
+            }
+            at = self.escape(at + 1, &mut out)?;
+            // Copy whole words while they hold no special byte; on the word that does, copy
+            // it whole too and cut the buffer back to the special byte (no short copies).
+            loop {
+                let Some(word) = b.get(at..at + 8) else {
+                    let end = self.special(at)?;
+                    out.extend_from_slice(&b[at..end]);
+                    at = end;
+                    break;
+                };
+                let word: &[u8; 8] = word.try_into().ok()?;
+                let m = special_bytes(u64::from_le_bytes(*word));
+                out.extend_from_slice(word);
+                if m == 0 {
+                    at += 8;
+                    continue;
+                }
+                let k = m.trailing_zeros() as usize / 8;
+                out.truncate(out.len() - 8 + k);
+                at += k;
+                break;
+            }
+        }
+    }
+
+    /// An upper bound on what is left of the string's decoded length from `at` (a backslash):
+    /// the raw bytes up to its closing quote, found with SIMD `memchr` (a quote after an odd
+    /// run of backslashes is escaped), so an escaped string is decoded into one allocation.
+    fn raw_len(&self, at: usize) -> usize {
+        let mut from = at;
+        while let Some(n) = memchr::memchr(b'"', &self.b[from..]) {
+            let quote = from + n;
+            let backslashes = self.b[at..quote]
+                .iter()
+                .rev()
+                .take_while(|&&c| c == b'\\')
+                .count();
+            if backslashes % 2 == 0 {
+                return quote - at;
+            }
+            from = quote + 1;
+        }
+        self.b.len() - at
+    }
+
+    /// The index of the first `"`, `\` or control character from `at` on: two words tested
+    /// in place (keys and short values end there), then SIMD `memchr2` for long runs.
+    #[inline]
+    fn special(&self, mut at: usize) -> Option<usize> {
+        let b = self.b;
+        for _ in 0..2 {
+            let Some(word) = b.get(at..at + 8) else { break };
+            let m = special_bytes(u64::from_le_bytes(word.try_into().ok()?));
+            if m != 0 {
+                return Some(at + m.trailing_zeros() as usize / 8);
+            }
+            at += 8;
+        }
+        let n = memchr::memchr2(b'"', b'\\', &b[at..])?;
+        // The smallest byte of the run: a reduction the compiler vectorises (it does not
+        // vectorise an early-exit search). Only for bodies that hold a control byte at all.
+        if self.controls && b[at..at + n].iter().copied().min().unwrap_or(b' ') < b' ' {
+            return None;
+        }
+        Some(at + n)
+    }
+
+    /// Decodes the escape whose letter is at `at` into `out`; the index after it.
+    #[inline]
+    fn escape(&self, at: usize, out: &mut Vec<u8>) -> Option<usize> {
+        let c = match *self.b.get(at)? {
+            b'"' => b'"',
+            b'\\' => b'\\',
+            b'/' => b'/',
+            b'b' => 8,
+            b'f' => 12,
+            b'n' => b'\n',
+            b'r' => b'\r',
+            b't' => b'\t',
+            b'u' => {
+                let hi = self.hex4(at + 1)?;
+                let (cp, next) = match hi {
+                    0xD800..=0xDBFF => {
+                        if self.b.get(at + 5..at + 7)? != b"\\u" {
+                            return None;
+                        }
+                        let lo = self.hex4(at + 7)?;
+                        if !(0xDC00..=0xDFFF).contains(&lo) {
+                            return None;
+                        }
+                        (0x10000 + ((hi - 0xD800) << 10) + (lo - 0xDC00), at + 11)
+                    }
+                    0xDC00..=0xDFFF => return None,
+                    _ => (hi, at + 5),
+                };
+                let c = char::from_u32(cp)?;
+                out.extend_from_slice(c.encode_utf8(&mut [0; 4]).as_bytes());
+                return Some(next);
+            }
+            _ => return None,
+        };
+        out.push(c);
+        Some(at + 1)
+    }
+
+    fn hex4(&self, at: usize) -> Option<u32> {
+        self.b
+            .get(at..at + 4)?
+            .iter()
+            .try_fold(0, |n, &d| Some(n << 4 | char::from(d).to_digit(16)?))
+    }
+
+    /// Integers of up to 18 digits here; any other number (fractions, exponents, `-0`, big
+    /// integers) parsed by serde_json on its own span, so it rounds and refuses as serde_json does.
+    fn number(&mut self) -> Option<Value> {
+        let b = self.b;
+        let start = self.i;
+        let neg = b[start] == b'-';
+        let digits_from = start + usize::from(neg);
+        let mut j = digits_from;
+        while b.get(j).is_some_and(u8::is_ascii_digit) {
+            j += 1;
+        }
+        let digits = j - digits_from;
+        if digits == 0 || (digits > 1 && b[digits_from] == b'0') {
+            return None;
+        }
+        let plain = !matches!(b.get(j), Some(b'.' | b'e' | b'E'));
+        if plain && digits <= 18 {
+            let n = b[digits_from..j]
+                .iter()
+                .fold(0u64, |n, &d| n * 10 + u64::from(d - b'0'));
+            if !(neg && n == 0) {
+                self.i = j;
+                return Some(Value::Number(if neg {
+                    (-(n as i64)).into()
+                } else {
+                    n.into()
+                }));
+            }
+        }
+        if b.get(j) == Some(&b'.') {
+            j += 1;
+            while b.get(j).is_some_and(u8::is_ascii_digit) {
+                j += 1;
+            }
+        }
+        if matches!(b.get(j), Some(b'e' | b'E')) {
+            j += 1;
+            if matches!(b.get(j), Some(b'+' | b'-')) {
+                j += 1;
+            }
+            while b.get(j).is_some_and(u8::is_ascii_digit) {
+                j += 1;
+            }
+        }
+        let n: Number = serde_json::from_str(self.s.get(start..j)?).ok()?;
+        self.i = j;
+        Some(Value::Number(n))
+    }
+}
+
+/// The high bit of each byte of `w` (little-endian) that is `"`, `\` or a control character,
+/// exact up to the first such byte (the has-zero-byte trick: a borrow can only mark bytes
+/// above a true one), which is all `trailing_zeros` reads.
+#[inline]
+fn special_bytes(w: u64) -> u64 {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    let quote = w ^ (ONES * u64::from(b'"'));
+    let backslash = w ^ (ONES * u64::from(b'\\'));
+    ((quote.wrapping_sub(ONES) & !quote)
+        | (backslash.wrapping_sub(ONES) & !backslash)
+        | (w.wrapping_sub(ONES * 0x20) & !w))
+        & (ONES << 7)
+}
+
 #[cfg(test)]
 mod tests {
-    use super::parse;
+    use super::{Fast, parse, slow};
+    use proptest::prelude::*;
+    use serde_json::Value;
+
+    /// What the fast parser says of `body`, checked against serde_json: when it gives a tree,
+    /// serde_json gives the same (key order and repeats included); when serde_json refuses the
+    /// body, it declines too.
+    fn fast_agrees(body: &[u8]) -> Option<(Value, bool)> {
+        let fast = Fast::parse(body);
+        match (&fast, slow(body)) {
+            (Some((v, rep)), Ok((sv, srep))) => {
+                assert_eq!(v, &sv, "{:?}", String::from_utf8_lossy(body));
+                assert_eq!(v.to_string(), sv.to_string(), "key order");
+                assert_eq!(*rep, srep, "{:?}", String::from_utf8_lossy(body));
+            }
+            (Some(_), Err(e)) => panic!(
+                "fast parser took {:?}, which serde_json refuses: {e}",
+                String::from_utf8_lossy(body)
+            ),
+            (None, _) => {}
+        }
+        fast
+    }
+
+    #[test]
+    fn the_fast_parser_takes_what_clients_send_and_declines_the_rest() {
+        for body in [
+            r#"{"model":"m","messages":[{"role":"user","content":"line\nnext \"q\" \\ \/ \b\f\r\t"}]}"#,
+            r#"{"a":"\u00e9\u4e2d\ud83d\ude00\u0000","b":"é中😀"}"#,
+            "{\"pretty\": [1, -2, 18446744073709551615, -9223372036854775808, 0, -0, 0.5, 1e3, -1.5E-7],\n  \"t\": true, \"f\": false, \"n\": null}\n",
+            r#"{"k\u0041":1,"kA":2}"#,
+            r#"{"a":{},"b":[],"c":[{}],"d":"","e":"\\"}"#,
+            " [ ] ",
+            r#""top-level string""#,
+            "123456789012345678",
+            "1234567890123456789012",
+        ] {
+            assert!(fast_agrees(body.as_bytes()).is_some(), "{body}");
+        }
+        // Deep but within serde_json's limit: declined here, parsed by serde_json.
+        let deep = format!("{}{}", "[".repeat(110), "]".repeat(110));
+        assert!(fast_agrees(deep.as_bytes()).is_none());
+        assert!(parse(deep.as_bytes()).is_ok());
+        for bad in [
+            &b"{\"a\":1} x"[..],
+            br#"{"a":"\ud800"}"#,
+            br#"{"a":"\udc00"}"#,
+            br#"{"a":"\ud800\u0041"}"#,
+            br#"{"a":"\x"}"#,
+            br#"{"a":"\u12G4"}"#,
+            b"{\"a\":\"raw\ncontrol\"}",
+            b"{\"a\":\"\xff\"}",
+            b"\xef\xbb\xbf{}",
+            b"[1,]",
+            b"{\"a\":1,}",
+            b"[01]",
+            b"[1.]",
+            b"[-]",
+            b"[1e]",
+            br#"{"a":1e999}"#,
+            b"[tru]",
+            b"{\"a\" 1}",
+            b"{1:2}",
+            b"\"open",
+            b"",
+            b"   ",
+        ] {
+            assert!(
+                fast_agrees(bad).is_none(),
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
+            assert!(parse(bad).is_err(), "{:?}", String::from_utf8_lossy(bad));
+        }
+    }
+
+    /// Any JSON value: strings of any characters (quotes, backslashes, control characters,
+    /// astral ones), integers and floats of any size, nesting, repeated keys cannot arise.
+    fn any_json() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<u64>().prop_map(Value::from),
+            any::<i64>().prop_map(Value::from),
+            any::<f64>()
+                .prop_filter("finite", |f| f.is_finite())
+                .prop_map(Value::from),
+            ".*".prop_map(Value::String),
+            "[\"\\\\\u{0}-\u{1f}a\u{e9}\u{1F600}]{0,12}".prop_map(Value::String),
+        ];
+        leaf.prop_recursive(6, 64, 8, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..8).prop_map(Value::Array),
+                proptest::collection::vec((".{0,6}", inner), 0..8)
+                    .prop_map(|kv| Value::Object(kv.into_iter().collect())),
+            ]
+        })
+    }
+
+    const PIECES: &[&[u8]] = &[
+        b"{",
+        b"}",
+        b"[",
+        b"]",
+        b"\"",
+        b"\\",
+        b",",
+        b":",
+        b" ",
+        b"\n",
+        b"\t",
+        b"\x01",
+        b"0",
+        b"7",
+        b"-",
+        b".",
+        b"e",
+        b"+",
+        b"u",
+        b"D800",
+        b"DC00",
+        b"00e9",
+        b"n",
+        b"/",
+        b"true",
+        b"null",
+        b"a",
+        b"\"k\"",
+        b"\xc3\xa9",
+        b"\xff",
+        b"\xf0\x9f\x98\x80",
+    ];
+
+    proptest! {
+        /// Every JSON document, compact or pretty, is taken by the fast parser, as serde_json
+        /// reads it.
+        #[test]
+        fn any_document_is_taken_as_serde_json_reads_it(v in any_json()) {
+            for text in [serde_json::to_string(&v).unwrap(), serde_json::to_string_pretty(&v).unwrap()] {
+                let (got, repeated) = fast_agrees(text.as_bytes()).expect("declined a valid document");
+                prop_assert_eq!(got.to_string(), v.to_string());
+                prop_assert!(!repeated);
+            }
+        }
+
+        /// Bytes made of JSON's pieces, mostly invalid: whatever the fast parser takes, serde_json
+        /// takes alike, and what serde_json refuses it declines.
+        #[test]
+        fn pieces_of_json_never_parse_differently(
+            pieces in proptest::collection::vec(proptest::sample::select(PIECES), 0..40),
+        ) {
+            let body = pieces.concat();
+            fast_agrees(&body);
+            let _ = parse(&body);
+        }
+
+        /// Objects with keys drawn from a few, so that some repeat (also spelled with escapes).
+        #[test]
+        fn repeated_keys_are_found_as_serde_json_would_keep_them(
+            keys in proptest::collection::vec(prop_oneof![
+                Just("a"), Just("b"), Just("\\u0061"), Just("\\n"), Just("\\u000a")
+            ], 0..6),
+            nested in any::<bool>(),
+        ) {
+            let members: Vec<String> = keys.iter().enumerate().map(|(i, k)| format!("\"{k}\":{i}")).collect();
+            let mut body = format!("{{{}}}", members.join(","));
+            if nested {
+                body = format!("[{{\"x\":{body}}}]");
+            }
+            prop_assert!(fast_agrees(body.as_bytes()).is_some());
+        }
+    }
 
     #[test]
     fn same_tree_as_serde_json_and_repeats_found_at_any_depth() {
