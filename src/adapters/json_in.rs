@@ -512,29 +512,6 @@ mod tests {
         }
     }
 
-    /// Any JSON value: strings of any characters (quotes, backslashes, control characters,
-    /// astral ones), integers and floats of any size, nesting, repeated keys cannot arise.
-    fn any_json() -> impl Strategy<Value = Value> {
-        let leaf = prop_oneof![
-            Just(Value::Null),
-            any::<bool>().prop_map(Value::Bool),
-            any::<u64>().prop_map(Value::from),
-            any::<i64>().prop_map(Value::from),
-            any::<f64>()
-                .prop_filter("finite", |f| f.is_finite())
-                .prop_map(Value::from),
-            ".*".prop_map(Value::String),
-            "[\"\\\\\u{0}-\u{1f}a\u{e9}\u{1F600}]{0,12}".prop_map(Value::String),
-        ];
-        leaf.prop_recursive(6, 64, 8, |inner| {
-            prop_oneof![
-                proptest::collection::vec(inner.clone(), 0..8).prop_map(Value::Array),
-                proptest::collection::vec((".{0,6}", inner), 0..8)
-                    .prop_map(|kv| Value::Object(kv.into_iter().collect())),
-            ]
-        })
-    }
-
     const PIECES: &[&[u8]] = &[
         b"{",
         b"}",
@@ -573,7 +550,7 @@ mod tests {
         /// Every JSON document, compact or pretty, is taken by the fast parser, as serde_json
         /// reads it.
         #[test]
-        fn any_document_is_taken_as_serde_json_reads_it(v in any_json()) {
+        fn any_document_is_taken_as_serde_json_reads_it(v in super::super::json_out::tests::value()) {
             for text in [serde_json::to_string(&v).unwrap(), serde_json::to_string_pretty(&v).unwrap()] {
                 let (got, repeated) = fast_agrees(text.as_bytes()).expect("declined a valid document");
                 prop_assert_eq!(got.to_string(), v.to_string());

@@ -84,11 +84,13 @@ pub(crate) fn write_str(out: &mut Vec<u8>, s: &str) {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    fn value() -> impl Strategy<Value = Value> {
+    /// Any JSON value: strings of any characters (control characters, quotes, backslashes,
+    /// astral ones), integers and floats of any size, nesting (the JSON parser's tests too).
+    pub(crate) fn value() -> impl Strategy<Value = Value> {
         let leaf = prop_oneof![
             Just(Value::Null),
             any::<bool>().prop_map(Value::Bool),
