@@ -191,6 +191,38 @@ pub fn forward_as_sent(
     quirks: &Quirks,
     breakpoints: Option<&crate::model::CacheBreakpoints>,
 ) -> Option<Bytes> {
+    let [head, name, tail] = forward_as_sent_chunks(req, target, model, caps, quirks, breakpoints)?;
+    if name.is_empty() && tail.is_empty() {
+        return Some(head);
+    }
+    let mut out = Vec::with_capacity(head.len() + name.len() + tail.len());
+    for c in [head, name, tail] {
+        out.extend_from_slice(&c);
+    }
+    Some(Bytes::from(out))
+}
+
+/// [`forward_as_sent`] in three pieces, not joined: the client's bytes up to the value of
+/// `model`, the new value, and the client's bytes after it (the first alone, the others
+/// empty, when the model is the one the client named). The first and last share the client's
+/// buffer, so a large body is sent as it came without being copied ([`crate::Body::chunks`]).
+///
+/// ```
+/// use nenya::adapters::{decode_client_body, forward_as_sent_chunks, providers::{Capabilities, Quirks}};
+/// use nenya::model::ApiFormat;
+/// let req = decode_client_body(ApiFormat::OpenAi,
+///     r#"{"model": "coder", "messages": []}"#.into()).unwrap();
+/// let [head, name, tail] = forward_as_sent_chunks(&req, ApiFormat::OpenAi, "m", &Capabilities::ALL, &Quirks::NONE, None).unwrap();
+/// assert_eq!((&head[..], &name[..], &tail[..]), (&br#"{"model": "#[..], &br#""m""#[..], &br#", "messages": []}"#[..]));
+/// ```
+pub fn forward_as_sent_chunks(
+    req: &ChatRequest,
+    target: ApiFormat,
+    model: &str,
+    caps: &Capabilities,
+    quirks: &Quirks,
+    breakpoints: Option<&crate::model::CacheBreakpoints>,
+) -> Option<[Bytes; 3]> {
     let raw = req.client_body()?;
     if req.source != target || !quirks.strip_fields.is_empty() {
         return None;
@@ -236,13 +268,9 @@ pub fn forward_as_sent(
     let mut quoted = Vec::with_capacity(model.len() + 2);
     json_out::write_str(&mut quoted, model);
     if found == quoted.as_slice() {
-        return Some(raw.clone());
+        return Some([raw.clone(), Bytes::new(), Bytes::new()]);
     }
-    let mut out = Vec::with_capacity(raw.len() - found.len() + quoted.len());
-    out.extend_from_slice(&raw[..start]);
-    out.extend_from_slice(&quoted);
-    out.extend_from_slice(&raw[end..]);
-    Some(Bytes::from(out))
+    Some([raw.slice(..start), Bytes::from(quoted), raw.slice(end..)])
 }
 
 /// Converts a complete (non-streamed) upstream answer from `from` into the client's `to` format.

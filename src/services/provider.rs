@@ -19,7 +19,7 @@ use super::transport::{Transport, TransportFuture};
 use crate::adapters::anthropic::DEFAULT_VERSION;
 use crate::adapters::providers::{AuthStyle, Capabilities, Quirks};
 use crate::adapters::stream::StreamConverter;
-use crate::adapters::{encode_request_cached, forward_as_sent};
+use crate::adapters::{encode_request_cached, forward_as_sent_chunks};
 use crate::config::Secret;
 use crate::error::{Error, ErrorKind, sse_error_event};
 use crate::model::{ApiFormat, CacheBreakpoints, ChatRequest, CountTokens};
@@ -325,7 +325,7 @@ fn build_upstream_request(req: Request<ChatRequest>) -> Result<Built, Error> {
     let as_sent = if count_tokens {
         None
     } else {
-        forward_as_sent(
+        forward_as_sent_chunks(
             &chat,
             target.format,
             &target.model,
@@ -335,7 +335,8 @@ fn build_upstream_request(req: Request<ChatRequest>) -> Result<Built, Error> {
         )
     };
     let (body, spent) = match as_sent {
-        Some(body) => (body, Some(Box::new(chat))),
+        // The client's buffer around the new model name, sent without joining them.
+        Some(chunks) => (Body::chunks(chunks), Some(Box::new(chat))),
         None => {
             chat.model.clone_from(&target.model);
             let body = encode_request_cached(
@@ -345,11 +346,11 @@ fn build_upstream_request(req: Request<ChatRequest>) -> Result<Built, Error> {
                 &target.provider.quirks,
                 breakpoints,
             )?;
-            (body, None)
+            (Body::full(body), None)
         }
     };
 
-    let mut upstream = Request::new(Body::full(body));
+    let mut upstream = Request::new(body);
     *upstream.method_mut() = Method::POST;
     *upstream.uri_mut() = if target.format == ApiFormat::Gemini {
         gemini_url(&target.url, &target.model, stream)?

@@ -258,3 +258,29 @@ async fn a_secret_in_an_anthropic_document_reaches_the_upstream_redacted() {
         "ci token [REDACTED:github_pat]"
     );
 }
+
+#[tokio::test]
+async fn a_large_request_sent_in_pieces_arrives_whole_with_its_length() {
+    // The client's buffer is forwarded around the new model name without being joined: the
+    // upstream must still see one body, byte for byte, with a Content-Length (not chunked).
+    let code = "fn main() {\n    println!(\"hi\");\n}\n".repeat(1200); // under the tests' 64 KiB limit
+    let body =
+        serde_json::json!({"model": "coder", "messages": [{"role": "user", "content": code}]})
+            .to_string();
+    let (mock, up) = start_mock(MockConfig::default()).await;
+    let (cfg, secrets) = config_for(&up, "");
+    let gw = start_gateway(Gateway::from_config(&cfg, &secrets).unwrap().build()).await;
+    let (k, v) = bearer();
+    let r = post(&gw.url("/v1/chat/completions"), &[(k, &v)], body.clone()).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let got = mock.received().pop().unwrap();
+    let expected = body.replacen("\"coder\"", "\"upstream-model-1\"", 1);
+    assert!(got.body == expected.as_bytes(), "the body arrived changed");
+    assert_eq!(
+        got.headers
+            .get("content-length")
+            .and_then(|v| v.to_str().ok()),
+        Some(expected.len().to_string().as_str())
+    );
+    assert!(got.headers.get("transfer-encoding").is_none());
+}
