@@ -168,70 +168,72 @@ impl<'a> Fast<'a> {
         })
     }
 
+    /// Eats `c` if it comes next (after whitespace).
+    #[inline]
+    fn eat(&mut self, c: u8) -> bool {
+        self.ws();
+        let here = self.b.get(self.i) == Some(&c);
+        self.i += usize::from(here);
+        here
+    }
+
     /// Eats `c` (after whitespace) or declines.
     #[inline]
     fn expect(&mut self, c: u8) -> Option<()> {
-        self.ws();
-        (self.b.get(self.i) == Some(&c)).then(|| self.i += 1)
+        self.eat(c).then_some(())
+    }
+
+    /// Steps past the `{` or `[` at `self.i` (declining past [`MAX_DEPTH`]); whether `close`
+    /// follows at once (an empty object or array).
+    fn open(&mut self, depth: u32, close: u8) -> Option<bool> {
+        if depth > MAX_DEPTH {
+            return None;
+        }
+        self.i += 1;
+        Some(self.eat(close))
+    }
+
+    /// After a member or an element: `false` on a comma, `true` on `close`, else declines.
+    fn close_or_next(&mut self, close: u8) -> Option<bool> {
+        if self.eat(b',') {
+            return Some(false);
+        }
+        self.expect(close).map(|()| true)
     }
 
     fn object(&mut self, depth: u32) -> Option<Value> {
-        if depth > MAX_DEPTH {
-            return None;
-        }
-        self.i += 1;
         let mut map = Map::new();
-        self.ws();
-        if self.b.get(self.i) == Some(&b'}') {
-            self.i += 1;
-            return Some(Value::Object(map));
-        }
-        loop {
-            self.ws();
-            if self.b.get(self.i) != Some(&b'"') {
-                return None;
-            }
-            let k = self.string()?;
-            self.expect(b':')?;
-            let v = self.value(depth)?;
-            if map.insert(k, v).is_some() {
-                self.repeated = true;
-            }
-            self.ws();
-            match *self.b.get(self.i)? {
-                b',' => self.i += 1,
-                b'}' => {
-                    self.i += 1;
-                    return Some(Value::Object(map));
+        if !self.open(depth, b'}')? {
+            loop {
+                self.ws();
+                if self.b.get(self.i) != Some(&b'"') {
+                    return None;
                 }
-                _ => return None,
+                let k = self.string()?;
+                self.expect(b':')?;
+                let v = self.value(depth)?;
+                if map.insert(k, v).is_some() {
+                    self.repeated = true;
+                }
+                if self.close_or_next(b'}')? {
+                    break;
+                }
             }
         }
+        Some(Value::Object(map))
     }
 
     fn array(&mut self, depth: u32) -> Option<Value> {
-        if depth > MAX_DEPTH {
-            return None;
-        }
-        self.i += 1;
         let mut out = Vec::new();
-        self.ws();
-        if self.b.get(self.i) == Some(&b']') {
-            self.i += 1;
-            return Some(Value::Array(out));
-        }
-        loop {
-            out.push(self.value(depth)?);
-            self.ws();
-            match *self.b.get(self.i)? {
-                b',' => self.i += 1,
-                b']' => {
-                    self.i += 1;
-                    return Some(Value::Array(out));
+        if !self.open(depth, b']')? {
+            loop {
+                out.push(self.value(depth)?);
+                if self.close_or_next(b']')? {
+                    break;
                 }
-                _ => return None,
             }
         }
+        Some(Value::Array(out))
     }
 
     /// The string whose opening quote is at `self.i`.
