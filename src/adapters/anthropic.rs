@@ -29,9 +29,7 @@ const NULLABLE_TOP: &[&str] = &[
 /// would differ from the object beyond key order and spacing (see the OpenAI decoder).
 pub(crate) fn decode_request(mut map: JsonMap, as_sent: &mut bool) -> Result<ChatFields, Error> {
     if *as_sent
-        && (NULLABLE_TOP
-            .iter()
-            .any(|k| map.get(*k).is_some_and(Value::is_null))
+        && (super::null_among(&map, NULLABLE_TOP)
             // A single stop sequence is written back as an array, an empty system left out.
             || map.get("stop_sequences").is_some_and(Value::is_string)
             || map

@@ -456,6 +456,13 @@ impl std::fmt::Display for At<'_> {
     }
 }
 
+/// Whether any of `keys` is `null` in `map`: one pass over the members (a request has few),
+/// not a hashed lookup per key.
+pub(crate) fn null_among(map: &JsonMap, keys: &[&str]) -> bool {
+    map.iter()
+        .any(|(k, v)| v.is_null() && keys.contains(&k.as_str()))
+}
+
 /// Field access on a JSON object that moves values out and names the field on type errors.
 pub(crate) struct Fields<'a> {
     pub(crate) map: &'a mut JsonMap,

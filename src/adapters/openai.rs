@@ -23,11 +23,7 @@ const NULLABLE_TOP: &[&str] = &[
 /// would differ from the object beyond key order and spacing (a `null` left out, a default
 /// filled in, a tool call's `index` dropped...): such a request is never forwarded as it came.
 pub(crate) fn decode_request(mut map: JsonMap, as_sent: &mut bool) -> Result<ChatFields, Error> {
-    if *as_sent
-        && NULLABLE_TOP
-            .iter()
-            .any(|k| map.get(*k).is_some_and(Value::is_null))
-    {
+    if *as_sent && super::null_among(&map, NULLABLE_TOP) {
         *as_sent = false;
     }
     let mut f = Fields {

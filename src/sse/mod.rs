@@ -425,6 +425,102 @@ pub(crate) fn first_top_level_field<'a>(json: &'a [u8], key: &[u8]) -> Option<&'
     }
 }
 
+/// The last member of a top-level JSON object, read from the document's end: its key (written
+/// without escapes) and its value, as slices of `json`. Answers put `usage` last, so this reads
+/// it without stepping over the rest (see [`top_level_fields`], which does). Only the member's
+/// own bytes are looked at: the caller must not mind that a document broken before them is
+/// not noticed. `None` when the document does not end with such a member.
+pub(crate) fn last_top_level_member(json: &[u8]) -> Option<(&[u8], &[u8])> {
+    let s = json;
+    let end = ws_back(s, s.len());
+    if end == 0 || s[end - 1] != b'}' {
+        return None;
+    }
+    let value_end = ws_back(s, end - 1);
+    let value = value_back(s, value_end)?;
+    let colon = ws_back(s, value).checked_sub(1)?;
+    if s[colon] != b':' {
+        return None;
+    }
+    let close = ws_back(s, colon).checked_sub(1)?;
+    if s[close] != b'"' {
+        return None;
+    }
+    let open = string_back(s, close)?;
+    let key = &s[open + 1..close];
+    if key.contains(&b'\\') {
+        return None;
+    }
+    let before = ws_back(s, open).checked_sub(1)?;
+    match s[before] {
+        b',' => {}
+        b'{' if ws_back(s, before) == 0 => {}
+        _ => return None,
+    }
+    Some((key, &s[value..value_end]))
+}
+
+/// The start of the whitespace that ends at `end` (`end` itself when there is none).
+fn ws_back(s: &[u8], mut end: usize) -> usize {
+    while end > 0 && matches!(s[end - 1], b' ' | b'\t' | b'\n' | b'\r') {
+        end -= 1;
+    }
+    end
+}
+
+/// The opening quote of the string whose closing quote is at `close`: the nearest quote before
+/// it that is not escaped (not after an odd run of backslashes).
+fn string_back(s: &[u8], close: usize) -> Option<usize> {
+    let mut to = close;
+    loop {
+        let q = memchr::memrchr(b'"', &s[..to])?;
+        let backslashes = s[..q].iter().rev().take_while(|&&c| c == b'\\').count();
+        if backslashes % 2 == 0 {
+            return Some(q);
+        }
+        to = q;
+    }
+}
+
+/// The start of the value that ends at `end`, found without parsing it: brackets counted and
+/// strings stepped over, backwards.
+fn value_back(s: &[u8], end: usize) -> Option<usize> {
+    let last = end.checked_sub(1)?;
+    match s[last] {
+        b'"' => string_back(s, last),
+        b'}' | b']' => {
+            let mut depth = 0usize;
+            let mut i = end;
+            loop {
+                i = i.checked_sub(1)?;
+                match s[i] {
+                    b'"' => i = string_back(s, i)?,
+                    b'}' | b']' => depth += 1,
+                    b'{' | b'[' => {
+                        depth -= 1;
+                        if depth == 0 {
+                            return Some(i);
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+        _ => {
+            let mut i = end;
+            while i > 0
+                && !matches!(
+                    s[i - 1],
+                    b':' | b',' | b'{' | b'[' | b' ' | b'\t' | b'\n' | b'\r'
+                )
+            {
+                i -= 1;
+            }
+            (i < end).then_some(i)
+        }
+    }
+}
+
 pub(crate) fn skip_ws(s: &[u8], mut i: usize) -> usize {
     while i < s.len() && matches!(s[i], b' ' | b'\t' | b'\n' | b'\r') {
         i += 1;

@@ -93,7 +93,10 @@ impl<S> Layer<S> for RequestIdLayer {
     fn layer(&self, inner: S) -> RequestIdService<S> {
         RequestIdService {
             inner,
-            seed: RandomState::new(),
+            key: {
+                let seed = RandomState::new();
+                [seed.hash_one(0u8), seed.hash_one(1u8)]
+            },
         }
     }
 }
@@ -102,7 +105,8 @@ impl<S> Layer<S> for RequestIdLayer {
 #[derive(Debug, Clone)]
 pub struct RequestIdService<S> {
     inner: S,
-    seed: RandomState,
+    /// The key of the ids this service makes (see [`fresh`]).
+    key: [u64; 2],
 }
 
 /// A client id is kept when it is short and printable (it ends up in logs and headers).
@@ -111,11 +115,16 @@ fn acceptable(v: &HeaderValue) -> bool {
     !b.is_empty() && b.len() <= 128 && b.iter().all(|c| c.is_ascii_graphic())
 }
 
-fn fresh(seed: &RandomState) -> HeaderValue {
+/// A fresh id: 128 bits, two 64-bit halves each mixed (the SplitMix64 finaliser, a
+/// bijection) from a process-wide counter and a key the layer drew at random. Counter values
+/// never repeat, so neither do the halves made with one key; ids are unique, unpredictable
+/// across runs, and not secret. Two multiplies a half where hashing the counter and the clock
+/// took two SipHash runs and a clock read.
+fn fresh(key: [u64; 2]) -> HeaderValue {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    let a = seed.hash_one((n, std::time::SystemTime::now()));
-    let b = seed.hash_one((a, n));
+    let a = mix(n.wrapping_add(key[0]));
+    let b = mix(n.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ key[1]);
     // 32 lowercase hex digits, written straight into the header (no `format!` machinery).
     let mut hex = [0u8; 32];
     for (i, byte) in a
@@ -128,6 +137,13 @@ fn fresh(seed: &RandomState) -> HeaderValue {
         hex[2 * i + 1] = b"0123456789abcdef"[usize::from(byte & 15)];
     }
     HeaderValue::from_bytes(&hex).unwrap_or_else(|_| HeaderValue::from_static("invalid"))
+}
+
+/// The SplitMix64 finaliser: a bijection on `u64` whose outputs look random.
+fn mix(mut z: u64) -> u64 {
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
 }
 
 impl<S, B, R> Service<Request<B>> for RequestIdService<S>
@@ -145,7 +161,7 @@ where
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
         let value = match req.headers().get(&HEADER) {
             Some(v) if acceptable(v) => v.clone(),
-            _ => fresh(&self.seed),
+            _ => fresh(self.key),
         };
         let span = tracing::info_span!("request", request_id = %value.to_str().unwrap_or("invalid"), method = %req.method(), path = %req.uri().path());
         req.headers_mut().insert(HEADER, value.clone());
@@ -218,6 +234,25 @@ mod tests {
         let (ext, hdr, echoed) = seen(bad).await;
         assert_ne!(ext, "has space");
         assert_eq!((&ext, &hdr), (&echoed, &echoed));
+    }
+
+    #[test]
+    fn fresh_ids_never_repeat_and_do_not_count_up() {
+        let mut seen = std::collections::HashSet::new();
+        let mut last = fresh([1, 2]);
+        for key in [[1, 2], [1, 2], [3, 4], [0, 0]] {
+            for _ in 0..5000 {
+                let id = fresh(key);
+                // Neighbours share no long run of digits: the counter does not show.
+                let same = (id.as_bytes().iter())
+                    .zip(last.as_bytes())
+                    .filter(|(a, b)| a == b)
+                    .count();
+                assert!(same < 14, "{id:?} after {last:?}");
+                assert!(seen.insert(id.clone()), "{id:?} twice");
+                last = id;
+            }
+        }
     }
 
     #[test]

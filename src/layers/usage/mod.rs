@@ -439,6 +439,20 @@ fn found(format: ApiFormat, json: &[u8]) -> Option<Found> {
     // the rest, and read only them, into fixed fields. Anything else (usage of an odd shape,
     // a count sent as a string; a key written with escapes; not an object) is read the slow
     // way, as JSON values.
+    //
+    // Answers and stream events put `usage` last: read from the end, that is all there is
+    // to read. Anthropic events also carry usage under `message`, anywhere, so they are
+    // stepped over from the start. A document broken before its last member is not
+    // noticed here: the usage it ends with is counted.
+    if format != ApiFormat::Anthropic
+        && let Some((b"usage", usage)) = crate::sse::last_top_level_member(json)
+        && let Ok(usage) = serde_json::from_slice::<Option<UsageCounts>>(usage)
+    {
+        return Some(Found {
+            top: usage.map(|u| usage_in(format, &u)),
+            message: None,
+        });
+    }
     if let Some([usage, message]) = crate::sse::top_level_fields(json, [b"usage", b"message"]) {
         let usage = usage.map_or(Ok(None), serde_json::from_slice::<Option<UsageCounts>>);
         let message = message.map_or(Ok(None), serde_json::from_slice::<Option<MessageUsage>>);
@@ -623,8 +637,63 @@ mod tests {
             if pretty {
                 json = serde_json::to_string_pretty(&serde_json::from_str::<Value>(&json).unwrap()).unwrap();
             }
-            let got = found(format, json.as_bytes()).map(|f| (f.top, f.message));
-            prop_assert_eq!(got, loose(format, json.as_bytes()).map(|f| (f.top, f.message)), "{}", json);
+            // Usage under `message` is Anthropic's alone (an OpenAI answer's is not read):
+            // compared for Anthropic answers only.
+            let seen = |f: Found| (f.top, f.message.filter(|_| anthropic));
+            let got = found(format, json.as_bytes()).map(seen);
+            prop_assert_eq!(got, loose(format, json.as_bytes()).map(seen), "{}", json);
+        }
+
+        /// The last member read from a document's end is the one a parse puts last, whatever
+        /// the values before it and in it hold (brackets, quotes and backslashes in strings),
+        /// compact or pretty-printed.
+        #[test]
+        fn the_last_member_is_read_from_the_end(
+            members in prop::collection::vec(("[a-z_]{0,6}", other_value()), 1..6),
+            pretty in any::<bool>(),
+        ) {
+            let map: serde_json::Map<String, Value> = members.into_iter().collect();
+            let json = if pretty { serde_json::to_string_pretty(&map) } else { serde_json::to_string(&map) }.unwrap();
+            let (k, v) = map.iter().next_back().unwrap();
+            let (key, value) = crate::sse::last_top_level_member(json.as_bytes()).unwrap();
+            prop_assert_eq!(key, k.as_bytes());
+            prop_assert_eq!(&serde_json::from_slice::<Value>(value).unwrap(), v, "{}", json);
+        }
+    }
+
+    #[test]
+    fn the_last_member_is_read_only_from_an_object_that_ends_with_one() {
+        let last = |s: &str| {
+            crate::sse::last_top_level_member(s.as_bytes()).map(|(k, v)| {
+                (
+                    String::from_utf8(k.to_vec()).unwrap(),
+                    String::from_utf8(v.to_vec()).unwrap(),
+                )
+            })
+        };
+        let kv = |k: &str, v: &str| Some((k.to_owned(), v.to_owned()));
+        assert_eq!(last(r#" { "usage" : null } "#), kv("usage", "null"));
+        assert_eq!(
+            last(r#"{"a":1,"b":{"c":"}\"{"}}"#),
+            kv("b", r#"{"c":"}\"{"}"#)
+        );
+        assert_eq!(last(r#"{"a":"x\\","b":"\\\""}"#), kv("b", r#""\\\"""#));
+        assert_eq!(last(r#"{"a":[1,[2]],"usage":-3}"#), kv("usage", "-3"));
+        // What comes before the last member is not looked at (the caller's stated limit).
+        assert_eq!(last(r#"1,"a":1}"#), kv("a", "1"));
+        for no in [
+            r#"{"a":1"#,
+            r#"[{"a":1}]"#,
+            r#"{"a\"b":1}"#,
+            r#"x{"a":1}"#,
+            r#"{"a" 1}"#,
+            r#"{:1}"#,
+            r#"{"a":}"#,
+            r#"{}"#,
+            r#"}"#,
+            r#"{"a":1}}"#,
+        ] {
+            assert_eq!(last(no), None, "{no}");
         }
     }
 
