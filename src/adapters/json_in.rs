@@ -13,11 +13,19 @@
 //! lone surrogate, a float, deep nesting) it hands to serde_json, which parses the whole body
 //! again: errors and limits are serde_json's own, and a tree `Fast` returns is the tree
 //! serde_json would have built (unit and property tests below, and a check under the fuzzer).
+//!
+//! An OpenAI request is read one step further ([`parse_openai`]): a message that is just a
+//! role and a text, most of any conversation, is typed as it is read, with no map (whose every
+//! key is a `String` hashed with SipHash) built and taken apart again by the decoder. Any other
+//! message is kept as the value it is; the decoder then treats it as before, and a property
+//! test checks that both ways decode every body alike.
 
 use std::cell::Cell;
 
 use serde::de::{DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Number, Value};
+
+use crate::model::Role;
 
 /// Parses `body` as one JSON value (trailing whitespace only), as `serde_json::from_slice`
 /// does, and tells whether some object in it had a key twice.
@@ -34,6 +42,73 @@ pub(crate) fn parse(body: &[u8]) -> Result<(Value, bool), serde_json::Error> {
         Some(found) => Ok(found),
         None => slow(body),
     }
+}
+
+/// One element of an OpenAI request's `messages`, as [`parse_openai`] read it.
+#[derive(Debug, PartialEq)]
+pub(crate) enum Msg {
+    /// `{"role": "...", "content": "..."}` and no other key, with a role such a message is
+    /// decoded from as it stands (system, developer, user, assistant): read without a map or
+    /// a string per key.
+    Plain(Role, String),
+    /// Any other element, for the full decoder.
+    Value(Value),
+}
+
+/// An OpenAI request body as [`parse_openai`] reads it for the decoder.
+pub(crate) struct Read {
+    /// The body's members but `messages` when it is an array.
+    pub(crate) map: Map<String, Value>,
+    /// `messages`, when an array, element by element (see [`Msg`]).
+    pub(crate) messages: Option<Vec<Msg>>,
+    /// Whether some object named a key twice.
+    pub(crate) repeated: bool,
+}
+
+/// An OpenAI request body read for the decoder (see [`Read`]). `None` when the fast parser
+/// declines the body or `messages` is given twice: the caller then reads the body with
+/// [`parse`], which says the same as this in another form.
+pub(crate) fn parse_openai(body: &[u8]) -> Option<Read> {
+    let mut p = Fast::new(body)?;
+    p.ws();
+    if p.b.get(p.i) != Some(&b'{') {
+        return None;
+    }
+    let mut map = Map::new();
+    let mut messages = None;
+    let mut seen = false;
+    if !p.open(1, b'}')? {
+        loop {
+            let k = p.key()?;
+            p.ws();
+            if k == "messages" {
+                if seen {
+                    return None;
+                }
+                seen = true;
+                if p.b.get(p.i) == Some(&b'[') {
+                    messages = Some(p.messages(1)?);
+                    if p.close_or_next(b'}')? {
+                        break;
+                    }
+                    continue;
+                }
+            }
+            let v = p.value(1)?;
+            if map.insert(k, v).is_some() {
+                p.repeated = true;
+            }
+            if p.close_or_next(b'}')? {
+                break;
+            }
+        }
+    }
+    p.ws();
+    (p.i == body.len()).then_some(Read {
+        map,
+        messages,
+        repeated: p.repeated,
+    })
 }
 
 /// serde_json's parse, noting repeated keys: the reference, and the way for whatever [`Fast`]
@@ -105,6 +180,15 @@ impl<'de> Visitor<'de> for Seed<'_> {
     }
 }
 
+/// The string members a message was read with so far, as an object.
+fn read_map(read: [Option<(&'static str, String)>; 2]) -> Map<String, Value> {
+    let mut map = Map::new();
+    for (k, v) in read.into_iter().flatten() {
+        map.insert(k.to_owned(), Value::String(v));
+    }
+    map
+}
+
 /// Deeper bodies go to serde_json (whose limit is 128 levels).
 const MAX_DEPTH: u32 = 100;
 
@@ -120,18 +204,22 @@ struct Fast<'a> {
 }
 
 impl<'a> Fast<'a> {
-    fn parse(body: &'a [u8]) -> Option<(Value, bool)> {
+    fn new(body: &'a [u8]) -> Option<Self> {
         // One UTF-8 check for the body: a string's bytes are then valid as they are (every run
         // starts and ends next to an ASCII byte), and a non-ASCII byte outside a string is an
         // error `value` declines.
         let s = std::str::from_utf8(body).ok()?;
-        let mut p = Fast {
+        Some(Fast {
             s,
             b: body,
             i: 0,
             repeated: false,
             controls: body.iter().copied().min().unwrap_or(b' ') < b' ',
-        };
+        })
+    }
+
+    fn parse(body: &'a [u8]) -> Option<(Value, bool)> {
+        let mut p = Fast::new(body)?;
         let v = p.value(0)?;
         p.ws();
         (p.i == body.len()).then_some((v, p.repeated))
@@ -204,23 +292,108 @@ impl<'a> Fast<'a> {
     fn object(&mut self, depth: u32) -> Option<Value> {
         let mut map = Map::new();
         if !self.open(depth, b'}')? {
+            self.members(depth, &mut map)?;
+        }
+        Some(Value::Object(map))
+    }
+
+    /// The next member's key, and its colon (after whitespace), or declines.
+    fn key(&mut self) -> Option<String> {
+        self.ws();
+        if self.b.get(self.i) != Some(&b'"') {
+            return None;
+        }
+        let k = self.string()?;
+        self.expect(b':')?;
+        Some(k)
+    }
+
+    /// The members of an object from the next key to its closing brace, into `map`.
+    fn members(&mut self, depth: u32, map: &mut Map<String, Value>) -> Option<()> {
+        loop {
+            let k = self.key()?;
+            self.member(depth, k, map)?;
+            if self.close_or_next(b'}')? {
+                return Some(());
+            }
+        }
+    }
+
+    /// The value of key `k` (the colon read), into `map`.
+    fn member(&mut self, depth: u32, k: String, map: &mut Map<String, Value>) -> Option<()> {
+        let v = self.value(depth)?;
+        if map.insert(k, v).is_some() {
+            self.repeated = true;
+        }
+        Some(())
+    }
+
+    /// The `messages` array whose `[` is at `self.i`, in an object at `depth`.
+    fn messages(&mut self, depth: u32) -> Option<Vec<Msg>> {
+        let mut out = Vec::new();
+        if !self.open(depth + 1, b']')? {
             loop {
-                self.ws();
-                if self.b.get(self.i) != Some(&b'"') {
-                    return None;
-                }
-                let k = self.string()?;
-                self.expect(b':')?;
-                let v = self.value(depth)?;
-                if map.insert(k, v).is_some() {
-                    self.repeated = true;
-                }
-                if self.close_or_next(b'}')? {
+                out.push(self.message(depth + 1)?);
+                if self.close_or_next(b']')? {
                     break;
                 }
             }
         }
-        Some(Value::Object(map))
+        Some(out)
+    }
+
+    /// One element of `messages` (in an array at `depth`): [`Msg::Plain`] when it is one, else
+    /// the value it is. What was read before it turned out not to be plain is kept, so
+    /// nothing is read twice.
+    fn message(&mut self, depth: u32) -> Option<Msg> {
+        self.ws();
+        if self.b.get(self.i) != Some(&b'{') {
+            return self.value(depth).map(Msg::Value);
+        }
+        let depth = depth + 1;
+        if self.open(depth, b'}')? {
+            return Some(Msg::Value(Value::Object(Map::new())));
+        }
+        // The members read so far, in their order: `role` and `content`, each a string.
+        let mut read: [Option<(&'static str, String)>; 2] = [None, None];
+        for slot in 0.. {
+            let k = self.key()?;
+            self.ws();
+            let name = match k.as_str() {
+                "role" => "role",
+                "content" => "content",
+                _ => "",
+            };
+            if slot == 2
+                || name.is_empty()
+                || read.iter().flatten().any(|(n, _)| *n == name)
+                || self.b.get(self.i) != Some(&b'"')
+            {
+                let mut map = read_map(read);
+                self.member(depth, k, &mut map)?;
+                if !self.close_or_next(b'}')? {
+                    self.members(depth, &mut map)?;
+                }
+                return Some(Msg::Value(Value::Object(map)));
+            }
+            read[slot] = Some((name, self.string()?));
+            if self.close_or_next(b'}')? {
+                break;
+            }
+        }
+        let role = read.iter().flatten().find(|(n, _)| *n == "role");
+        let role = match role.map(|(_, r)| r.as_str()) {
+            Some("system") => Role::System,
+            Some("developer") => Role::Developer,
+            Some("user") => Role::User,
+            Some("assistant") => Role::Assistant,
+            _ => return Some(Msg::Value(Value::Object(read_map(read)))),
+        };
+        if !read.iter().flatten().any(|(n, _)| *n == "content") {
+            return Some(Msg::Value(Value::Object(read_map(read))));
+        }
+        let content = read.into_iter().flatten().find(|(n, _)| *n == "content");
+        content.map(|(_, c)| Msg::Plain(role, c))
     }
 
     fn array(&mut self, depth: u32) -> Option<Value> {
@@ -438,7 +611,8 @@ fn special_bytes(w: u64) -> u64 {
 
 #[cfg(test)]
 mod tests {
-    use super::{Fast, parse, slow};
+    use super::{Fast, Msg, Read, parse, parse_openai, slow};
+    use crate::model::Role;
     use proptest::prelude::*;
     use serde_json::Value;
 
@@ -585,6 +759,174 @@ mod tests {
                 body = format!("[{{\"x\":{body}}}]");
             }
             prop_assert!(fast_agrees(body.as_bytes()).is_some());
+        }
+    }
+
+    /// What [`parse_openai`] and the typed messages make of `body` is what the whole tree
+    /// makes of it: the same request or the same error, the same "as sent" verdict. Whether
+    /// it took the body.
+    fn read_agrees(body: &[u8]) -> bool {
+        let Some(Read {
+            map,
+            messages,
+            repeated,
+        }) = parse_openai(body)
+        else {
+            return false;
+        };
+        let text = String::from_utf8_lossy(body);
+        let (tree, tree_repeated) = parse(body).expect("parse_openai took a body parse refuses");
+        assert_eq!(repeated, tree_repeated, "{text}");
+        let Value::Object(tree) = tree else {
+            panic!("parse_openai took {text}, not an object");
+        };
+        let (mut a, mut b) = (!repeated, !tree_repeated);
+        let read = super::super::openai::decode_read(map, messages, &mut a);
+        let whole = super::super::openai::decode_request(tree, &mut b);
+        match (&read, &whole) {
+            (Ok(r), Ok(w)) => {
+                assert_eq!(format!("{r:?}"), format!("{w:?}"), "{text}");
+                assert_eq!(a, b, "as sent: {text}");
+            }
+            (Err(r), Err(w)) => assert_eq!(r.to_string(), w.to_string(), "{text}"),
+            _ => panic!("{text}: {read:?} against {whole:?}"),
+        }
+        true
+    }
+
+    /// A request body in pieces: messages of every shape (plain, with more keys, odd roles
+    /// and contents, keys repeated or written with escapes), `messages` missing, given twice
+    /// or not an array, compact or spaced.
+    fn openai_body() -> impl Strategy<Value = String> {
+        let key = prop::sample::select(vec![
+            "role",
+            "content",
+            "name",
+            "tool_call_id",
+            "tool_calls",
+            "reasoning_content",
+            r"r\u006fle",
+            r"c\u006fntent",
+        ]);
+        let value = prop::sample::select(vec![
+            r#""user""#,
+            r#""assistant""#,
+            r#""system""#,
+            r#""developer""#,
+            r#""tool""#,
+            r#""robot""#,
+            r#""us\u0065r""#,
+            "5",
+            "null",
+            r#""hi""#,
+            r#""a\nb \"q\" \\""#,
+            "[]",
+            r#"[{"type":"text","text":"x"}]"#,
+            r#"[{"type":"image_url","image_url":{"url":"u"}}]"#,
+            "{}",
+            r#"[{"id":"c","type":"function","function":{"name":"f","arguments":"{}"}}]"#,
+        ]);
+        let role = prop::sample::select(vec![
+            r#""user""#,
+            r#""assistant""#,
+            r#""system""#,
+            r#""developer""#,
+            r#""tool""#,
+            r#""x""#,
+        ]);
+        let plain = (
+            role,
+            prop::sample::select(vec![r#""hi""#, r#""\u00e9\n""#, r#""""#]),
+            any::<bool>(),
+        )
+            .prop_map(|(r, c, swap)| {
+                if swap {
+                    format!(r#"{{"content":{c},"role":{r}}}"#)
+                } else {
+                    format!(r#"{{"role":{r},"content":{c}}}"#)
+                }
+            });
+        let other = prop::collection::vec((key, value), 0..4).prop_map(|kv| {
+            let m: Vec<String> = kv.iter().map(|(k, v)| format!(r#""{k}":{v}"#)).collect();
+            format!("{{{}}}", m.join(","))
+        });
+        let message = prop_oneof![4 => plain, 4 => other, 1 => Just("1".to_owned()), 1 => Just("null".to_owned())];
+        let messages = prop_oneof![
+            8 => prop::collection::vec(message, 0..5).prop_map(|m| format!("[{}]", m.join(","))),
+            1 => Just("null".to_owned()),
+            1 => Just(r#""x""#.to_owned()),
+        ];
+        let extra = prop::sample::select(vec![
+            r#""stream":true"#,
+            r#""tools":null"#,
+            r#""x":{"y":[1,"z"]}"#,
+            r#""model":"n""#,
+            r#""max_tokens":9"#,
+            r#""stop":"s""#,
+        ]);
+        (
+            prop::option::of(prop::sample::select(vec![r#""m""#, "5"])),
+            prop::collection::vec(messages, 0..3),
+            prop::collection::vec(extra, 0..3),
+            any::<prop::sample::Index>(),
+            any::<bool>(),
+        )
+            .prop_map(|(model, messages, extra, at, spaced)| {
+                let mut members: Vec<String> = extra.into_iter().map(str::to_owned).collect();
+                for m in messages {
+                    let i = at.index(members.len() + 1);
+                    members.insert(i, format!(r#""messages":{m}"#));
+                }
+                if let Some(m) = model {
+                    members.insert(0, format!(r#""model":{m}"#));
+                }
+                let body = format!("{{{}}}", members.join(","));
+                if spaced {
+                    body.replace(',', ",\n  ")
+                        .replace(':', ": ")
+                        .replace('{', "{ ")
+                } else {
+                    body
+                }
+            })
+    }
+
+    proptest! {
+        /// Any request body, plain or odd: the typed messages say what the tree says.
+        #[test]
+        fn an_openai_body_read_with_typed_messages_says_what_the_tree_says(body in openai_body()) {
+            read_agrees(body.as_bytes());
+        }
+    }
+
+    #[test]
+    fn plain_messages_are_typed_and_the_rest_kept_as_read() {
+        let body = r#"{"model":"m","messages":[{"role":"system","content":"s"},{"content":"c","role":"user"},{"role":"tool","content":"t","tool_call_id":"x"},{"role":"assistant","content":null},{"role":"user","content":"a","role":"user"}]}"#;
+        assert!(read_agrees(body.as_bytes()));
+        let read = parse_openai(body.as_bytes()).unwrap();
+        assert!(read.repeated);
+        assert_eq!(read.map.keys().collect::<Vec<_>>(), ["model"]);
+        let messages = read.messages.unwrap();
+        assert_eq!(messages[0], Msg::Plain(Role::System, "s".into()));
+        assert_eq!(messages[1], Msg::Plain(Role::User, "c".into()));
+        let kept = |m: &Msg| match m {
+            Msg::Value(v) => v.to_string(),
+            Msg::Plain(..) => panic!("{m:?} typed"),
+        };
+        // Kept in the order read, the members read before the odd one included.
+        assert_eq!(
+            kept(&messages[2]),
+            r#"{"role":"tool","content":"t","tool_call_id":"x"}"#
+        );
+        assert_eq!(kept(&messages[3]), r#"{"role":"assistant","content":null}"#);
+        assert_eq!(kept(&messages[4]), r#"{"role":"user","content":"a"}"#);
+        // `messages` twice, or a body that is not an object: the tree reads it.
+        for body in [
+            r#"{"messages":[],"messages":[]}"#,
+            "[]",
+            r#"{"messages":[{"role":"user","content":"\ud800"}]}"#,
+        ] {
+            assert!(parse_openai(body.as_bytes()).is_none(), "{body}");
         }
     }
 

@@ -66,6 +66,15 @@ pub fn decode_client_body(format: ApiFormat, body: Bytes) -> Result<ChatRequest,
 
 /// The fields, and whether the body says exactly what they say (see [`decode_client_body`]).
 fn decode_fields(format: ApiFormat, body: &[u8]) -> Result<(ChatFields, bool), Error> {
+    if format == ApiFormat::OpenAi
+        && let Some(read) = json_in::parse_openai(body)
+    {
+        let mut as_sent = !read.repeated;
+        let fields = openai::decode_read(read.map, read.messages, &mut as_sent);
+        #[cfg(fuzzing)]
+        fuzz_check_read(body, &fields, as_sent);
+        return fields.map(|f| (f, as_sent));
+    }
     let (value, repeated) = json_in::parse(body).map_err(|e| {
         Error::new(
             ErrorKind::InvalidJson,
@@ -90,6 +99,26 @@ fn decode_fields(format: ApiFormat, body: &[u8]) -> Result<(ChatFields, bool), E
             ErrorKind::UnsupportedConversion,
             "the Gemini ingress is not implemented",
         )),
+    }
+}
+
+/// Under the fuzzer: what [`json_in::parse_openai`] and the typed messages gave is what the
+/// whole tree gives, errors included.
+#[cfg(fuzzing)]
+fn fuzz_check_read(body: &[u8], fields: &Result<ChatFields, Error>, as_sent: bool) {
+    let (value, repeated) = json_in::parse(body).expect("parse_openai took a body parse refuses");
+    let Value::Object(map) = value else {
+        panic!("parse_openai took a body that is not an object");
+    };
+    let mut tree_as_sent = !repeated;
+    let tree = openai::decode_request(map, &mut tree_as_sent);
+    match (fields, &tree) {
+        (Ok(a), Ok(b)) => {
+            assert_eq!(format!("{a:?}"), format!("{b:?}"));
+            assert_eq!(as_sent, tree_as_sent);
+        }
+        (Err(a), Err(b)) => assert_eq!(a.to_string(), b.to_string()),
+        _ => panic!("parse_openai and the tree disagree: {fields:?} against {tree:?}"),
     }
 }
 

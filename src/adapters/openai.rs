@@ -2,6 +2,7 @@
 
 use serde_json::{Value, json};
 
+use super::json_in::Msg;
 use super::{At, Fields, as_object, copy_shared, invalid};
 use crate::error::Error;
 use crate::model::{
@@ -22,7 +23,17 @@ const NULLABLE_TOP: &[&str] = &[
 /// Decodes an OpenAI request object. `as_sent` is cleared when the fields, encoded again,
 /// would differ from the object beyond key order and spacing (a `null` left out, a default
 /// filled in, a tool call's `index` dropped...): such a request is never forwarded as it came.
-pub(crate) fn decode_request(mut map: JsonMap, as_sent: &mut bool) -> Result<ChatFields, Error> {
+pub(crate) fn decode_request(map: JsonMap, as_sent: &mut bool) -> Result<ChatFields, Error> {
+    decode_read(map, None, as_sent)
+}
+
+/// [`decode_request`] for a body read by [`super::json_in::parse_openai`]: `messages`, when
+/// an array, read apart from `map`, its plain messages already typed.
+pub(crate) fn decode_read(
+    mut map: JsonMap,
+    messages: Option<Vec<Msg>>,
+    as_sent: &mut bool,
+) -> Result<ChatFields, Error> {
     if *as_sent && super::null_among(&map, NULLABLE_TOP) {
         *as_sent = false;
     }
@@ -32,9 +43,15 @@ pub(crate) fn decode_request(mut map: JsonMap, as_sent: &mut bool) -> Result<Cha
     };
     let model = f.req_string("model")?;
     let stream_field = f.bool("stream")?;
-    let raw_messages = f
-        .array("messages")?
-        .ok_or_else(|| invalid("`messages` is required"))?;
+    let raw_messages = match messages {
+        Some(m) => m,
+        None => f
+            .array("messages")?
+            .ok_or_else(|| invalid("`messages` is required"))?
+            .into_iter()
+            .map(Msg::Value)
+            .collect(),
+    };
     let tools = f.array("tools")?;
     let tool_choice = f.take("tool_choice");
     let (max_tokens, max_completion_tokens) = match f.u64("max_completion_tokens")? {
@@ -46,7 +63,15 @@ pub(crate) fn decode_request(mut map: JsonMap, as_sent: &mut bool) -> Result<Cha
     let mut messages = Vec::with_capacity(raw_messages.len());
     for (i, m) in raw_messages.into_iter().enumerate() {
         let at = At::Message(i);
-        messages.push(decode_message(as_object(m, at)?, at, as_sent)?);
+        messages.push(match m {
+            // Written back as it came (see `content_as_sent`).
+            Msg::Plain(role, text) => Message {
+                role,
+                content: Content::Text(text),
+                extra: JsonMap::new(),
+            },
+            Msg::Value(m) => decode_message(as_object(m, at)?, at, as_sent)?,
+        });
     }
     let tools = tools.map(|t| {
         t.into_iter()

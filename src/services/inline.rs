@@ -110,7 +110,11 @@ thread_local! {
 
 impl Pool {
     fn host(&mut self, authority: &Authority) -> &mut Host {
-        let i = match self.hosts.iter().position(|h| h.authority == *authority) {
+        // Byte-equal first: `Authority`'s own `==` folds case a byte at a time, and the
+        // provider's authority is the same text every time.
+        let same =
+            |h: &Host| h.authority.as_str() == authority.as_str() || h.authority == *authority;
+        let i = match self.hosts.iter().position(same) {
             Some(i) => i,
             None => {
                 let host_header = match authority.port_u16() {
