@@ -20,6 +20,7 @@
 //! message is kept as the value it is; the decoder then treats it as before, and a property
 //! test checks that both ways decode every body alike.
 
+use std::borrow::Cow;
 use std::cell::Cell;
 
 use serde::de::{DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
@@ -57,58 +58,68 @@ pub(crate) enum Msg {
 
 /// An OpenAI request body as [`parse_openai`] reads it for the decoder.
 pub(crate) struct Read {
-    /// The body's members but `messages` when it is an array.
+    /// The body's members but `model` when it is a string and `messages` when it is an array.
     pub(crate) map: Map<String, Value>,
+    /// `model`, when a string.
+    pub(crate) model: Option<String>,
     /// `messages`, when an array, element by element (see [`Msg`]).
     pub(crate) messages: Option<Vec<Msg>>,
     /// Whether some object named a key twice.
     pub(crate) repeated: bool,
 }
 
-/// An OpenAI request body read for the decoder (see [`Read`]). `None` when the fast parser
-/// declines the body or `messages` is given twice: the caller then reads the body with
-/// [`parse`], which says the same as this in another form.
+/// An OpenAI request body read for the decoder (see [`Read`]): a plain request (a model and
+/// plain messages) is read with no map and no string per key. `None` when the fast parser
+/// declines the body or `model` or `messages` is given twice: the caller then reads the body
+/// with [`parse`], which says the same as this in another form.
 pub(crate) fn parse_openai(body: &[u8]) -> Option<Read> {
     let mut p = Fast::new(body)?;
     p.ws();
     if p.b.get(p.i) != Some(&b'{') {
         return None;
     }
-    let mut map = Map::new();
-    let mut messages = None;
-    let mut seen = false;
+    let mut read = Read {
+        map: Map::new(),
+        model: None,
+        messages: None,
+        repeated: false,
+    };
+    let (mut model_seen, mut messages_seen) = (false, false);
     if !p.open(1, b'}')? {
         loop {
-            let k = p.key()?;
+            let k = p.key_str()?;
             p.ws();
-            if k == "messages" {
-                if seen {
+            let next = p.b.get(p.i).copied();
+            let seen = match &*k {
+                "model" => Some((&mut model_seen, next == Some(b'"'))),
+                "messages" => Some((&mut messages_seen, next == Some(b'['))),
+                _ => None,
+            };
+            if let Some((seen, typed)) = seen {
+                if std::mem::replace(seen, true) {
                     return None;
                 }
-                seen = true;
-                if p.b.get(p.i) == Some(&b'[') {
-                    messages = Some(p.messages(1)?);
+                if typed {
+                    if next == Some(b'"') {
+                        read.model = Some(p.string()?);
+                    } else {
+                        read.messages = Some(p.messages(1)?);
+                    }
                     if p.close_or_next(b'}')? {
                         break;
                     }
                     continue;
                 }
             }
-            let v = p.value(1)?;
-            if map.insert(k, v).is_some() {
-                p.repeated = true;
-            }
+            p.member(1, k.into_owned(), &mut read.map)?;
             if p.close_or_next(b'}')? {
                 break;
             }
         }
     }
     p.ws();
-    (p.i == body.len()).then_some(Read {
-        map,
-        messages,
-        repeated: p.repeated,
-    })
+    read.repeated = p.repeated;
+    (p.i == body.len()).then_some(read)
 }
 
 /// serde_json's parse, noting repeated keys: the reference, and the way for whatever [`Fast`]
@@ -181,10 +192,10 @@ impl<'de> Visitor<'de> for Seed<'_> {
 }
 
 /// The string members a message was read with so far, as an object.
-fn read_map(read: [Option<(&'static str, String)>; 2]) -> Map<String, Value> {
+fn read_map(read: [Option<(&'static str, Cow<'_, str>)>; 2]) -> Map<String, Value> {
     let mut map = Map::new();
     for (k, v) in read.into_iter().flatten() {
-        map.insert(k.to_owned(), Value::String(v));
+        map.insert(k.to_owned(), Value::String(v.into_owned()));
     }
     map
 }
@@ -299,11 +310,16 @@ impl<'a> Fast<'a> {
 
     /// The next member's key, and its colon (after whitespace), or declines.
     fn key(&mut self) -> Option<String> {
+        self.key_str().map(Cow::into_owned)
+    }
+
+    /// [`Self::key`], borrowed when it holds no escape.
+    fn key_str(&mut self) -> Option<Cow<'a, str>> {
         self.ws();
         if self.b.get(self.i) != Some(&b'"') {
             return None;
         }
-        let k = self.string()?;
+        let k = self.str()?;
         self.expect(b':')?;
         Some(k)
     }
@@ -355,11 +371,11 @@ impl<'a> Fast<'a> {
             return Some(Msg::Value(Value::Object(Map::new())));
         }
         // The members read so far, in their order: `role` and `content`, each a string.
-        let mut read: [Option<(&'static str, String)>; 2] = [None, None];
+        let mut read: [Option<(&'static str, Cow<'a, str>)>; 2] = [None, None];
         for slot in 0.. {
-            let k = self.key()?;
+            let k = self.key_str()?;
             self.ws();
-            let name = match k.as_str() {
+            let name = match &*k {
                 "role" => "role",
                 "content" => "content",
                 _ => "",
@@ -370,19 +386,19 @@ impl<'a> Fast<'a> {
                 || self.b.get(self.i) != Some(&b'"')
             {
                 let mut map = read_map(read);
-                self.member(depth, k, &mut map)?;
+                self.member(depth, k.into_owned(), &mut map)?;
                 if !self.close_or_next(b'}')? {
                     self.members(depth, &mut map)?;
                 }
                 return Some(Msg::Value(Value::Object(map)));
             }
-            read[slot] = Some((name, self.string()?));
+            read[slot] = Some((name, self.str()?));
             if self.close_or_next(b'}')? {
                 break;
             }
         }
         let role = read.iter().flatten().find(|(n, _)| *n == "role");
-        let role = match role.map(|(_, r)| r.as_str()) {
+        let role = match role.map(|(_, r)| &**r) {
             Some("system") => Role::System,
             Some("developer") => Role::Developer,
             Some("user") => Role::User,
@@ -393,7 +409,7 @@ impl<'a> Fast<'a> {
             return Some(Msg::Value(Value::Object(read_map(read))));
         }
         let content = read.into_iter().flatten().find(|(n, _)| *n == "content");
-        content.map(|(_, c)| Msg::Plain(role, c))
+        content.map(|(_, c)| Msg::Plain(role, c.into_owned()))
     }
 
     fn array(&mut self, depth: u32) -> Option<Value> {
@@ -411,13 +427,25 @@ impl<'a> Fast<'a> {
 
     /// The string whose opening quote is at `self.i`.
     fn string(&mut self) -> Option<String> {
+        self.str().map(Cow::into_owned)
+    }
+
+    /// [`Self::string`], borrowed from the body when it holds no escape: for a key or a value
+    /// that is only compared, no allocation.
+    fn str(&mut self) -> Option<Cow<'a, str>> {
         let b = self.b;
         let start = self.i + 1;
         let first = self.special(start)?;
         if b[first] == b'"' {
             self.i = first + 1;
-            return Some(self.s.get(start..first)?.to_owned());
+            return self.s.get(start..first).map(Cow::Borrowed);
         }
+        self.escaped(start, first).map(Cow::Owned)
+    }
+
+    /// The rest of a string from `first`, its first escape (`start`: its first byte).
+    fn escaped(&mut self, start: usize, first: usize) -> Option<String> {
+        let b = self.b;
         // An escaped string: decoded 8 bytes at a time into one buffer sized from the raw
         // bytes left (plus a word of slack for the last whole-word copy).
         let mut out = Vec::with_capacity(self.raw_len(first) + (first - start) + 8);
@@ -768,6 +796,7 @@ mod tests {
     fn read_agrees(body: &[u8]) -> bool {
         let Some(Read {
             map,
+            model,
             messages,
             repeated,
         }) = parse_openai(body)
@@ -781,7 +810,7 @@ mod tests {
             panic!("parse_openai took {text}, not an object");
         };
         let (mut a, mut b) = (!repeated, !tree_repeated);
-        let read = super::super::openai::decode_read(map, messages, &mut a);
+        let read = super::super::openai::decode_read(map, model, messages, &mut a);
         let whole = super::super::openai::decode_request(tree, &mut b);
         match (&read, &whole) {
             (Ok(r), Ok(w)) => {
@@ -905,7 +934,8 @@ mod tests {
         assert!(read_agrees(body.as_bytes()));
         let read = parse_openai(body.as_bytes()).unwrap();
         assert!(read.repeated);
-        assert_eq!(read.map.keys().collect::<Vec<_>>(), ["model"]);
+        assert!(read.map.is_empty());
+        assert_eq!(read.model.as_deref(), Some("m"));
         let messages = read.messages.unwrap();
         assert_eq!(messages[0], Msg::Plain(Role::System, "s".into()));
         assert_eq!(messages[1], Msg::Plain(Role::User, "c".into()));

@@ -70,7 +70,7 @@ fn decode_fields(format: ApiFormat, body: &[u8]) -> Result<(ChatFields, bool), E
         && let Some(read) = json_in::parse_openai(body)
     {
         let mut as_sent = !read.repeated;
-        let fields = openai::decode_read(read.map, read.messages, &mut as_sent);
+        let fields = openai::decode_read(read.map, read.model, read.messages, &mut as_sent);
         #[cfg(fuzzing)]
         fuzz_check_read(body, &fields, as_sent);
         return fields.map(|f| (f, as_sent));

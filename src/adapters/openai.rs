@@ -24,13 +24,14 @@ const NULLABLE_TOP: &[&str] = &[
 /// would differ from the object beyond key order and spacing (a `null` left out, a default
 /// filled in, a tool call's `index` dropped...): such a request is never forwarded as it came.
 pub(crate) fn decode_request(map: JsonMap, as_sent: &mut bool) -> Result<ChatFields, Error> {
-    decode_read(map, None, as_sent)
+    decode_read(map, None, None, as_sent)
 }
 
-/// [`decode_request`] for a body read by [`super::json_in::parse_openai`]: `messages`, when
-/// an array, read apart from `map`, its plain messages already typed.
+/// [`decode_request`] for a body read by [`super::json_in::parse_openai`]: `model`, when a
+/// string, and `messages`, when an array, read apart from `map`, plain messages typed.
 pub(crate) fn decode_read(
     mut map: JsonMap,
+    model: Option<String>,
     messages: Option<Vec<Msg>>,
     as_sent: &mut bool,
 ) -> Result<ChatFields, Error> {
@@ -41,7 +42,10 @@ pub(crate) fn decode_read(
         map: &mut map,
         at: At::Root,
     };
-    let model = f.req_string("model")?;
+    let model = match model {
+        Some(m) => m,
+        None => f.req_string("model")?,
+    };
     let stream_field = f.bool("stream")?;
     let raw_messages = match messages {
         Some(m) => m,
