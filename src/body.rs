@@ -85,18 +85,30 @@ impl Body {
     /// # }
     /// ```
     pub fn chunks(chunks: impl IntoIterator<Item = Bytes>) -> Self {
-        let rest: std::collections::VecDeque<Bytes> =
-            chunks.into_iter().filter(|c| !c.is_empty()).collect();
-        match rest.len() {
+        // Up to three chunks (a forwarded request's) are kept in the body itself; more go in
+        // a queue after them.
+        let mut few: [Option<Bytes>; 3] = Default::default();
+        let mut rest = std::collections::VecDeque::new();
+        let mut n = 0;
+        for c in chunks.into_iter().filter(|c| !c.is_empty()) {
+            match few.get_mut(n) {
+                Some(slot) => *slot = Some(c),
+                None => rest.push_back(c),
+            }
+            n += 1;
+        }
+        match n {
             0 => Self::empty(),
-            1 => Self::full(rest.into_iter().next().unwrap_or_default()),
-            _ => Self::new(Chunks { rest }),
+            1 => Self::full(few[0].take().unwrap_or_default()),
+            _ => Self::new(Chunks { few, next: 0, rest }),
         }
     }
 }
 
-/// The body of [`Body::chunks`].
+/// The body of [`Body::chunks`]: `few` from `next` on, then `rest`.
 struct Chunks {
+    few: [Option<Bytes>; 3],
+    next: usize,
     rest: std::collections::VecDeque<Bytes>,
 }
 
@@ -108,15 +120,24 @@ impl http_body::Body for Chunks {
         mut self: Pin<&mut Self>,
         _cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
-        Poll::Ready(self.rest.pop_front().map(|c| Ok(Frame::data(c))))
+        let this = &mut *self;
+        let c = match this.few.get_mut(this.next).and_then(Option::take) {
+            Some(c) => {
+                this.next += 1;
+                Some(c)
+            }
+            None => this.rest.pop_front(),
+        };
+        Poll::Ready(c.map(|c| Ok(Frame::data(c))))
     }
 
     fn is_end_stream(&self) -> bool {
-        self.rest.is_empty()
+        self.few.iter().all(Option::is_none) && self.rest.is_empty()
     }
 
     fn size_hint(&self) -> SizeHint {
-        SizeHint::with_exact(self.rest.iter().map(|c| c.len() as u64).sum())
+        let few = self.few.iter().flatten();
+        SizeHint::with_exact(few.chain(&self.rest).map(|c| c.len() as u64).sum())
     }
 }
 

@@ -526,3 +526,24 @@ async fn the_mock_keeps_at_most_keep_received_requests() {
         assert_eq!(got, want, "keep_received {keep}");
     }
 }
+
+#[tokio::test]
+async fn a_body_of_chunks_gives_them_in_order_with_the_length_left() {
+    use http_body::Body as _;
+    use http_body_util::BodyExt;
+    // Empty pieces are dropped; the first three are held apart from the rest.
+    let pieces = ["a", "", "bc", "def", "", "ghij", "k"];
+    let mut body = Body::chunks(pieces.iter().map(|p| bytes::Bytes::from(*p)));
+    let mut seen = Vec::new();
+    let mut left = 11;
+    assert!(!body.is_end_stream());
+    assert_eq!(body.size_hint().exact(), Some(left));
+    while let Some(frame) = body.frame().await {
+        let data = frame.unwrap().into_data().unwrap();
+        left -= data.len() as u64;
+        assert_eq!(body.size_hint().exact(), Some(left));
+        seen.push(String::from_utf8(data.to_vec()).unwrap());
+    }
+    assert_eq!(seen, ["a", "bc", "def", "ghij", "k"]);
+    assert!(body.is_end_stream());
+}

@@ -148,3 +148,49 @@ async fn a_stream_without_usage_is_estimated() {
     assert_eq!(u["estimated"], 1);
     assert_eq!(u["prompt_tokens"], 104, "400 bytes / 4 + framing");
 }
+
+#[tokio::test]
+async fn usage_is_read_from_a_json_answer_that_arrives_in_pieces() {
+    use http_body_util::BodyExt;
+    use nenya::layers::{UsageLabels, UsageLayer, UsageMeter};
+    use nenya::model::{ApiFormat, ChatRequest};
+    use tower::{ServiceBuilder, ServiceExt, service_fn};
+    // An answer cut anywhere, even inside its `usage`: the tap joins the pieces before reading.
+    let answer = r#"{"id":"x","choices":[{"message":{"content":"hi"}}],"usage":{"prompt_tokens":12,"completion_tokens":5}}"#;
+    for cuts in [vec![], vec![10], vec![60, 95], vec![1, 2, 3, 90, 100]] {
+        let mut pieces = Vec::new();
+        let mut from = 0;
+        for &at in &cuts {
+            pieces.push(bytes::Bytes::copy_from_slice(&answer.as_bytes()[from..at]));
+            from = at;
+        }
+        pieces.push(bytes::Bytes::copy_from_slice(&answer.as_bytes()[from..]));
+        let meter = UsageMeter::new();
+        let svc = ServiceBuilder::new()
+            .layer(UsageLayer::new(
+                meter.clone(),
+                |_: &http::Request<ChatRequest>| UsageLabels::new("a", "p", "m"),
+            ))
+            .service(service_fn(move |_req: http::Request<ChatRequest>| {
+                let pieces = pieces.clone();
+                async move {
+                    let mut r = http::Response::new(nenya::Body::chunks(pieces));
+                    r.headers_mut()
+                        .insert("content-type", "application/json".parse().unwrap());
+                    Ok::<_, nenya::Error>(r)
+                }
+            }));
+        let req =
+            nenya::adapters::decode_request(ApiFormat::OpenAi, br#"{"model":"a","messages":[]}"#)
+                .unwrap();
+        let resp = svc.oneshot(http::Request::new(req)).await.unwrap();
+        let got = resp.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(got, answer.as_bytes());
+        let t = meter.totals();
+        assert_eq!(
+            (t[0].1.prompt, t[0].1.completion),
+            (12, 5),
+            "cut at {cuts:?}"
+        );
+    }
+}

@@ -136,7 +136,10 @@ fn fresh(key: [u64; 2]) -> HeaderValue {
         hex[2 * i] = b"0123456789abcdef"[usize::from(byte >> 4)];
         hex[2 * i + 1] = b"0123456789abcdef"[usize::from(byte & 15)];
     }
-    HeaderValue::from_bytes(&hex).unwrap_or_else(|_| HeaderValue::from_static("invalid"))
+    // Owned by the `Bytes` itself: one allocation, and clones of the value (the request's
+    // header, its extension, the echo) share it.
+    HeaderValue::from_maybe_shared(bytes::Bytes::from_owner(hex))
+        .unwrap_or_else(|_| HeaderValue::from_static("invalid"))
 }
 
 /// The SplitMix64 finaliser: a bijection on `u64` whose outputs look random.

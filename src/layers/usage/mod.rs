@@ -315,7 +315,7 @@ where
                 body,
                 TapBody {
                     sse: sse.then(|| Decoder::new(1 << 20)),
-                    json: Some(Vec::new()),
+                    json: Some(Frames::default()),
                     json_len: 0,
                     usage: None,
                     recorder: Some(recorder),
@@ -325,11 +325,44 @@ where
     }
 }
 
+/// A JSON answer's frames: usually one, kept without a list of its own.
+#[derive(Default)]
+struct Frames {
+    first: Option<Bytes>,
+    more: Vec<Bytes>,
+}
+
+impl Frames {
+    fn push(&mut self, data: &Bytes) {
+        match self.first {
+            None => self.first = Some(data.clone()),
+            Some(_) => self.more.push(data.clone()),
+        }
+    }
+
+    /// The answer: one frame read in place; several joined once.
+    fn whole(self) -> Bytes {
+        match (self.first, self.more.is_empty()) {
+            (None, _) => Bytes::new(),
+            (Some(one), true) => one,
+            (Some(first), false) => {
+                let mut all = Vec::with_capacity(
+                    first.len() + self.more.iter().map(Bytes::len).sum::<usize>(),
+                );
+                for f in std::iter::once(&first).chain(&self.more) {
+                    all.extend_from_slice(f);
+                }
+                Bytes::from(all)
+            }
+        }
+    }
+}
+
 /// The body tap: frames pass through untouched; usage is noted on the way.
 struct TapBody {
     sse: Option<Decoder>,
     /// A JSON answer's frames, kept (not copied) until its end; `None` past [`JSON_LIMIT`].
-    json: Option<Vec<Bytes>>,
+    json: Option<Frames>,
     json_len: usize,
     usage: Option<Usage>,
     recorder: Option<Recorder>,
@@ -361,7 +394,7 @@ impl TapBody {
             None => {
                 self.json_len += data.len();
                 match &mut self.json {
-                    Some(frames) if self.json_len <= JSON_LIMIT => frames.push(data.clone()),
+                    Some(frames) if self.json_len <= JSON_LIMIT => frames.push(data),
                     _ => self.json = None,
                 }
             }
@@ -375,12 +408,7 @@ impl TapBody {
         if self.sse.is_none()
             && let Some(frames) = self.json.take()
         {
-            // Usually one frame: read in place; several are joined once.
-            let whole = match frames.len() {
-                0 => Bytes::new(),
-                1 => frames.into_iter().next().unwrap_or_default(),
-                _ => Bytes::from(frames.concat()),
-            };
+            let whole = frames.whole();
             if let Some(u) = found(r.format, &whole) {
                 note(&mut self.usage, r.format, u);
             }
