@@ -380,6 +380,7 @@ impl<'a> Fast<'a> {
                 "content" => "content",
                 _ => "",
             };
+            // A third key is never plain (`slot == 2` keeps `read[slot]` in bounds).
             if slot == 2
                 || name.is_empty()
                 || read.iter().flatten().any(|(n, _)| *n == name)
