@@ -299,11 +299,11 @@ type Built = (
 );
 
 fn build_upstream_request(req: Request<ChatRequest>) -> Result<Built, Error> {
-    let (parts, mut chat) = req.into_parts();
+    let (mut parts, mut chat) = req.into_parts();
+    // Taken, not cloned: the request's parts end here.
     let target = parts
         .extensions
-        .get::<Target>()
-        .cloned()
+        .remove::<Target>()
         .ok_or_else(|| Error::new(ErrorKind::Internal, "no upstream target was selected"))?;
     let client_format = chat.source;
     let count_tokens = parts.extensions.get::<CountTokens>().is_some();
