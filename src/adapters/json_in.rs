@@ -124,7 +124,7 @@ pub(crate) fn parse_openai(body: &[u8]) -> Option<Read> {
 
 /// serde_json's parse, noting repeated keys: the reference, and the way for whatever [`Fast`]
 /// declines.
-fn slow(body: &[u8]) -> Result<(Value, bool), serde_json::Error> {
+pub(crate) fn slow(body: &[u8]) -> Result<(Value, bool), serde_json::Error> {
     let repeated = Cell::new(false);
     let mut de = serde_json::Deserializer::from_slice(body);
     let v = Seed(&repeated).deserialize(&mut de)?;

@@ -75,7 +75,13 @@ fn decode_fields(format: ApiFormat, body: &[u8]) -> Result<(ChatFields, bool), E
         fuzz_check_read(body, &fields, as_sent);
         return fields.map(|f| (f, as_sent));
     }
-    let (value, repeated) = json_in::parse(body).map_err(|e| {
+    // An OpenAI body `parse_openai` declined was declined by the fast path already (or names
+    // `model` or `messages` twice, which is rare): serde_json reads it, not the fast path again.
+    let parsed = match format {
+        ApiFormat::OpenAi => json_in::slow(body),
+        _ => json_in::parse(body),
+    };
+    let (value, repeated) = parsed.map_err(|e| {
         Error::new(
             ErrorKind::InvalidJson,
             format!("request body is not valid JSON: {e}"),
