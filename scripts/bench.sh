@@ -23,6 +23,9 @@
 #   scripts/bench.sh --floor    # also `benches/floor.rs`, a bare hyper proxy served the way
 #                               # nenya serves (tokio, hyper, one thread per CPU) with none of
 #                               # the gateway in it: what nenya's own work adds above hyper
+#   scripts/bench.sh --pgo      # also both stacks on the profile-guided build of the same
+#                               # source (scripts/pgo.sh, run when target/pgo/nenya is older
+#                               # than the sources); the targets are judged on both builds
 #
 # DURATION (default 10 s) and WARMUP (default 3 s) tune the runs. wrk comes from Debian.
 set -euo pipefail
@@ -32,6 +35,7 @@ with_redis=""
 with_large=""
 with_nginx=""
 with_floor=""
+with_pgo=""
 for arg in "$@"; do
   case "$arg" in
     --peers) peers=1 ;;
@@ -39,6 +43,7 @@ for arg in "$@"; do
     --large) with_large=1 ;;
     --nginx) with_nginx=1 ;;
     --floor) with_floor=1 ;;
+    --pgo) with_pgo=1 ;;
     *) echo "unknown flag $arg" >&2; exit 2 ;;
   esac
 done
@@ -52,6 +57,12 @@ if ! command -v wrk >/dev/null 2>&1; then
 fi
 cargo build --release --locked --bin nenya 2>&1 | tail -1
 bin="$PWD/target/release/nenya"
+if [ -n "$with_pgo" ]; then
+  if [ ! -x target/pgo/nenya ] || [ -n "$(find src Cargo.toml Cargo.lock -newer target/pgo/nenya | head -1)" ]; then
+    bash scripts/pgo.sh
+  fi
+  pgo_bin="$PWD/target/pgo/nenya"
+fi
 
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; }
@@ -69,7 +80,7 @@ mkdir -p "$work/secrets"
 cat >"$work/secrets/secrets.json" <<EOF
 {"client_token": "$token", "provider_keys": {"up": "sk-bench-provider-key"}}
 EOF
-start_nenya() { # name, extra governance/bouncer JSON; sets started_port and started_pid
+start_nenya() { # name, extra governance/bouncer JSON[, binary]; sets started_port and started_pid
   local port cfg
   port=$(free_port)
   cfg="$work/$1.json"
@@ -80,7 +91,7 @@ start_nenya() { # name, extra governance/bouncer JSON; sets started_port and sta
  $2}
 EOF
   NENYA_CONFIG_FILE="$cfg" NENYA_SECRETS_DIR="$work/secrets" RUST_LOG=warn \
-    "$bin" serve --listen "127.0.0.1:$port" >"$work/$1.log" 2>&1 &
+    "${3:-$bin}" serve --listen "127.0.0.1:$port" >"$work/$1.log" 2>&1 &
   started_pid=$!
   pids+=("$started_pid")
   wait_port "$port"
@@ -133,6 +144,15 @@ declare -A targets=(
   [nenya-lean]="http://127.0.0.1:$auth_port/v1/chat/completions|$token"
 )
 order=(direct nenya-full nenya-lean)
+
+if [ -n "$with_pgo" ]; then
+  start_nenya pgofull '"governance": {"ratelimit_max_rpm": 100000000, "ratelimit_max_tpm": 2000000000}' "$pgo_bin"
+  targets[pgo-full]="http://127.0.0.1:$started_port/v1/chat/completions|$token"
+  pgo_pid=$started_pid; pgo_rss_start=$(rss_mib "$pgo_pid")
+  start_nenya pgolean '"bouncer": {"enabled": false, "entropy_enabled": false}' "$pgo_bin"
+  targets[pgo-lean]="http://127.0.0.1:$started_port/v1/chat/completions|$token"
+  order+=(pgo-full pgo-lean)
+fi
 
 if [ -n "$with_redis" ]; then
   if ! command -v redis-server >/dev/null 2>&1; then
@@ -239,16 +259,22 @@ done
 verdict() { if [ "$1" = 1 ]; then echo "met   "; else echo "MISSED"; fi; }  # 1 = met
 read -r d_rps1 d_p50 _ <<<"${res[direct,plain,1]}"
 read -r d_rps64 _ <<<"${res[direct,plain,64]}"
-read -r _ f_p50 _ <<<"${res[nenya-full,plain,1]}"
-read -r f_rps64 _ _ _ f_err64 <<<"${res[nenya-full,plain,64]}"
-read -r _ l_p50 _ <<<"${res[nenya-lean,plain,1]}"
+builds=(nenya)
+[ -n "$with_pgo" ] && builds+=(pgo)
+for build in "${builds[@]}"; do
+read -r _ f_p50 _ <<<"${res[$build-full,plain,1]}"
+read -r f_rps64 _ _ _ f_err64 <<<"${res[$build-full,plain,64]}"
+read -r _ l_p50 _ <<<"${res[$build-lean,plain,1]}"
 full_added=$((f_p50 - d_p50)); lean_added=$((l_p50 - d_p50))
 ratio=$(awk -v x="$f_rps64" -v y="$d_rps64" 'BEGIN { printf "%.0f", 100 * x / y }')
 echo
-echo "targets (issue 8), plain requests:"
+if [ "$build" = pgo ]; then echo "targets (issue 8), plain requests, profile-guided build:"; else echo "targets (issue 8), plain requests:"; fi
 echo "  $(verdict $((full_added < 50))) full stack adds under 50 µs at c=1: +$full_added µs"
 echo "  $(verdict $((lean_added < 25))) auth only (lean stack) adds under 25 µs at c=1: +$lean_added µs"
 echo "  $(verdict $((ratio >= 50 && f_err64 == 0))) full stack at c=64 serves at least 50% of direct, no errors: $ratio%, $f_err64 errors"
+done
+read -r _ f_p50 _ <<<"${res[nenya-full,plain,1]}"
+full_added=$((f_p50 - d_p50))
 for peer in litellm:100 portkey:20; do
   name=${peer%%:*}; want=${peer#*:}
   [ -n "${res[$name,plain,1]:-}" ] || continue
@@ -265,3 +291,6 @@ sleep 3
 echo
 echo "nenya (full stack) RSS: idle at start $rss_start MiB; right after the runs $rss_loaded MiB; idle after the runs $(rss_mib "$full_pid") MiB"
 echo "  $(verdict "$(awk -v r="$rss_start" 'BEGIN { print (r < 20) ? 1 : 0 }')") idle RSS under 20 MiB: $rss_start MiB at start"
+if [ -n "$with_pgo" ]; then
+  echo "nenya (full stack, profile-guided build) RSS: idle at start $pgo_rss_start MiB; idle after the runs $(rss_mib "$pgo_pid") MiB"
+fi

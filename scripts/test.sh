@@ -63,6 +63,9 @@ if ! command -v cargo-deny >/dev/null 2>&1; then
   cargo install --locked cargo-deny
 fi
 
+step "the bench and build scripts parse (bash -n; they run outside CI)"
+for f in scripts/*.sh; do bash -n "$f"; done
+
 step "cargo fmt --check"
 cargo fmt --all -- --check
 
