@@ -120,7 +120,7 @@ impl Usage {
 /// [`Usage::from_anthropic`] read, and what the usage tap deserialises straight from an
 /// answer's bytes (a count of any other type fails that, and the tap reads the object with
 /// [`from_map`](Self::from_map), where it counts as 0).
-#[derive(Debug, Default, serde::Deserialize)]
+#[derive(Debug, Default, PartialEq, serde::Deserialize)]
 #[serde(default)]
 pub(crate) struct UsageCounts {
     prompt_tokens: Option<u64>,
@@ -133,7 +133,7 @@ pub(crate) struct UsageCounts {
     cache_creation_input_tokens: Option<u64>,
 }
 
-#[derive(Debug, Default, serde::Deserialize)]
+#[derive(Debug, Default, PartialEq, serde::Deserialize)]
 #[serde(default)]
 struct UsageDetails {
     cached_tokens: Option<u64>,
@@ -141,6 +141,53 @@ struct UsageDetails {
 }
 
 impl UsageCounts {
+    /// A `usage` value read from its bytes (`Some(None)`: `null`), without serde when it is
+    /// written plainly: counts as unsigned integers or `null`, each key once, unescaped, and
+    /// whatever else it holds small and well-formed. Anything else is left to serde_json, so
+    /// the answer is always serde_json's (a property test holds the fast read to that).
+    pub(crate) fn read(json: &[u8]) -> serde_json::Result<Option<Self>> {
+        match Self::scan(json) {
+            Some(counts) => Ok(counts),
+            None => serde_json::from_slice(json),
+        }
+    }
+
+    /// The fast read of [`read`](Self::read); `None` where it leaves the answer to serde_json.
+    fn scan(json: &[u8]) -> Option<Option<Self>> {
+        // serde_json refuses invalid UTF-8 anywhere, in the keys it ignores too.
+        std::str::from_utf8(json).ok()?;
+        if trim_ws(json) == b"null" {
+            return Some(None);
+        }
+        let mut u = Self::default();
+        let mut seen = 0u8;
+        crate::sse::each_member(json, |key, value| {
+            let (bit, slot) = match key {
+                b"prompt_tokens" => (0, &mut u.prompt_tokens),
+                b"completion_tokens" => (1, &mut u.completion_tokens),
+                b"input_tokens" => (2, &mut u.input_tokens),
+                b"output_tokens" => (3, &mut u.output_tokens),
+                b"cache_read_input_tokens" => (4, &mut u.cache_read_input_tokens),
+                b"cache_creation_input_tokens" => (5, &mut u.cache_creation_input_tokens),
+                b"prompt_tokens_details" | b"completion_tokens_details" => {
+                    let (bit, slot) = if key[0] == b'p' {
+                        (6, &mut u.prompt_tokens_details)
+                    } else {
+                        (7, &mut u.completion_tokens_details)
+                    };
+                    once(&mut seen, bit)?;
+                    *slot = UsageDetails::scan(value)?;
+                    return Some(());
+                }
+                _ => return ignorable(value),
+            };
+            once(&mut seen, bit)?;
+            *slot = count(value)?;
+            Some(())
+        })?;
+        Some(Some(u))
+    }
+
     /// The counts of a parsed object; a missing count, or one that is not an unsigned
     /// integer, is `None`.
     pub(crate) fn from_map(u: &JsonMap) -> Self {
@@ -192,6 +239,72 @@ impl UsageCounts {
             reasoning: 0,
         }
     }
+}
+
+impl UsageDetails {
+    /// See [`UsageCounts::scan`].
+    fn scan(json: &[u8]) -> Option<Option<Self>> {
+        if trim_ws(json) == b"null" {
+            return Some(None);
+        }
+        let mut d = Self::default();
+        let mut seen = 0u8;
+        crate::sse::each_member(json, |key, value| {
+            let (bit, slot) = match key {
+                b"cached_tokens" => (0, &mut d.cached_tokens),
+                b"reasoning_tokens" => (1, &mut d.reasoning_tokens),
+                _ => return ignorable(value),
+            };
+            once(&mut seen, bit)?;
+            *slot = count(value)?;
+            Some(())
+        })?;
+        Some(Some(d))
+    }
+}
+
+/// Marks field `bit` as read; `None` when it was already (serde refuses a field given twice).
+fn once(seen: &mut u8, bit: u8) -> Option<()> {
+    if *seen & 1 << bit != 0 {
+        return None;
+    }
+    *seen |= 1 << bit;
+    Some(())
+}
+
+/// `json` without the JSON whitespace around it.
+fn trim_ws(json: &[u8]) -> &[u8] {
+    let ws = |b: &u8| matches!(b, b' ' | b'\t' | b'\n' | b'\r');
+    let start = json.iter().position(|b| !ws(b)).unwrap_or(json.len());
+    let end = json.iter().rposition(|b| !ws(b)).map_or(start, |e| e + 1);
+    &json[start..end]
+}
+
+/// A count as serde reads it into an `Option<u64>`: `null`, or an unsigned integer written
+/// plainly (no sign, fraction or exponent; no leading zero; fitting 64 bits). `None` for
+/// anything else, which is serde_json's to judge.
+fn count(value: &[u8]) -> Option<Option<u64>> {
+    match value {
+        b"null" => Some(None),
+        b"0" => Some(Some(0)),
+        [b'1'..=b'9', ..] => {
+            let mut n = 0u64;
+            for &b in value {
+                if !b.is_ascii_digit() {
+                    return None;
+                }
+                n = n.checked_mul(10)?.checked_add(u64::from(b - b'0'))?;
+            }
+            Some(Some(n))
+        }
+        _ => None,
+    }
+}
+
+/// Whether a member serde ignores may be stepped over without it: a well-formed value (serde
+/// skips one without a nesting limit; the scan leaves past 256 levels to it).
+fn ignorable(value: &[u8]) -> Option<()> {
+    crate::sse::surely_json(value).then_some(())
 }
 
 /// A complete, non-streamed answer.
@@ -293,4 +406,175 @@ pub enum StreamEvent {
         /// Upstream message.
         message: String,
     },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn plain_usage_is_read_without_serde_and_odd_usage_left_to_it() {
+        let fast = |s: &str| UsageCounts::scan(s.as_bytes());
+        let u = fast(
+            r#" {"prompt_tokens": 12, "completion_tokens":3 ,"total_tokens":15,
+                "prompt_tokens_details":{"cached_tokens":4,"audio_tokens":0},
+                "completion_tokens_details": null} "#,
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(u.openai(), UsageCounts::read(br#"{"prompt_tokens":12,"completion_tokens":3,"prompt_tokens_details":{"cached_tokens":4}}"#).unwrap().unwrap().openai());
+        assert_eq!(
+            (u.openai().input, u.openai().cache_read, u.openai().output),
+            (8, 4, 3)
+        );
+        assert_eq!(fast("null"), Some(None));
+        assert_eq!(fast("{}"), Some(Some(UsageCounts::default())));
+        // Left to serde_json: a count it refuses or reads another way, a key given twice or
+        // written with escapes, a large or malformed member it would ignore.
+        for odd in [
+            r#"{"prompt_tokens":1.0}"#,
+            r#"{"prompt_tokens":-1}"#,
+            r#"{"prompt_tokens":"1"}"#,
+            r#"{"prompt_tokens":01}"#,
+            r#"{"prompt_tokens":18446744073709551616}"#,
+            r#"{"prompt_tokens":1,"prompt_tokens":2}"#,
+            r#"{"prompt\u005ftokens":1}"#,
+            r#"{"x":[1,]}"#,
+            r#"{"prompt_tokens":1}x"#,
+            r#"[1]"#,
+        ] {
+            assert_eq!(fast(odd), None, "{odd}");
+        }
+        let deep = |d: usize| format!(r#"{{"x":{}{}}}"#, "[".repeat(d), "]".repeat(d));
+        assert_eq!(fast(&deep(150)), Some(Some(UsageCounts::default())));
+        assert_eq!(fast(&deep(300)), None);
+        let read = UsageCounts::read(deep(300).as_bytes()).unwrap();
+        assert_eq!(read, Some(UsageCounts::default()));
+    }
+
+    /// A `usage` text of bytes: a well-formed object of counts, details and members serde
+    /// ignores, whitespace anywhere, and (most of the time) one flaw: an odd value, in a
+    /// count or in the details, a known key given twice, a key written with escapes, a deeply
+    /// nested member, a byte that is not UTF-8, a malformed member serde would skip,
+    /// something after the object; or `null`.
+    fn usage_text() -> impl Strategy<Value = Vec<u8>> {
+        let ws = prop::sample::select(vec!["", " ", "\n  ", "\t"]);
+        let count = prop_oneof![
+            3 => any::<u64>().prop_map(|n| n.to_string()),
+            3 => (0u64..100).prop_map(|n| n.to_string()),
+            1 => Just("null".to_owned()),
+        ];
+        let count_key = prop::sample::select(vec![
+            "prompt_tokens",
+            "completion_tokens",
+            "input_tokens",
+            "output_tokens",
+            "cache_read_input_tokens",
+            "cache_creation_input_tokens",
+            "total_tokens",
+            "x\u{e9}",
+        ]);
+        let details_key =
+            prop::sample::select(vec!["prompt_tokens_details", "completion_tokens_details"]);
+        let object = |members: Vec<(String, String, &str)>| {
+            let body: Vec<String> = members
+                .iter()
+                .map(|(k, v, w)| format!("{w}\"{k}\"{w}:{w}{v}{w}"))
+                .collect();
+            format!("{{{}}}", body.join(","))
+        };
+        let details = prop::collection::vec(
+            (
+                prop::sample::select(vec!["cached_tokens", "reasoning_tokens", "audio_tokens"])
+                    .prop_map(str::to_owned),
+                count.clone(),
+                ws.clone(),
+            ),
+            0..3,
+        )
+        .prop_map(object);
+        let member = prop_oneof![
+            4 => (count_key.prop_map(str::to_owned), count),
+            1 => (
+                details_key.prop_map(str::to_owned),
+                prop_oneof![3 => details, 1 => Just("null".to_owned())],
+            ),
+        ];
+        let odd = prop::sample::select(vec![
+            "00",
+            "01",
+            "-1",
+            "-0",
+            "1.0",
+            "1e2",
+            "1E+2",
+            "true",
+            "\"7\"",
+            "18446744073709551616",
+            "12x",
+            "tru",
+            "\"\\x\"",
+            "[1,]",
+            "\"\u{1}\"",
+            "{}",
+            "[]",
+            "[1,2,{\"a\":null}]",
+            "\"a\\u00e9\\n\"",
+        ]);
+        (
+            prop::collection::vec((member, ws.clone()), 1..6),
+            ws,
+            0u8..11,
+            any::<prop::sample::Index>(),
+            odd,
+            1usize..300,
+        )
+            .prop_map(move |(members, w, flaw, at, odd, depth)| {
+                let mut m: Vec<(String, String, &str)> =
+                    members.into_iter().map(|((k, v), w)| (k, v, w)).collect();
+                let i = at.index(m.len());
+                let mut tail = "";
+                match flaw {
+                    1 => m[i].1 = odd.to_owned(),
+                    2 => m.push((
+                        "prompt_tokens_details".into(),
+                        format!("{{\"cached_tokens\":{odd}}}"),
+                        "",
+                    )),
+                    3 => m.push(m[i].clone()),
+                    4 => m[i].0 = m[i].0.replacen('_', "\\u005f", 1),
+                    5 => m.push((
+                        "x".into(),
+                        format!("{}{}", "[".repeat(depth), "]".repeat(depth)),
+                        "",
+                    )),
+                    // `¤` (C2 A4) loses its second byte below: a key that is not UTF-8.
+                    6 => m.push(("x¤".into(), "1".into(), "")),
+                    9 => m.push(("total_tokens".into(), odd.to_owned(), "")),
+                    7 => tail = [",", "}", "x", "\u{a4}"][i % 4],
+                    8 => return format!("{w}null{w}").into_bytes(),
+                    _ => {}
+                }
+                let mut out = format!("{w}{}{w}{tail}", object(m)).into_bytes();
+                if let Some(at) = out.windows(2).position(|p| p == [0xC2, 0xA4]) {
+                    out.remove(at + 1);
+                }
+                out
+            })
+    }
+
+    proptest! {
+        /// What the fast read accepts, serde_json reads the same; what it leaves, serde_json
+        /// answers.
+        #[test]
+        fn usage_read_without_serde_is_what_serde_reads(text in usage_text()) {
+            let serde = serde_json::from_slice::<Option<UsageCounts>>(&text);
+            if let Some(fast) = UsageCounts::scan(&text) {
+                prop_assert_eq!(Some(&fast), serde.as_ref().ok(), "{}", String::from_utf8_lossy(&text));
+            }
+            let read = UsageCounts::read(&text);
+            prop_assert_eq!(read.as_ref().ok(), serde.as_ref().ok());
+        }
+    }
 }

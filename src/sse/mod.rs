@@ -375,29 +375,14 @@ pub(crate) fn top_level_fields<'a, const N: usize>(
     json: &'a [u8],
     keys: [&[u8]; N],
 ) -> Option<[Option<&'a [u8]>; N]> {
-    let s = json;
-    let ws = |i: usize| skip_ws(s, i);
     let mut out = [None; N];
-    let mut i = ws(0);
-    if s.get(i) != Some(&b'{') {
-        return None;
-    }
-    i = ws(i + 1);
-    if s.get(i) == Some(&b'}') {
-        return (ws(i + 1) == s.len()).then_some(out);
-    }
-    loop {
-        let (key, value, value_end) = member(s, i)?;
+    each_member(json, |key, value| {
         if let Some(n) = keys.iter().position(|k| *k == key) {
-            out[n] = Some(&s[value..value_end]);
+            out[n] = Some(value);
         }
-        i = ws(value_end);
-        match s.get(i)? {
-            b',' => i = ws(i + 1),
-            b'}' => return (ws(i + 1) == s.len()).then_some(out),
-            _ => return None,
-        }
-    }
+        Some(())
+    })?;
+    Some(out)
 }
 
 /// The value of the first `key` of a top-level JSON object, as a slice of `json`, found
@@ -545,6 +530,35 @@ fn member(s: &[u8], i: usize) -> Option<(&[u8], usize, usize)> {
     }
     let i = skip_ws(s, i + 1);
     Some((key, i, skip_value(s, i)?))
+}
+
+/// Calls `f` with each member of the object that is all of `json` (whitespace around it
+/// allowed): its key, written without escapes, and its value, a slice found without parsing
+/// it (see [`top_level_fields`]). `None` when `json` is not such an object, or when `f` says
+/// `None`.
+pub(crate) fn each_member<'a>(
+    json: &'a [u8],
+    mut f: impl FnMut(&'a [u8], &'a [u8]) -> Option<()>,
+) -> Option<()> {
+    let s = json;
+    let mut i = skip_ws(s, 0);
+    if s.get(i) != Some(&b'{') {
+        return None;
+    }
+    i = skip_ws(s, i + 1);
+    if s.get(i) == Some(&b'}') {
+        return (skip_ws(s, i + 1) == s.len()).then_some(());
+    }
+    loop {
+        let (key, value, value_end) = member(s, i)?;
+        f(key, &s[value..value_end])?;
+        i = skip_ws(s, value_end);
+        match s.get(i)? {
+            b',' => i = skip_ws(s, i + 1),
+            b'}' => return (skip_ws(s, i + 1) == s.len()).then_some(()),
+            _ => return None,
+        }
+    }
 }
 
 /// The end of the value starting at `i`, found without parsing it (see [`top_level_fields`]).

@@ -474,7 +474,7 @@ fn found(format: ApiFormat, json: &[u8]) -> Option<Found> {
     // noticed here: the usage it ends with is counted.
     if format != ApiFormat::Anthropic
         && let Some((b"usage", usage)) = crate::sse::last_top_level_member(json)
-        && let Ok(usage) = serde_json::from_slice::<Option<UsageCounts>>(usage)
+        && let Ok(usage) = UsageCounts::read(usage)
     {
         return Some(Found {
             top: usage.map(|u| usage_in(format, &u)),
@@ -482,7 +482,7 @@ fn found(format: ApiFormat, json: &[u8]) -> Option<Found> {
         });
     }
     if let Some([usage, message]) = crate::sse::top_level_fields(json, [b"usage", b"message"]) {
-        let usage = usage.map_or(Ok(None), serde_json::from_slice::<Option<UsageCounts>>);
+        let usage = usage.map_or(Ok(None), UsageCounts::read);
         let message = message.map_or(Ok(None), serde_json::from_slice::<Option<MessageUsage>>);
         if let (Ok(usage), Ok(message)) = (usage, message) {
             return Some(Found {
