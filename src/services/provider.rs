@@ -364,6 +364,8 @@ fn build_upstream_request(req: Request<ChatRequest>) -> Result<Built, Error> {
     } else {
         target.url.clone()
     };
+    // Room for what is set below (grown once, not insert by insert).
+    *upstream.headers_mut() = HeaderMap::with_capacity(8);
     let h = upstream.headers_mut();
     // Values checked at compile time (`from_static` checks every byte when called).
     const JSON: HeaderValue = HeaderValue::from_static("application/json");
@@ -371,9 +373,11 @@ fn build_upstream_request(req: Request<ChatRequest>) -> Result<Built, Error> {
     h.insert(header::CONTENT_TYPE, JSON);
     h.insert(header::ACCEPT, if stream { SSE } else { JSON });
     h.insert(header::USER_AGENT, target.provider.user_agent.clone());
-    for name in &FORWARDED_HEADERS {
-        if let Some(v) = parts.headers.get(name) {
-            h.insert(name.clone(), v.clone());
+    // One pass over the few headers the client sent, not a hashed lookup per forwarded
+    // name; every line of a forwarded header goes on.
+    for (name, v) in &parts.headers {
+        if FORWARDED_HEADERS.contains(name) {
+            h.append(name.clone(), v.clone());
         }
     }
     for (k, v) in target.provider.quirks.extra_headers {

@@ -105,6 +105,7 @@ async fn anthropic_request_keeps_cache_control_and_uses_x_api_key() {
             ("x-api-key", CLIENT_TOKEN),
             ("anthropic-version", "2023-06-01"),
             ("anthropic-beta", "tools-2024"),
+            ("anthropic-beta", "files-2025"),
         ],
         sent.to_string(),
     )
@@ -117,7 +118,14 @@ async fn anthropic_request_keeps_cache_control_and_uses_x_api_key() {
     assert_eq!(rec.headers["x-api-key"], PROVIDER_KEY);
     assert!(rec.headers.get("authorization").is_none());
     assert_eq!(rec.headers["anthropic-version"], "2023-06-01");
-    assert_eq!(rec.headers["anthropic-beta"], "tools-2024");
+    // Each line of a forwarded header goes on, in order.
+    let betas: Vec<_> = rec
+        .headers
+        .get_all("anthropic-beta")
+        .iter()
+        .map(|v| v.to_str().unwrap())
+        .collect();
+    assert_eq!(betas, ["tools-2024", "files-2025"]);
     let mut expected = sent.clone();
     expected["model"] = json!("claude-upstream");
     assert_eq!(rec.json(), expected);
