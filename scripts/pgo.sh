@@ -44,7 +44,8 @@ for stack in full lean; do
   NENYA_CONFIG_FILE="$work/c.json" NENYA_SECRETS_DIR="$work/secrets" RUST_LOG=warn \
     "$bin" serve --listen "127.0.0.1:$p" >"$work/gw.log" 2>&1 &
   gw=$!; wait_port "$p"
-  post_lua "$work/post.lua"
+  # A training run that fails would profile the error path: each must answer 2xx throughout.
+  post_lua "$work/post.lua" 'function done(s, l, r) io.write(string.format("RESULT %d %d\n", s.requests, s.errors.status + s.errors.connect + s.errors.read + s.errors.write + s.errors.timeout)) end'
   for kind in plain stream large secret tools anthropic anthropic-stream; do
     case $kind in
       anthropic) body=$anthropic; path=/v1/messages ;;
@@ -53,7 +54,10 @@ for stack in full lean; do
     esac
     for c in 1 16; do
       echo "pgo: training $stack $kind c=$c" >&2
-      BODY="$body" wrk -t1 -c"$c" -d"${train}s" -s "$work/post.lua" "http://127.0.0.1:$p$path" >/dev/null
+      read -r n errors < <(BODY="$body" wrk -t1 -c"$c" -d"${train}s" -s "$work/post.lua" "http://127.0.0.1:$p$path" | awk '/^RESULT/{print $2, $3}') || true
+      if [ "${n:-0}" = 0 ] || [ "$errors" != 0 ]; then
+        echo "pgo: training $stack $kind c=$c failed: ${n:-0} requests, ${errors:-?} errors" >&2; exit 1
+      fi
     done
   done
   kill -INT "$gw"; wait "$gw" 2>/dev/null || true   # a clean exit writes the profile
