@@ -1,10 +1,12 @@
 //! The SSE decoder: any bytes, split anywhere, never panic; splits never change the events.
 //! The stream guard's JSON scan never accepts an event's text that serde_json refuses.
+//! The usage tap's read of a `usage` value says what serde_json says.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
 use nenya::sse::Decoder;
 
 fuzz_target!(|data: &[u8]| {
+    nenya::model::fuzz_usage_read(data);
     if let Ok(text) = std::str::from_utf8(data)
         && nenya::sse::surely_json(data)
     {

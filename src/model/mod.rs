@@ -11,6 +11,8 @@ use serde_json::{Map, Value};
 mod response;
 
 pub(crate) use response::UsageCounts;
+#[cfg(fuzzing)]
+pub use response::fuzz_usage_read;
 pub use response::{BlockStart, ChatResponse, Delta, StopReason, StreamEvent, Usage};
 
 /// A JSON object that keeps its keys in their original order.

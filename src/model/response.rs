@@ -241,6 +241,21 @@ impl UsageCounts {
     }
 }
 
+/// For the `sse_decoder` fuzz target: what the fast read of a `usage` value accepts, serde_json
+/// reads the same.
+#[cfg(fuzzing)]
+#[doc(hidden)]
+pub fn fuzz_usage_read(json: &[u8]) {
+    if let Some(fast) = UsageCounts::scan(json) {
+        let serde = serde_json::from_slice::<Option<UsageCounts>>(json).ok();
+        assert_eq!(
+            Some(fast),
+            serde,
+            "the fast usage read disagrees with serde_json"
+        );
+    }
+}
+
 impl UsageDetails {
     /// See [`UsageCounts::scan`].
     fn scan(json: &[u8]) -> Option<Option<Self>> {
