@@ -143,7 +143,7 @@ struct UsageDetails {
 impl UsageCounts {
     /// A `usage` value read from its bytes (`Some(None)`: `null`), without serde when it is
     /// written plainly: counts as unsigned integers or `null`, each key once, unescaped, and
-    /// whatever else it holds small and well-formed. Anything else is left to serde_json, so
+    /// whatever else it holds well-formed. Anything else is left to serde_json, so
     /// the answer is always serde_json's (a property test holds the fast read to that).
     pub(crate) fn read(json: &[u8]) -> serde_json::Result<Option<Self>> {
         match Self::scan(json) {
@@ -156,36 +156,17 @@ impl UsageCounts {
     fn scan(json: &[u8]) -> Option<Option<Self>> {
         // serde_json refuses invalid UTF-8 anywhere, in the keys it ignores too.
         std::str::from_utf8(json).ok()?;
-        if trim_ws(json) == b"null" {
-            return Some(None);
-        }
-        let mut u = Self::default();
-        let mut seen = 0u8;
-        crate::sse::each_member(json, |key, value| {
-            let (bit, slot) = match key {
-                b"prompt_tokens" => (0, &mut u.prompt_tokens),
-                b"completion_tokens" => (1, &mut u.completion_tokens),
-                b"input_tokens" => (2, &mut u.input_tokens),
-                b"output_tokens" => (3, &mut u.output_tokens),
-                b"cache_read_input_tokens" => (4, &mut u.cache_read_input_tokens),
-                b"cache_creation_input_tokens" => (5, &mut u.cache_creation_input_tokens),
-                b"prompt_tokens_details" | b"completion_tokens_details" => {
-                    let (bit, slot) = if key[0] == b'p' {
-                        (6, &mut u.prompt_tokens_details)
-                    } else {
-                        (7, &mut u.completion_tokens_details)
-                    };
-                    once(&mut seen, bit)?;
-                    *slot = UsageDetails::scan(value)?;
-                    return Some(());
-                }
-                _ => return ignorable(value),
-            };
-            once(&mut seen, bit)?;
-            *slot = count(value)?;
-            Some(())
-        })?;
-        Some(Some(u))
+        scan_fields(json, |u: &mut Self, key| match key {
+            b"prompt_tokens" => Slot::Count(0, &mut u.prompt_tokens),
+            b"completion_tokens" => Slot::Count(1, &mut u.completion_tokens),
+            b"input_tokens" => Slot::Count(2, &mut u.input_tokens),
+            b"output_tokens" => Slot::Count(3, &mut u.output_tokens),
+            b"cache_read_input_tokens" => Slot::Count(4, &mut u.cache_read_input_tokens),
+            b"cache_creation_input_tokens" => Slot::Count(5, &mut u.cache_creation_input_tokens),
+            b"prompt_tokens_details" => Slot::Details(6, &mut u.prompt_tokens_details),
+            b"completion_tokens_details" => Slot::Details(7, &mut u.completion_tokens_details),
+            _ => Slot::Ignored,
+        })
     }
 
     /// The counts of a parsed object; a missing count, or one that is not an unsigned
@@ -256,43 +237,55 @@ pub fn fuzz_usage_read(json: &[u8]) {
     }
 }
 
-impl UsageDetails {
-    /// See [`UsageCounts::scan`].
-    fn scan(json: &[u8]) -> Option<Option<Self>> {
-        if trim_ws(json) == b"null" {
-            return Some(None);
+/// Where [`scan_fields`] puts a member's value: a count, a details object (each with its bit
+/// among the fields read), or nowhere (serde ignores it).
+enum Slot<'a> {
+    Count(u8, &'a mut Option<u64>),
+    Details(u8, &'a mut Option<UsageDetails>),
+    Ignored,
+}
+
+/// Where a details object's members go.
+fn details_slot<'t>(d: &'t mut UsageDetails, key: &[u8]) -> Slot<'t> {
+    match key {
+        b"cached_tokens" => Slot::Count(0, &mut d.cached_tokens),
+        b"reasoning_tokens" => Slot::Count(1, &mut d.reasoning_tokens),
+        _ => Slot::Ignored,
+    }
+}
+
+/// Reads an object of counts the way serde reads it into `T`, its members placed by `slot`;
+/// `Some(None)` for `null`; `None` where the answer is serde_json's (a field given twice,
+/// which serde refuses, or a value [`count`] or [`ignorable`] leave to it).
+fn scan_fields<T: Default>(
+    json: &[u8],
+    slot: impl for<'t> Fn(&'t mut T, &[u8]) -> Slot<'t>,
+) -> Option<Option<T>> {
+    let i = crate::sse::skip_ws(json, 0);
+    if json.get(i..i + 4) == Some(b"null") && crate::sse::skip_ws(json, i + 4) == json.len() {
+        return Some(None);
+    }
+    let mut t = T::default();
+    let mut seen = 0u8;
+    crate::sse::each_member(json, |key, value| {
+        let bit = match slot(&mut t, key) {
+            Slot::Count(bit, s) => {
+                *s = count(value)?;
+                bit
+            }
+            Slot::Details(bit, s) => {
+                *s = scan_fields(value, details_slot)?;
+                bit
+            }
+            Slot::Ignored => return ignorable(value),
+        };
+        if seen & 1 << bit != 0 {
+            return None;
         }
-        let mut d = Self::default();
-        let mut seen = 0u8;
-        crate::sse::each_member(json, |key, value| {
-            let (bit, slot) = match key {
-                b"cached_tokens" => (0, &mut d.cached_tokens),
-                b"reasoning_tokens" => (1, &mut d.reasoning_tokens),
-                _ => return ignorable(value),
-            };
-            once(&mut seen, bit)?;
-            *slot = count(value)?;
-            Some(())
-        })?;
-        Some(Some(d))
-    }
-}
-
-/// Marks field `bit` as read; `None` when it was already (serde refuses a field given twice).
-fn once(seen: &mut u8, bit: u8) -> Option<()> {
-    if *seen & 1 << bit != 0 {
-        return None;
-    }
-    *seen |= 1 << bit;
-    Some(())
-}
-
-/// `json` without the JSON whitespace around it.
-fn trim_ws(json: &[u8]) -> &[u8] {
-    let ws = |b: &u8| matches!(b, b' ' | b'\t' | b'\n' | b'\r');
-    let start = json.iter().position(|b| !ws(b)).unwrap_or(json.len());
-    let end = json.iter().rposition(|b| !ws(b)).map_or(start, |e| e + 1);
-    &json[start..end]
+        seen |= 1 << bit;
+        Some(())
+    })?;
+    Some(Some(t))
 }
 
 /// A count as serde reads it into an `Option<u64>`: `null`, or an unsigned integer written
